@@ -1,0 +1,5 @@
+import sys
+
+from lcssm.cli import main
+
+sys.exit(main())

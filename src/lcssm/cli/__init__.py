@@ -1,0 +1,55 @@
+"""The ``lcssm`` command. Each subcommand lives in its own module with ``register(subparsers)``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from lcssm.errors import LcssmError
+
+# subcommand modules, in the order they appear in --help
+_MODULES = ("toy", "diffusion", "images", "export", "reproduce", "bench")
+
+#: exceptions that mean "bad input": one line on stderr, exit code 2
+USER_ERRORS = (LcssmError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+               PermissionError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lcssm",
+        description="Score matching and score-based diffusion models with LCSS.",
+    )
+    from lcssm import __version__
+
+    parser.add_argument("--version", action="version", version=f"lcssm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in _MODULES:
+        try:
+            module = importlib.import_module(f"lcssm.cli.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"lcssm.cli.{name}":
+                continue  # subcommand not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as e:
+        msg = str(e) if not isinstance(e, KeyError) else e.args[0]
+        print(f"lcssm {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lcssm {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,308 @@
+"""Score-matching objectives as plain functions of a score function.
+
+Every objective takes ``score_fn`` mapping ``(N, *D) -> (N, *D)`` and data ``x`` of shape ``(B, *D)`` and
+returns a **per-sample loss of shape (B,)**; reduction is the caller's. ssm, ssm_vr, fdssm and lcss estimate
+the score-matching objective J_SM (Hyvärinen 2005) — lcss its curvature-smoothed version
+J_LCS = J_SM + ½σ²‖∇ₓs‖²_F — so their values share one scale. dsm is J_SM up to a θ-independent constant.
+
+Batching contract: to evaluate several perturbations in one forward pass, an objective may call ``score_fn``
+on ``k`` stacked blocks of the batch, shape ``(k·B, *D)``, where row ``j·B + i`` belongs to sample ``i``.
+A time-conditional wrapper repeats its ``t`` accordingly (see :mod:`lcssm.diffusion`). The score function must
+treat rows independently (no batch statistics), which is also what the Jacobian-based objectives assume.
+
+``sqrt_weight`` (optional, shape ``(B,)``) is √λ: the per-sample loss is multiplied by λ. It is given as a root
+so that for lcss and dsm the weighted loss can be formed with √λ/σ, which for the usual λ = σ² is exactly 1: the
+1/σ² cancels analytically instead of numerically (DESIGN.md §2), even where σ² underflows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from lcssm.errors import ConfigError
+
+ScoreFn = Callable[[Tensor], Tensor]
+Noise = Literal["rademacher", "gaussian"]
+
+__all__ = [
+    "OBJECTIVES",
+    "ScoreFn",
+    "dsm",
+    "exact_sm",
+    "fdssm",
+    "get_objective",
+    "lcss",
+    "ssm",
+    "ssm_vr",
+]
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """Per-row inner product over all non-batch dims."""
+    return (a * b).flatten(1).sum(1)
+
+
+def _sqnorm(a: Tensor) -> Tensor:
+    return a.flatten(1).pow(2).sum(1)
+
+
+def _per_sample(sigma: float | Tensor, x: Tensor, name: str = "sigma") -> Tensor:
+    """Validate a positive scalar or ``(B,)`` tensor and return it as a ``(B,)`` tensor on x's device."""
+    batch = x.shape[0]
+    if isinstance(sigma, Tensor):
+        if sigma.dim() == 0:
+            sigma = sigma.expand(batch)
+        if sigma.shape != (batch,):
+            raise ValueError(f"{name} must be a float or a tensor of shape ({batch},), got {tuple(sigma.shape)}")
+        if not bool(torch.all(sigma > 0)):
+            raise ValueError(f"{name} must be > 0, got min {sigma.min().item():g}")
+        return sigma.to(device=x.device, dtype=x.dtype)
+    sigma = float(sigma)
+    if not sigma > 0 or sigma == float("inf"):
+        raise ValueError(f"{name} must be a finite number > 0, got {sigma:g}")
+    return torch.full((batch,), sigma, device=x.device, dtype=x.dtype)
+
+
+def _bcast(v: Tensor, x: Tensor) -> Tensor:
+    """``(B,)`` -> ``(B, 1, ..., 1)`` to broadcast against ``x``."""
+    return v.view(-1, *([1] * (x.dim() - 1)))
+
+
+def _check_x(x: Tensor) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 2:
+        raise ValueError(f"x must have shape (B, *D) with at least one data dim, got {tuple(x.shape)}")
+
+
+def _noise_stack(
+    given: Tensor | None, x: Tensor, n: int, kind: Noise, generator: torch.Generator | None, name: str
+) -> Tensor:
+    """Return noise of shape ``(n, *x.shape)``: the given one (validated) or fresh draws."""
+    if n < 1:
+        raise ValueError(f"the number of {name} draws must be >= 1, got {n}")
+    if given is not None:
+        if given.shape == x.shape:
+            given = given.unsqueeze(0)
+        if given.shape[1:] != x.shape:
+            raise ValueError(
+                f"{name} must have shape {tuple(x.shape)} or (n, *{tuple(x.shape)}), got {tuple(given.shape)}"
+            )
+        return given.to(device=x.device, dtype=x.dtype)
+    shape = (n, *x.shape)
+    if kind == "gaussian":
+        return torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
+    if kind == "rademacher":
+        r = torch.randint(0, 2, shape, generator=generator, device=x.device)
+        return r.to(x.dtype).mul_(2).sub_(1)
+    raise ValueError(f"unknown noise {kind!r}; valid: rademacher, gaussian")
+
+
+def _score(score_fn: ScoreFn, x: Tensor) -> Tensor:
+    s = score_fn(x)
+    if s.shape != x.shape:
+        raise ValueError(f"score_fn must return the shape of its input {tuple(x.shape)}, got {tuple(s.shape)}")
+    return s
+
+
+def _blocks(t: Tensor, n: int) -> Tensor:
+    """``(n·B, *D)`` -> ``(n, B, *D)``."""
+    return t.view(n, -1, *t.shape[1:])
+
+
+def _weighted(loss: Tensor, sqrt_weight: Tensor | None) -> Tensor:
+    return loss if sqrt_weight is None else loss * sqrt_weight**2
+
+
+def _requires_grad(x: Tensor) -> Tensor:
+    """x as a tensor that autograd can differentiate with respect to (keeps its graph if it has one)."""
+    return x if x.requires_grad else x.detach().requires_grad_(True)
+
+
+# -------------------------------------------------------------------------------------------- objectives
+def exact_sm(score_fn: ScoreFn, x: Tensor, *, sqrt_weight: Tensor | None = None) -> Tensor:
+    """Exact score matching (Hyvärinen 2005, paper Eq. 4): ``tr(∇ₓs(x)) + ½‖s(x)‖²``.
+
+    The Jacobian trace costs d vector-Jacobian products: use only for small d.
+    """
+    _check_x(x)
+    x = _requires_grad(x)
+    s = _score(score_fn, x)
+    flat = s.flatten(1)
+    d = flat.shape[1]
+    trace = x.new_zeros(x.shape[0])
+    for i in range(d):
+        (g,) = torch.autograd.grad(flat[:, i].sum(), x, create_graph=True, retain_graph=True)
+        trace = trace + g.flatten(1)[:, i]
+    return _weighted(trace + 0.5 * _sqnorm(s), sqrt_weight)
+
+
+def _sliced(
+    score_fn: ScoreFn,
+    x: Tensor,
+    n_slices: int,
+    noise: Noise,
+    v: Tensor | None,
+    generator: torch.Generator | None,
+    variance_reduced: bool,
+) -> Tensor:
+    _check_x(x)
+    vs = _noise_stack(v, x, n_slices, noise, generator, "v")
+    n = vs.shape[0]
+    xr = _requires_grad(x.repeat(n, *([1] * (x.dim() - 1))))
+    vr = vs.reshape(-1, *x.shape[1:])
+    s = _score(score_fn, xr)
+    sv = _dot(s, vr)
+    (g,) = torch.autograd.grad(sv.sum(), xr, create_graph=True)
+    hutchinson = _dot(g, vr)  # vᵀ∇ₓ(vᵀs)
+    second = 0.5 * _sqnorm(s) if variance_reduced else 0.5 * sv.pow(2)
+    return _blocks(hutchinson + second, n).mean(0)
+
+
+def ssm(
+    score_fn: ScoreFn,
+    x: Tensor,
+    *,
+    n_slices: int = 1,
+    noise: Noise = "rademacher",
+    v: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    sqrt_weight: Tensor | None = None,
+) -> Tensor:
+    """Sliced score matching (Song et al. 2019): ``vᵀ∇ₓ(vᵀs(x)) + ½(vᵀs(x))²``, E[vvᵀ] = I.
+
+    Averaged over ``n_slices`` projections v (Rademacher or Gaussian), all in one forward pass.
+    """
+    return _weighted(_sliced(score_fn, x, n_slices, noise, v, generator, variance_reduced=False), sqrt_weight)
+
+
+def ssm_vr(
+    score_fn: ScoreFn,
+    x: Tensor,
+    *,
+    n_slices: int = 1,
+    noise: Noise = "rademacher",
+    v: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    sqrt_weight: Tensor | None = None,
+) -> Tensor:
+    """Variance-reduced SSM (Song et al. 2019): ``vᵀ∇ₓ(vᵀs(x)) + ½‖s(x)‖²``."""
+    return _weighted(_sliced(score_fn, x, n_slices, noise, v, generator, variance_reduced=True), sqrt_weight)
+
+
+def fdssm(
+    score_fn: ScoreFn,
+    x: Tensor,
+    *,
+    eps: float = 0.1,
+    n_slices: int = 1,
+    v: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    sqrt_weight: Tensor | None = None,
+) -> Tensor:
+    """Finite-difference SSM (Pang et al. 2020; paper Eq. 7 multiplied by d, i.e. on the J_SM scale).
+
+    ``d·vᵀ(s(x+v) − s(x−v)) / (2‖v‖²) + ⅛‖s(x+v) + s(x−v)‖²`` with ``v = ε·u/‖u‖``, u Gaussian, so
+    E[vvᵀ] = ε²I/d; ‖v‖² = ε² for drawn v, and for a given ``v`` (already scaled) its own norm is used.
+    One batched forward pass on ``cat([x + v, x − v])``.
+    """
+    _check_x(x)
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps:g}")
+    vs = _noise_stack(v, x, n_slices, "gaussian", generator, "v")
+    if v is None:
+        norms = vs.flatten(2).norm(dim=2)  # (n, B)
+        vs = eps * vs / norms.view(*norms.shape, *([1] * (x.dim() - 1)))
+    n = vs.shape[0]
+    d = x[0].numel()
+    xr = x.repeat(n, *([1] * (x.dim() - 1)))
+    vr = vs.reshape(-1, *x.shape[1:])
+    s = _score(score_fn, torch.cat([xr + vr, xr - vr]))
+    s_plus, s_minus = s.chunk(2)
+    first = d * _dot(vr, s_plus - s_minus) / (2.0 * _sqnorm(vr))
+    second = 0.125 * _sqnorm(s_plus + s_minus)
+    return _weighted(_blocks(first + second, n).mean(0), sqrt_weight)
+
+
+def dsm(
+    score_fn: ScoreFn,
+    x: Tensor,
+    sigma: float | Tensor,
+    *,
+    z: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    sqrt_weight: Tensor | None = None,
+) -> Tensor:
+    """Denoising score matching (Vincent 2011): ``½‖s(x̃) + z/σ‖²`` with ``x̃ = x + σz``.
+
+    Weighted form with r = √λ: ``½‖r·s(x̃) + (r/σ)·z‖²`` (for λ = σ²: ``½‖σ·s + z‖²``).
+    """
+    _check_x(x)
+    sig = _per_sample(sigma, x)
+    if z is not None and z.shape != x.shape:
+        raise ValueError(f"z must have shape {tuple(x.shape)} for dsm, got {tuple(z.shape)}")
+    z = _noise_stack(z, x, 1, "gaussian", generator, "z")[0]
+    s = _score(score_fn, x + _bcast(sig, x) * z)
+    r = torch.ones_like(sig) if sqrt_weight is None else sqrt_weight
+    return 0.5 * _sqnorm(_bcast(r, x) * s + _bcast(r / sig, x) * z)
+
+
+def lcss(
+    score_fn: ScoreFn,
+    x: Tensor,
+    sigma: float | Tensor,
+    *,
+    gamma: float = 1.0,
+    n_samples: int = 1,
+    antithetic: bool = False,
+    z: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    sqrt_weight: Tensor | None = None,
+) -> Tensor:
+    """Local curvature smoothing with Stein's identity (Osada et al. 2024, Eq. 18; Eq. 21 with γ).
+
+    ``γ·s(x′)ᵀz/σ + ½‖s(x′)‖²`` with ``x′ = x + σz``, averaged over ``n_samples`` draws of z; for γ = 1 its
+    expectation is J_LCS(x, σ) = E_{x′}[J_SM(x′)] (Lemma 1 with Corollary 2). ``antithetic=True`` evaluates
+    each z together with −z (2·n_samples forward rows): the first term becomes the central difference
+    ``γ·(s(x+σz) − s(x−σz))ᵀz/(2σ)``, which removes its O(1/σ) variance. Weighted form with r = √λ:
+    ``γ·r·(r/σ)·sᵀz + ½·r²·‖s‖²`` (for λ = σ²: ``γ·σ·sᵀz + ½σ²‖s‖²``).
+    """
+    _check_x(x)
+    sig = _per_sample(sigma, x)
+    zs = _noise_stack(z, x, n_samples, "gaussian", generator, "z")
+    if antithetic:
+        zs = torch.cat([zs, -zs])
+    n = zs.shape[0]
+    xr = x.repeat(n, *([1] * (x.dim() - 1)))
+    zr = zs.reshape(-1, *x.shape[1:])
+    sig_r = sig.repeat(n)
+    s = _score(score_fn, xr + _bcast(sig_r, xr) * zr)
+    r = torch.ones_like(sig_r) if sqrt_weight is None else sqrt_weight.repeat(n)
+    loss = gamma * r * (r / sig_r) * _dot(s, zr) + 0.5 * r**2 * _sqnorm(s)
+    return _blocks(loss, n).mean(0)
+
+
+OBJECTIVES: dict[str, Callable[..., Tensor]] = {
+    "exact_sm": exact_sm,
+    "ssm": ssm,
+    "ssm_vr": ssm_vr,
+    "fdssm": fdssm,
+    "dsm": dsm,
+    "lcss": lcss,
+}
+
+#: objectives whose signature takes a noise scale σ (and perturb x themselves)
+NOISE_OBJECTIVES = frozenset({"dsm", "lcss"})
+
+
+def get_objective(name: str) -> Callable[..., Tensor]:
+    """The objective called ``name``; ConfigError listing the valid names otherwise."""
+    try:
+        return OBJECTIVES[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown objective {name!r}; valid: {', '.join(OBJECTIVES)}") from None
