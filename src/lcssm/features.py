@@ -1,0 +1,244 @@
+"""Feature networks for sample-quality metrics: an offline digits classifier and FID Inception-v3.
+
+- Digits: a small CNN trained by ``scripts/train_digits_classifier.py`` on lcssm's fixed digits train
+  split; its 128-d penultimate layer gives features for digits-FID/KID and its softmax gives IS.
+  Weights ship with the package (``lcssm/assets/digits_classifier.pt``).
+- Inception: pytorch-fid's port of the TF FID network (``pt_inception-2015-12-05-6726825d.pth``),
+  read from a local file only; nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lcssm.device import resolve_device
+from lcssm.errors import CheckpointError, DataError
+from lcssm.inception import FIDInceptionV3
+
+DIGITS_WEIGHTS = "digits_classifier.pt"
+DIGITS_FEATURE_DIM = 128
+INCEPTION_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
+INCEPTION_SHA256_PREFIX = "6726825d"
+INCEPTION_ENV = "LCSSM_INCEPTION_WEIGHTS"
+INCEPTION_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + INCEPTION_FILENAME
+
+InputRange = Literal["minus_one_one", "zero_one"]
+
+# --------------------------------------------------------------------------------------------------
+# digits classifier
+# --------------------------------------------------------------------------------------------------
+
+
+class DigitsClassifier(nn.Module):
+    """CNN for ``(N, 1, 8, 8)`` digits in ``[-1, 1]``: 3 convs (2 max-pools) -> 128-d features -> 10 logits."""
+
+    def __init__(self, n_classes: int = 10, feature_dim: int = DIGITS_FEATURE_DIM) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 4x4
+            nn.Conv2d(64, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 2x2
+            nn.Flatten(),
+        )
+        self.fc1 = nn.Linear(64 * 2 * 2, feature_dim)
+        self.dropout = nn.Dropout(0.3)
+        self.fc2 = nn.Linear(feature_dim, n_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate (post-ReLU) activations ``(N, feature_dim)``."""
+        return F.relu(self.fc1(self.conv(x)))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(features, logits)``."""
+        h = self.features(x)
+        return h, self.fc2(self.dropout(h))
+
+
+def _freeze(model: nn.Module, device: torch.device) -> nn.Module:
+    model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def load_digits_classifier(device: str | torch.device | None = None) -> DigitsClassifier:
+    """The shipped digits classifier, in eval mode with frozen weights, on ``device`` (default auto)."""
+    res = resources.files("lcssm") / "assets" / DIGITS_WEIGHTS
+    if not res.is_file():
+        raise CheckpointError(
+            f"digits classifier weights not found at {res}; regenerate them with "
+            "`python scripts/train_digits_classifier.py`"
+        )
+    state = torch.load(io.BytesIO(res.read_bytes()), map_location="cpu", weights_only=True)
+    model = DigitsClassifier()
+    model.load_state_dict(state, strict=True)
+    return _freeze(model, resolve_device(device))
+
+
+def _check_images(images: torch.Tensor, channels: tuple[int, ...], name: str) -> torch.Tensor:
+    x = torch.as_tensor(images)
+    if x.ndim != 4 or x.shape[1] not in channels:
+        raise DataError(f"{name} must have shape (N, C, H, W) with C in {channels}, got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise DataError(f"{name} is empty")
+    if not x.is_floating_point():
+        raise DataError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    if not torch.isfinite(x).all():
+        raise DataError(f"{name} contains NaN or infinite values")
+    return x
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
+@torch.no_grad()
+def digits_features(
+    images: torch.Tensor,
+    *,
+    batch_size: int = 500,
+    model: DigitsClassifier | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Digits-classifier ``(features (N, 128), probs (N, 10))`` as float32 CPU tensors.
+
+    ``images`` are ``(N, 1, 8, 8)`` in ``[-1, 1]`` (values outside are clamped, as when samples are
+    saved as images). ``model`` defaults to :func:`load_digits_classifier` on ``device``.
+    """
+    x = _check_images(images, (1,), "images")
+    if x.shape[2:] != (8, 8):
+        raise DataError(f"digits images must be 8x8, got {tuple(x.shape[2:])}")
+    _check_batch_size(batch_size)
+    if model is None:
+        model = load_digits_classifier(device)
+    dev = next(model.parameters()).device
+    feats, probs = [], []
+    for chunk in x.split(batch_size):
+        h, logits = model(chunk.to(dev, torch.float32).clamp(-1.0, 1.0))
+        feats.append(h.float().cpu())
+        probs.append(torch.softmax(logits.float(), dim=1).cpu())
+    return torch.cat(feats), torch.cat(probs)
+
+
+# --------------------------------------------------------------------------------------------------
+# FID Inception-v3
+# --------------------------------------------------------------------------------------------------
+
+
+def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
+    """Hex SHA-256 digest of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk_bytes):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _where_to_put() -> str:
+    return (
+        f"download {INCEPTION_URL} on a machine with internet access, copy it here and pass its path "
+        f"explicitly or set {INCEPTION_ENV}=/path/to/{INCEPTION_FILENAME}"
+    )
+
+
+def load_inception(
+    path: str | Path | None = None,
+    device: str | torch.device | None = None,
+    *,
+    expected_sha256_prefix: str | None = INCEPTION_SHA256_PREFIX,
+) -> FIDInceptionV3:
+    """pytorch-fid's FID Inception-v3 from a local ``.pth`` file, in eval mode with frozen weights.
+
+    ``path`` defaults to the environment variable ``LCSSM_INCEPTION_WEIGHTS``. The file's SHA-256 must
+    start with ``expected_sha256_prefix`` (the ``6726825d`` in its name; ``None`` skips the check,
+    for tests). Raises :class:`DataError` naming the file and where to get it when it is missing or
+    does not match; never downloads.
+    """
+    if path is None:
+        path = os.environ.get(INCEPTION_ENV)
+        if not path:
+            raise DataError(f"no FID Inception weights given ({INCEPTION_FILENAME}): {_where_to_put()}")
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"FID Inception weights {str(path)!r} not found: {_where_to_put()}")
+    if expected_sha256_prefix is not None:
+        digest = sha256_file(path)
+        if not digest.startswith(expected_sha256_prefix.lower()):
+            raise DataError(
+                f"FID Inception weights {str(path)!r} have SHA-256 {digest[:16]}..., expected a digest "
+                f"starting with {expected_sha256_prefix} ({INCEPTION_FILENAME}): {_where_to_put()}"
+            )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # any unpickling failure means an unusable file
+        raise DataError(f"cannot read FID Inception weights {str(path)!r}: {e}") from e
+    model = FIDInceptionV3()
+    try:
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, AttributeError) as e:
+        raise DataError(f"{str(path)!r} is not a FID Inception-v3 state dict: {e}") from e
+    return _freeze(model, resolve_device(device))
+
+
+def preprocess_for_inception(
+    images: torch.Tensor, *, input_range: InputRange = "minus_one_one", quantize: bool = True
+) -> torch.Tensor:
+    """pytorch-fid's preprocessing: to [0, 1], optional 8-bit rounding, bilinear resize to 299, to [-1, 1].
+
+    Grey-scale ``(N, 1, H, W)`` images are repeated to three channels. ``quantize`` rounds to the 256
+    levels of a saved PNG, as the images behind published reference statistics were.
+    """
+    if input_range == "minus_one_one":
+        x = (images + 1.0) / 2.0
+    elif input_range == "zero_one":
+        x = images
+    else:
+        raise DataError(f"unknown input_range {input_range!r}; valid: minus_one_one, zero_one")
+    x = x.clamp(0.0, 1.0)
+    if quantize:
+        x = torch.round(x * 255.0) / 255.0
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+    return 2.0 * x - 1.0
+
+
+@torch.no_grad()
+def inception_features(
+    images: torch.Tensor,
+    model: FIDInceptionV3,
+    *,
+    batch_size: int = 50,
+    input_range: InputRange = "minus_one_one",
+    quantize: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inception ``(pool3 features (N, 2048), softmax probs (N, 1008))`` as float32 CPU tensors.
+
+    ``images`` are ``(N, 1 or 3, H, W)`` in ``input_range``; see :func:`preprocess_for_inception`.
+    Runs in float32 (no autocast) on the model's device.
+    """
+    x = _check_images(images, (1, 3), "images")
+    _check_batch_size(batch_size)
+    dev = next(model.parameters()).device
+    feats, probs = [], []
+    for chunk in x.split(batch_size):
+        inp = preprocess_for_inception(chunk.to(dev, torch.float32), input_range=input_range, quantize=quantize)
+        f, logits = model(inp)
+        feats.append(f.float().cpu())
+        probs.append(torch.softmax(logits.float(), dim=1).cpu())
+    return torch.cat(feats), torch.cat(probs)
