@@ -1,5 +1,30 @@
-"""Score networks: toy MLPs and image U-Nets."""
+"""Score networks: toy MLPs, U-Nets of the NCSN++/DDPM++ family, NCSNv2, and named presets."""
 
+from lcssm.models.ncsnv2 import NCSNv2, NCSNv2Config
+from lcssm.models.presets import (
+    MODEL_PRESETS,
+    ModelPreset,
+    build_model,
+    count_parameters,
+    count_preset_parameters,
+    get_preset,
+    resolve_model_config,
+)
 from lcssm.models.toy import EnergyMLP, ScoreMLP
+from lcssm.models.unet import UNet, UNetConfig
 
-__all__ = ["EnergyMLP", "ScoreMLP"]
+__all__ = [
+    "MODEL_PRESETS",
+    "EnergyMLP",
+    "ModelPreset",
+    "NCSNv2",
+    "NCSNv2Config",
+    "ScoreMLP",
+    "UNet",
+    "UNetConfig",
+    "build_model",
+    "count_parameters",
+    "count_preset_parameters",
+    "get_preset",
+    "resolve_model_config",
+]

@@ -1,0 +1,476 @@
+"""Time-conditional U-Net score network of the NCSN++ / DDPM++ family (Song et al., ICLR 2021, App. H).
+
+One implementation configured by :class:`UNetConfig`; "deep" variants are more residual blocks per
+resolution. Compared with score_sde's ``ncsnpp.py`` this keeps: BigGAN-style residual blocks (resampling
+inside the block) or DDPM-style blocks with separate (conv) resamplers, skip rescaling by 1/√2, attention at
+chosen resolutions and in the middle, progressive input (``input_skip`` / ``residual``) and output
+(``output_skip``) pyramids, Gaussian-Fourier or sinusoidal time embeddings. It leaves out the FIR
+resampling kernels: resampling is 2x2 average pooling / nearest-neighbour upsampling (score_sde's
+``fir=False`` path). Parameter counts equal score_sde's for the same settings, FIR or not.
+
+Call contract: ``model(x, t, sigma=None) -> score`` with x (B, C, H, W), t (B,) continuous SDE time in
+[0, 1] and sigma (B,) the marginal standard deviation σ(t) of the perturbation kernel. sigma is required
+exactly when :attr:`UNet.needs_sigma` is true: with ``scale_by_sigma`` (the output is divided by σ, so the
+network predicts −z for x = x₀ + σz, NCSN++'s VE parametrisation) or with ``embedding_input="log_sigma"``
+(the embedding is of log σ, as score_sde does for VE). A caller holding an SDE writes
+``model(x, t, sigma=sde.marginal_std(t))``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lcssm.errors import ConfigError
+from lcssm.models.embeddings import GaussianFourierEmbedding, sinusoidal_embedding
+from lcssm.models.layers import (
+    ACTIVATIONS,
+    ATTENTION_IMPLS,
+    AttentionImpl,
+    SelfAttention2d,
+    activation,
+    conv1x1,
+    conv3x3,
+    group_norm,
+    linear,
+)
+
+__all__ = ["UNet", "UNetConfig"]
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "resblock": ("biggan", "ddpm"),
+    "embedding": ("fourier", "sinusoidal"),
+    "embedding_input": ("t", "log_sigma"),
+    "progressive": ("none", "output_skip"),
+    "progressive_input": ("none", "input_skip", "residual"),
+    "attention_impl": ATTENTION_IMPLS,
+    "activation": tuple(ACTIVATIONS),
+}
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Hyper-parameters of :class:`UNet` (names follow score_sde's ``config.model`` where one exists).
+
+    Attributes:
+        in_channels: image channels C (input and output).
+        image_size: training resolution; fixes where ``attn_resolutions`` fall. The network is fully
+            convolutional and runs at any H, W divisible by ``2 ** (len(ch_mult) - 1)``, with attention at
+            the same levels as at ``image_size``.
+        nf: base width (score_sde ``nf``); level i has ``nf * ch_mult[i]`` channels.
+        ch_mult: channel multiplier per resolution level, highest resolution first.
+        num_res_blocks: residual blocks per level in the encoder (the decoder has one more).
+        attn_resolutions: resolutions (at ``image_size``) with self-attention; the middle always has one
+            when ``mid_attention``.
+        dropout: dropout inside residual blocks.
+        resblock: ``"biggan"`` (resampling inside residual blocks, NCSN++/DDPM++) or ``"ddpm"``
+            (separate resampling layers, conv-based when ``resample_with_conv``).
+        resample_with_conv: DDPM-style blocks only: 3x3 conv after up/down sampling.
+        skip_rescale: divide residual sums by √2.
+        progressive: ``"output_skip"`` sums per-level RGB outputs (upsampled) into the result.
+        progressive_input: ``"input_skip"`` adds the (avg-pooled) input image at every level through a 1x1
+            conv; ``"residual"`` carries a strided-conv pyramid of the input (NCSN++ CIFAR-10).
+        embedding: ``"fourier"`` (Gaussian random features, NCSN++) or ``"sinusoidal"`` (DDPM++).
+        embedding_input: what is embedded: ``"t"`` (times ``time_scale`` for sinusoidal) or
+            ``"log_sigma"`` (score_sde's VE choice; needs sigma at call time).
+        fourier_scale: std of the Fourier frequencies (16 in NCSN++).
+        time_scale: sinusoidal embedding of ``time_scale * t`` (score_sde feeds 999·t for continuous VP).
+        time_conditional: False drops the embedding (an unconditional score network s(x)); t is ignored.
+        scale_by_sigma: divide the output by sigma (needs sigma at call time).
+        input_centered: True when data are already in [-1, 1]; False maps [0, 1] inputs by 2x − 1 first.
+        activation: nonlinearity (``silu`` = swish in NCSN++/DDPM++).
+        num_heads: attention heads (1 in score_sde).
+        attention_impl: ``"math"`` (twice differentiable) or ``"sdpa"`` (first-order only), see
+            :class:`~lcssm.models.layers.SelfAttention2d`.
+        init_scale: initial scale of the last conv of every residual branch, of attention outputs and of
+            the output layer; 0 (score_sde's default) makes them exactly zero, so the network starts at
+            s ≡ 0 and every block at the identity.
+    """
+
+    in_channels: int = 3
+    image_size: int = 32
+    nf: int = 128
+    ch_mult: tuple[int, ...] = (1, 2, 2, 2)
+    num_res_blocks: int = 4
+    attn_resolutions: tuple[int, ...] = (16,)
+    dropout: float = 0.1
+    resblock: Literal["biggan", "ddpm"] = "biggan"
+    resample_with_conv: bool = True
+    skip_rescale: bool = True
+    progressive: Literal["none", "output_skip"] = "none"
+    progressive_input: Literal["none", "input_skip", "residual"] = "none"
+    embedding: Literal["fourier", "sinusoidal"] = "sinusoidal"
+    embedding_input: Literal["t", "log_sigma"] = "t"
+    fourier_scale: float = 16.0
+    time_scale: float = 999.0
+    time_conditional: bool = True
+    scale_by_sigma: bool = False
+    input_centered: bool = True
+    activation: str = "silu"
+    num_heads: int = 1
+    attention_impl: AttentionImpl = "math"
+    mid_attention: bool = True
+    init_scale: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
+        object.__setattr__(self, "attn_resolutions", tuple(int(r) for r in self.attn_resolutions))
+        for name, valid in _CHOICES.items():
+            value = getattr(self, name)
+            if value not in valid:
+                raise ConfigError(f"UNetConfig.{name}={value!r} is not valid; valid: {', '.join(valid)}")
+        for name in ("in_channels", "image_size", "nf", "num_heads"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"UNetConfig.{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.num_res_blocks < 1:
+            raise ConfigError(f"UNetConfig.num_res_blocks must be >= 1, got {self.num_res_blocks!r}")
+        if not self.ch_mult or min(self.ch_mult) < 1:
+            raise ConfigError(f"UNetConfig.ch_mult must be a non-empty tuple of positive ints, got {self.ch_mult!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"UNetConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        factor = self.downsampling_factor
+        if self.image_size % factor:
+            raise ConfigError(
+                f"UNetConfig.image_size={self.image_size} is not divisible by 2**(len(ch_mult)-1)={factor}"
+            )
+        valid_res = self.resolutions
+        bad = [r for r in self.attn_resolutions if r not in valid_res]
+        if bad:
+            raise ConfigError(
+                f"UNetConfig.attn_resolutions {bad} are not level resolutions at image_size={self.image_size}; "
+                f"valid: {', '.join(map(str, valid_res))}"
+            )
+        for level, mult in enumerate(self.ch_mult):
+            if (self.nf * mult) % self.num_heads:
+                raise ConfigError(
+                    f"UNetConfig: level {level} has {self.nf * mult} channels, not divisible by "
+                    f"num_heads={self.num_heads}"
+                )
+
+    @property
+    def downsampling_factor(self) -> int:
+        """Total downsampling: H and W must be multiples of this."""
+        return 2 ** (len(self.ch_mult) - 1)
+
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        """Resolution of each level at ``image_size``."""
+        return tuple(self.image_size // 2**i for i in range(len(self.ch_mult)))
+
+    @property
+    def needs_sigma(self) -> bool:
+        """Whether ``forward`` needs ``sigma`` (scale_by_sigma, or a log σ embedding)."""
+        return self.scale_by_sigma or (self.time_conditional and self.embedding_input == "log_sigma")
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
+class _ResBlock(nn.Module):
+    """Residual block with time-embedding bias (DDPM++ ``ResnetBlockDDPMpp`` / ``ResnetBlockBigGANpp``).
+
+    ``h = Conv(act(GN(x))) + Dense(act(temb)); h = Conv(Dropout(act(GN(h))))``, output
+    ``(shortcut(x) + h) / √2`` with skip rescaling. ``up``/``down`` (BigGAN style) resample both paths after
+    the first activation; the shortcut is a 1x1 conv whenever shapes change.
+    """
+
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        *,
+        temb_dim: int | None,
+        act: str,
+        dropout: float,
+        skip_rescale: bool,
+        init_scale: float,
+        up: bool = False,
+        down: bool = False,
+    ) -> None:
+        super().__init__()
+        self.up, self.down, self.skip_rescale = up, down, skip_rescale
+        self.act = activation(act)
+        self.norm0 = group_norm(c_in)
+        self.conv0 = conv3x3(c_in, c_out)
+        self.temb_proj = linear(temb_dim, c_out) if temb_dim is not None else None
+        self.norm1 = group_norm(c_out)
+        self.dropout = nn.Dropout(dropout)
+        self.conv1 = conv3x3(c_out, c_out, init_scale=init_scale)
+        self.shortcut = conv1x1(c_in, c_out) if (c_in != c_out or up or down) else None
+
+    def forward(self, x: Tensor, temb: Tensor | None) -> Tensor:
+        h = self.act(self.norm0(x))
+        if self.up:
+            h, x = _upsample(h), _upsample(x)
+        elif self.down:
+            h, x = _downsample(h), _downsample(x)
+        h = self.conv0(h)
+        if self.temb_proj is not None and temb is not None:
+            h = h + self.temb_proj(self.act(temb))[:, :, None, None]
+        h = self.conv1(self.dropout(self.act(self.norm1(h))))
+        if self.shortcut is not None:
+            x = self.shortcut(x)
+        out = x + h
+        return out / math.sqrt(2.0) if self.skip_rescale else out
+
+
+def _upsample(x: Tensor) -> Tensor:
+    return F.interpolate(x, scale_factor=2.0, mode="nearest")
+
+
+def _downsample(x: Tensor) -> Tensor:
+    return F.avg_pool2d(x, 2)
+
+
+class _Resample(nn.Module):
+    """DDPM-style resampling layer: nearest ×2 (+3x3 conv) or 2x2 average pool / stride-2 3x3 conv.
+
+    The strided conv pads right/bottom by one, emulating TensorFlow's 'SAME' padding as score_sde does.
+    """
+
+    def __init__(self, c_in: int, c_out: int, *, up: bool, with_conv: bool) -> None:  # c_in == c_out without conv
+        super().__init__()
+        self.up = up
+        if with_conv:
+            self.conv = conv3x3(c_in, c_out) if up else conv3x3(c_in, c_out, stride=2, padding=0)
+        else:
+            self.conv = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.up:
+            x = _upsample(x)
+            return self.conv(x) if self.conv is not None else x
+        if self.conv is None:
+            return _downsample(x)
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class _OutputHead(nn.Module):
+    """``Conv3x3(act(GroupNorm(h)))`` to image channels."""
+
+    def __init__(self, c_in: int, c_out: int, *, act: str, init_scale: float) -> None:
+        super().__init__()
+        self.norm = group_norm(c_in)
+        self.act = activation(act)
+        self.conv = conv3x3(c_in, c_out, init_scale=init_scale)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.conv(self.act(self.norm(h)))
+
+
+def _per_sample(value: Tensor | float, batch: int, name: str, like: Tensor) -> Tensor:
+    """A (B,) float tensor from a scalar, a 0-d tensor or a (B,) tensor."""
+    v = torch.as_tensor(value, device=like.device)
+    if not v.is_floating_point():
+        v = v.to(torch.float32)
+    if v.ndim == 0:
+        return v.expand(batch)
+    if v.shape != (batch,):
+        raise ValueError(f"{name} must be a scalar or have shape ({batch},), got {tuple(v.shape)}")
+    return v
+
+
+class UNet(nn.Module):
+    """NCSN++ / DDPM++ score network ``s_θ(x, t)``; see the module docstring for the call contract."""
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        if not isinstance(config, UNetConfig):
+            raise ConfigError(f"UNet expects a UNetConfig, got {type(config).__name__}")
+        self.config = cfg = config
+        nf, act = cfg.nf, cfg.activation
+        n_levels = len(cfg.ch_mult)
+        attn_levels = {cfg.resolutions.index(r) for r in cfg.attn_resolutions}
+
+        # time embedding: features -> Linear(4nf) -> act -> Linear(4nf)
+        temb_dim: int | None = None
+        self.fourier: GaussianFourierEmbedding | None = None
+        if cfg.time_conditional:
+            if cfg.embedding == "fourier":
+                self.fourier = GaussianFourierEmbedding(2 * nf, scale=cfg.fourier_scale)
+            temb_dim = 4 * nf
+            self.temb_mlp = nn.Sequential(
+                linear(2 * nf if cfg.embedding == "fourier" else nf, temb_dim),
+                activation(act),
+                linear(temb_dim, temb_dim),
+            )
+
+        def res(c_in: int, c_out: int, **kw: bool) -> _ResBlock:
+            return _ResBlock(
+                c_in,
+                c_out,
+                temb_dim=temb_dim,
+                act=act,
+                dropout=cfg.dropout,
+                skip_rescale=cfg.skip_rescale,
+                init_scale=cfg.init_scale,
+                **kw,
+            )
+
+        def attn(c: int) -> SelfAttention2d:
+            return SelfAttention2d(
+                c,
+                num_heads=cfg.num_heads,
+                skip_rescale=cfg.skip_rescale,
+                init_scale=cfg.init_scale,
+                impl=cfg.attention_impl,
+            )
+
+        channels = cfg.in_channels
+        self.conv_in = conv3x3(channels, nf)
+
+        # encoder: per level num_res_blocks blocks (+attention), then a downsampling step
+        self.down_blocks = nn.ModuleList()
+        self.down_attn = nn.ModuleList()
+        self.downsamplers = nn.ModuleList()
+        self.input_pyramid = nn.ModuleList()
+        skip_channels = [nf]
+        c = nf
+        pyramid_c = channels
+        for level in range(n_levels):
+            blocks, attns = nn.ModuleList(), nn.ModuleList()
+            for _ in range(cfg.num_res_blocks):
+                c_out = nf * cfg.ch_mult[level]
+                blocks.append(res(c, c_out))
+                c = c_out
+                attns.append(attn(c) if level in attn_levels else nn.Identity())
+                skip_channels.append(c)
+            self.down_blocks.append(blocks)
+            self.down_attn.append(attns)
+            if level == n_levels - 1:
+                continue
+            if cfg.resblock == "biggan":
+                self.downsamplers.append(res(c, c, down=True))
+            else:
+                self.downsamplers.append(_Resample(c, c, up=False, with_conv=cfg.resample_with_conv))
+            if cfg.progressive_input == "input_skip":
+                self.input_pyramid.append(conv1x1(channels, c))  # score_sde's Combine(method="sum")
+            elif cfg.progressive_input == "residual":
+                self.input_pyramid.append(_Resample(pyramid_c, c, up=False, with_conv=True))
+                pyramid_c = c
+            skip_channels.append(c)
+
+        self.mid = nn.ModuleList([res(c, c), attn(c) if cfg.mid_attention else nn.Identity(), res(c, c)])
+
+        # decoder: per level num_res_blocks + 1 blocks on [h, skip], attention once, then upsampling
+        self.up_blocks = nn.ModuleList()
+        self.up_attn = nn.ModuleList()
+        self.upsamplers = nn.ModuleList()
+        self.output_pyramid = nn.ModuleList()
+        for level in reversed(range(n_levels)):
+            blocks = nn.ModuleList()
+            for _ in range(cfg.num_res_blocks + 1):
+                c_out = nf * cfg.ch_mult[level]
+                blocks.append(res(c + skip_channels.pop(), c_out))
+                c = c_out
+            self.up_blocks.append(blocks)
+            self.up_attn.append(attn(c) if level in attn_levels else nn.Identity())
+            if cfg.progressive == "output_skip":
+                self.output_pyramid.append(_OutputHead(c, channels, act=act, init_scale=cfg.init_scale))
+            if level != 0:
+                if cfg.resblock == "biggan":
+                    self.upsamplers.append(res(c, c, up=True))
+                else:
+                    self.upsamplers.append(_Resample(c, c, up=True, with_conv=cfg.resample_with_conv))
+        assert not skip_channels
+        self.head = (
+            _OutputHead(c, channels, act=act, init_scale=cfg.init_scale) if cfg.progressive != "output_skip" else None
+        )
+        self.act = activation(act)
+
+    @property
+    def needs_sigma(self) -> bool:
+        """Whether ``forward`` requires ``sigma`` (see :attr:`UNetConfig.needs_sigma`)."""
+        return self.config.needs_sigma
+
+    def _embed(self, t: Tensor | None, sigma: Tensor | None, batch: int, like: Tensor) -> Tensor | None:
+        cfg = self.config
+        if not cfg.time_conditional:
+            return None
+        if cfg.embedding_input == "log_sigma":
+            cond = torch.log(sigma)
+        else:
+            if t is None:
+                raise ValueError("UNet is time-conditional: pass t of shape (B,)")
+            cond = _per_sample(t, batch, "t", like)
+        if self.fourier is not None:
+            feats = self.fourier(cond)
+        else:
+            feats = sinusoidal_embedding(cond * cfg.time_scale, cfg.nf)
+        first = self.temb_mlp[0].weight
+        return self.temb_mlp(feats.to(first.dtype))
+
+    def forward(self, x: Tensor, t: Tensor | float | None = None, sigma: Tensor | float | None = None) -> Tensor:
+        """Score at x. x (B, C, H, W); t (B,) in [0, 1] (or a scalar); sigma (B,) marginal std σ(t).
+
+        Returns a tensor shaped like x. Raises ValueError for a wrong shape or a missing sigma.
+        """
+        cfg = self.config
+        if x.ndim != 4 or x.shape[1] != cfg.in_channels:
+            raise ValueError(f"UNet expects x of shape (B, {cfg.in_channels}, H, W), got {tuple(x.shape)}")
+        batch, _, height, width = x.shape
+        f = cfg.downsampling_factor
+        if height % f or width % f:
+            raise ValueError(
+                f"UNet with {len(cfg.ch_mult)} levels needs H and W divisible by {f}, got {height}x{width}"
+            )
+        if cfg.needs_sigma:
+            if sigma is None:
+                why = "scale_by_sigma=True" if cfg.scale_by_sigma else "embedding_input='log_sigma'"
+                raise ValueError(
+                    f"this UNet has {why}: pass sigma, the (B,) marginal std of x at time t, "
+                    "e.g. model(x, t, sigma=sde.marginal_std(t))"
+                )
+            sigma = _per_sample(sigma, batch, "sigma", x)
+        temb = self._embed(t, sigma, batch, x)
+
+        if not cfg.input_centered:
+            x = 2.0 * x - 1.0
+        pyramid = x
+        h = self.conv_in(x)
+        hs = [h]
+        n_levels = len(cfg.ch_mult)
+        for level in range(n_levels):
+            for block, attn in zip(self.down_blocks[level], self.down_attn[level]):
+                h = attn(block(h, temb))
+                hs.append(h)
+            if level == n_levels - 1:
+                continue
+            down = self.downsamplers[level]
+            h = down(h, temb) if isinstance(down, _ResBlock) else down(h)
+            if cfg.progressive_input == "input_skip":
+                pyramid = _downsample(pyramid)
+                h = h + self.input_pyramid[level](pyramid)
+            elif cfg.progressive_input == "residual":
+                pyramid = self.input_pyramid[level](pyramid) + h
+                if cfg.skip_rescale:
+                    pyramid = pyramid / math.sqrt(2.0)
+                h = pyramid
+            hs.append(h)
+
+        h = self.mid[0](h, temb)
+        h = self.mid[1](h)
+        h = self.mid[2](h, temb)
+
+        out_pyramid: Tensor | None = None
+        for i, blocks in enumerate(self.up_blocks):
+            for block in blocks:
+                h = block(torch.cat([h, hs.pop()], dim=1), temb)
+            h = self.up_attn[i](h)
+            if cfg.progressive == "output_skip":
+                level_out = self.output_pyramid[i](h)
+                out_pyramid = level_out if out_pyramid is None else _upsample(out_pyramid) + level_out
+            if i < n_levels - 1:
+                up = self.upsamplers[i]
+                h = up(h, temb) if isinstance(up, _ResBlock) else up(h)
+
+        out = out_pyramid if self.head is None else self.head(h)
+        if cfg.scale_by_sigma:
+            out = out / sigma.to(out.dtype).view(-1, 1, 1, 1)
+        return out
