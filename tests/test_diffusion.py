@@ -8,7 +8,7 @@ import torch
 from lcssm.diffusion import diffusion_loss
 from lcssm.errors import ConfigError
 from lcssm.objectives import OBJECTIVES, lcss
-from lcssm.sde import SubVPSDE, VESDE, VPSDE
+from lcssm.sde import VESDE, VPSDE, SubVPSDE
 
 
 class TimeScore(torch.nn.Module):

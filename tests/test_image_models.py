@@ -203,7 +203,7 @@ def test_build_model_overrides():
         (dict(progressive="residual"), "valid: none, output_skip"),
         (dict(image_size=36), "divisible"),
         (dict(num_heads=3), "num_heads"),
-        (dict(activation="tanh"), "valid:"),
+        (dict(activation="relu6"), "valid:"),
     ],
 )
 def test_unet_config_validation(kwargs, match):

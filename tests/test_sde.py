@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lcssm.errors import ConfigError
-from lcssm.sde import SubVPSDE, VESDE, VPSDE, get_sde
+from lcssm.sde import VESDE, VPSDE, SubVPSDE, get_sde
 
 SDES = [VESDE(), VPSDE(), SubVPSDE()]
 IDS = ["ve", "vp", "subvp"]

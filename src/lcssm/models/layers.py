@@ -32,13 +32,21 @@ __all__ = [
     "variance_scaling_",
 ]
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {"silu": nn.SiLU, "swish": nn.SiLU, "elu": nn.ELU, "relu": nn.ReLU}
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "silu": nn.SiLU,
+    "swish": nn.SiLU,
+    "elu": nn.ELU,
+    "relu": nn.ReLU,
+    "softplus": nn.Softplus,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+}
 AttentionImpl = Literal["math", "sdpa"]
 ATTENTION_IMPLS = ("math", "sdpa")
 
 
 def activation(name: str) -> nn.Module:
-    """A fresh activation module by name (``silu``/``swish``, ``elu``, ``relu``)."""
+    """A fresh activation module by name (a key of :data:`ACTIVATIONS`)."""
     try:
         return ACTIVATIONS[name]()
     except KeyError:

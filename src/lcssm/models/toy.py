@@ -8,23 +8,15 @@ from torch import Tensor, nn
 
 from lcssm.errors import ConfigError
 from lcssm.models.embeddings import time_embedding
-
-ACTIVATIONS = {"silu": nn.SiLU, "softplus": nn.Softplus, "elu": nn.ELU, "tanh": nn.Tanh, "gelu": nn.GELU}
-
-
-def _activation(name: str) -> type[nn.Module]:
-    try:
-        return ACTIVATIONS[name]
-    except KeyError:
-        raise ConfigError(f"unknown activation {name!r}; valid: {', '.join(ACTIVATIONS)}") from None
+from lcssm.models.layers import activation as activation_layer
 
 
 def mlp(d_in: int, d_out: int, hidden: int, n_hidden: int, activation: str) -> nn.Sequential:
-    act = _activation(activation)
+    activation_layer(activation)  # validates the name before any layer is built
     layers: list[nn.Module] = []
     width = d_in
     for _ in range(n_hidden):
-        layers += [nn.Linear(width, hidden), act()]
+        layers += [nn.Linear(width, hidden), activation_layer(activation)]
         width = hidden
     layers.append(nn.Linear(width, d_out))
     return nn.Sequential(*layers)
