@@ -110,6 +110,11 @@ def _score(score_fn: ScoreFn, x: Tensor) -> Tensor:
     return s
 
 
+def _tile(x: Tensor, n: int) -> Tensor:
+    """``n`` stacked copies of the batch, ``(n·B, *D)`` (no copy for n = 1)."""
+    return x if n == 1 else x.repeat(n, *([1] * (x.dim() - 1)))
+
+
 def _blocks(t: Tensor, n: int) -> Tensor:
     """``(n·B, *D)`` -> ``(n, B, *D)``."""
     return t.view(n, -1, *t.shape[1:])
@@ -154,7 +159,7 @@ def _sliced(
     _check_x(x)
     vs = _noise_stack(v, x, n_slices, noise, generator, "v")
     n = vs.shape[0]
-    xr = _requires_grad(x.repeat(n, *([1] * (x.dim() - 1))))
+    xr = _requires_grad(_tile(x, n))
     vr = vs.reshape(-1, *x.shape[1:])
     s = _score(score_fn, xr)
     sv = _dot(s, vr)
@@ -220,7 +225,7 @@ def fdssm(
         vs = eps * vs / norms.view(*norms.shape, *([1] * (x.dim() - 1)))
     n = vs.shape[0]
     d = x[0].numel()
-    xr = x.repeat(n, *([1] * (x.dim() - 1)))
+    xr = _tile(x, n)
     vr = vs.reshape(-1, *x.shape[1:])
     s = _score(score_fn, torch.cat([xr + vr, xr - vr]))
     s_plus, s_minus = s.chunk(2)
@@ -278,11 +283,11 @@ def lcss(
     if antithetic:
         zs = torch.cat([zs, -zs])
     n = zs.shape[0]
-    xr = x.repeat(n, *([1] * (x.dim() - 1)))
+    xr = _tile(x, n)
     zr = zs.reshape(-1, *x.shape[1:])
-    sig_r = sig.repeat(n)
+    sig_r = _tile(sig, n)
     s = _score(score_fn, xr + _bcast(sig_r, xr) * zr)
-    r = torch.ones_like(sig_r) if sqrt_weight is None else sqrt_weight.repeat(n)
+    r = torch.ones_like(sig_r) if sqrt_weight is None else _tile(sqrt_weight, n)
     loss = gamma * r * (r / sig_r) * _dot(s, zr) + 0.5 * r**2 * _sqnorm(s)
     return _blocks(loss, n).mean(0)
 
