@@ -43,9 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except USER_ERRORS as e:
-        msg = str(e) if not isinstance(e, KeyError) else e.args[0]
-        print(f"lcssm {args.command}: error: {msg}", file=sys.stderr)
-        return 2
+        print(f"lcssm {args.command}: error: {e}", file=sys.stderr)
+        return int(getattr(e, "exit_code", 2))
     except KeyboardInterrupt:
         print(f"lcssm {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -1,0 +1,1 @@
+"""Experiment pipelines built from the library layers (train -> sample -> evaluate -> report)."""

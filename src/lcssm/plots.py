@@ -1,0 +1,94 @@
+"""Figures written next to run outputs (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+Bounds = tuple[float, float, float, float]
+
+
+def _save(fig, path: str | Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def bounds_of(x: np.ndarray | torch.Tensor, margin: float = 0.1) -> Bounds:
+    """(xmin, xmax, ymin, ymax) of 2-D points with a relative margin."""
+    x = np.asarray(x)
+    lo, hi = np.percentile(x, 0.5, axis=0), np.percentile(x, 99.5, axis=0)
+    pad = margin * (hi - lo)
+    return float(lo[0] - pad[0]), float(hi[0] + pad[0]), float(lo[1] - pad[1]), float(hi[1] + pad[1])
+
+
+def plot_samples_2d(path: str | Path, samples, reference=None, *, bounds: Bounds | None = None,
+                    title: str = "samples") -> None:
+    """2-D histogram of samples, next to the reference data when given."""
+    samples = np.asarray(samples)
+    panels = [(samples, title)] + ([(np.asarray(reference), "data")] if reference is not None else [])
+    bounds = bounds or bounds_of(panels[-1][0])
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)
+    for ax, (pts, name) in zip(axes[0], panels):
+        ax.hist2d(pts[:, 0], pts[:, 1], bins=200, range=[bounds[:2], bounds[2:]], cmap="magma")
+        ax.set_title(name)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    _save(fig, path)
+
+
+def density_grid(log_density: Callable[[torch.Tensor], torch.Tensor], bounds: Bounds, n: int = 200
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Evaluate an unnormalised log-density on an n×n grid; returns (xs, ys, normalised density)."""
+    xs = np.linspace(bounds[0], bounds[1], n)
+    ys = np.linspace(bounds[2], bounds[3], n)
+    xx, yy = np.meshgrid(xs, ys, indexing="xy")
+    pts = torch.tensor(np.stack([xx.ravel(), yy.ravel()], 1), dtype=torch.float32)
+    with torch.no_grad():
+        logp = torch.cat([log_density(chunk) for chunk in pts.split(10_000)]).double().numpy()
+    p = np.exp(logp - logp.max()).reshape(n, n)
+    cell = (xs[1] - xs[0]) * (ys[1] - ys[0])
+    return xs, ys, p / (p.sum() * cell)
+
+
+def plot_density_2d(path: str | Path, log_density: Callable[[torch.Tensor], torch.Tensor], bounds: Bounds,
+                    *, title: str = "learned density exp f") -> None:
+    xs, ys, p = density_grid(log_density, bounds)
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.imshow(p, origin="lower", extent=bounds, cmap="magma", aspect="equal")
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    _save(fig, path)
+
+
+def plot_losses(path: str | Path, curves: dict[str, Sequence[float]], *, title: str = "training loss",
+                smooth: int = 50) -> None:
+    """Loss curves (raw, faint) with a moving average, one line per named run."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, losses in curves.items():
+        y = np.asarray(losses, dtype=float)
+        line = ax.plot(y, alpha=0.25, lw=0.8)[0]
+        if len(y) > smooth:
+            avg = np.convolve(y, np.ones(smooth) / smooth, mode="valid")
+            ax.plot(np.arange(smooth - 1, len(y)), avg, color=line.get_color(), label=name)
+        else:
+            line.set_label(name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    finite = np.concatenate([np.asarray(c, dtype=float) for c in curves.values()])
+    finite = finite[np.isfinite(finite)]
+    if finite.size:
+        lo, hi = np.percentile(finite, [1, 99])
+        ax.set_ylim(lo - 0.1 * abs(hi - lo), hi + 0.1 * abs(hi - lo))
+    ax.legend()
+    _save(fig, path)

@@ -1,0 +1,88 @@
+"""``lcssm toy`` end to end (tiny settings) and its bad-input paths."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lcssm.cli import main
+
+TINY = ["--steps", "30", "--batch-size", "128", "--n-samples", "300", "--langevin-steps", "20", "--hidden", "32",
+        "--no-progress"]
+
+
+@pytest.mark.parametrize("objective", ["lcss", "dsm", "ssm", "ssm_vr", "fdssm", "exact_sm"])
+def test_toy_run_writes_every_file(tmp_path, objective, capsys):
+    out = tmp_path / objective
+    assert main(["toy", "--data", "checkerboard", "--objective", objective, "--out", str(out), *TINY]) == 0
+    samples = np.load(out / "samples.npy")
+    assert samples.shape == (300, 2) and samples.dtype == np.float32
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("train_seconds", "sample_seconds", "final_loss", "energy_distance", "energy_distance_floor",
+                "in_support", "in_support_ceiling"):
+        assert key in metrics and np.isfinite(metrics[key]), key
+    assert 0.0 <= metrics["in_support"] <= 1.0
+    assert abs(metrics["in_support_ceiling"] - 0.9227) < 1e-3
+    lines = (out / "loss.csv").read_text().strip().splitlines()
+    assert lines[0].startswith("step") and len(lines) == 31
+    for png in ("samples.png", "density.png", "loss.png"):
+        assert (out / png).stat().st_size > 1000
+    assert json.loads(capsys.readouterr().out)["objective"] == objective
+
+
+def test_toy_point_file_any_dimension(tmp_path):
+    pts = np.random.default_rng(0).normal(size=(500, 3)).astype(np.float32)
+    np.save(tmp_path / "pts.npy", pts)
+    out = tmp_path / "run"
+    assert main(["toy", "--data", str(tmp_path / "pts.npy"), "--model", "score", "--out", str(out), *TINY]) == 0
+    assert np.load(out / "samples.npy").shape == (300, 3)
+    assert not (out / "samples.png").exists()  # figures only for 2-D data
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "in_support" not in metrics and np.isfinite(metrics["energy_distance"])
+
+
+def test_toy_is_reproducible(tmp_path):
+    for name in ("a", "b"):
+        assert main(["toy", "--objective", "lcss", "--seed", "3", "--out", str(tmp_path / name), *TINY]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "a" / "samples.npy"), np.load(tmp_path / "b" / "samples.npy"))
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--objective", "lcsss"], "invalid choice"),
+    (["--data", "checkers"], "unknown toy dataset 'checkers'"),
+    (["--model", "flow"], "invalid choice"),
+    (["--sigma", "0"], "sigma must be > 0"),
+    (["--sigma", "-0.5"], "sigma must be > 0"),
+    (["--sigma", "abc"], "invalid float value"),
+    (["--n-noise", "0"], "n_noise must be >= 1"),
+    (["--steps", "-1"], "steps"),
+    (["--batch-size", "0"], "batch_size"),
+    (["--lr", "0"], "lr"),
+    (["--data", "missing.npy"], "does not exist"),
+    (["--set", "train.nope=1"], "nope"),
+    (["--set", "sigma=abc"], "sigma"),
+    (["--set", "sigma"], "KEY=VALUE|key=value|="),
+    (["--langevin-step-size", "0"], "langevin_step_size"),
+])
+def test_toy_bad_inputs_exit_2_with_one_line(tmp_path, capsys, argv, match):
+    with pytest.raises(SystemExit) as e:
+        code = main(["toy", "--out", str(tmp_path / "r"), *TINY, *argv])
+        raise SystemExit(code)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    last = err.splitlines()[-1]
+    import re
+
+    assert re.search(match, last), last
+
+
+@pytest.mark.parametrize("content", ["1,2\n3,x\n", "1,2,3\n4,5\n", "", "1,nan\n2,3\n"])
+def test_toy_malformed_point_file_exit_2(tmp_path, capsys, content):
+    (tmp_path / "bad.csv").write_text(content)
+    code = main(["toy", "--data", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "r"), *TINY])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad.csv" in err[0]
