@@ -49,10 +49,10 @@ class ToyConfig:
     n_noise: int = 1  # lcss n_samples / ssm, ssm_vr, fdssm n_slices
     fd_eps: float = 0.1
     hidden: int = 300
-    activation: str = "softplus"
+    activation: str = "silu"
     n_samples: int = 20_000
     langevin_steps: int = 1000
-    langevin_step_size: float = 0.01
+    langevin_step_size: float = 0.003  # well below σ² = 0.01, so ULA does not blur the σ-smoothed edges
     init: str = "uniform"
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=3000, batch_size=1000, lr=1e-3, ema_decay=0.0, log_every=50))

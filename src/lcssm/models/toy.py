@@ -30,7 +30,7 @@ class EnergyMLP(nn.Module):
     pay for double backward.
     """
 
-    def __init__(self, dim: int = 2, hidden: int = 300, n_hidden: int = 2, activation: str = "softplus") -> None:
+    def __init__(self, dim: int = 2, hidden: int = 300, n_hidden: int = 2, activation: str = "silu") -> None:
         super().__init__()
         if dim < 1:
             raise ConfigError(f"dim must be >= 1, got {dim}")
