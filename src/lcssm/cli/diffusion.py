@@ -306,19 +306,10 @@ def draw_samples(cfg: DiffusionConfig, model: nn.Module, device: torch.device, p
 
 
 def evaluate_samples(samples: Tensor, source, seed: int) -> dict:
-    """Energy distance to fresh data and the two-sample floor between two data sets of the same size."""
-    from lcssm.device import make_generator
-    from lcssm.metrics import energy_distance
+    """Energy distance to fresh data with its two-sample floor (and the checkerboard's in-support fraction)."""
+    from lcssm.experiments.toy import sample_quality
 
-    g = make_generator(seed + 1_000_003)
-    finite = torch.isfinite(samples).all(1)
-    n = int(min(int(finite.sum()), 5000))
-    out: dict[str, Any] = {"non_finite_samples": int((~finite).sum())}
-    if n >= 2:
-        ref_a, ref_b = source.reference(n, g), source.reference(n, g)
-        out["energy_distance"] = energy_distance(samples[finite][:n], ref_a, generator=g)
-        out["energy_distance_floor"] = energy_distance(ref_b, ref_a, generator=g)
-    return out
+    return sample_quality(samples, source.reference, seed, checkerboard=source.spec == "checkerboard")
 
 
 def sample_and_save(cfg: DiffusionConfig, model: nn.Module, out: Path, device: torch.device, progress: bool,
