@@ -7,6 +7,7 @@ that learned the σ-smoothed data and the reference score for score-error measur
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -175,6 +176,7 @@ def _interval_transfer(a: float, b: float, sigma: float) -> float:
     return (integral_cdf(b + 2) - integral_cdf(b)) / 2
 
 
+@functools.lru_cache(maxsize=64)
 def checkerboard_in_support_ceiling(sigma: float) -> float:
     """Fraction of σ-smoothed checkerboard points that lie on the support (exact, via normal CDF integrals).
 

@@ -1,0 +1,27 @@
+"""``lcssm bench``: the objective and sampler benchmark (:mod:`lcssm.reproduce.bench`)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from lcssm.reproduce.bench import add_arguments
+
+    p = sub.add_parser(
+        "bench",
+        help="time the objectives against each other (MLP and U-Net), exact SM vs d, sampler overhead, memory",
+        description="Print, from one run: step-time ratios LCSS / bare step, LCSS / DSM, SSM / LCSS, FD-SSM / "
+        "LCSS, exact SM / LCSS (also as d grows), the overhead of the PC and ODE samplers over pure network "
+        "evaluations, and the autograd-graph memory of each objective. Steps are interleaved round-robin after a "
+        "warm-up; ratios are medians [quartiles] of per-round ratios.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lcssm.reproduce.bench import run_from_args
+
+    return run_from_args(args)

@@ -1,0 +1,268 @@
+"""Reproduction targets (smoke size), their numerical claims, the report writer, the timing helpers and the
+benchmark. No timing assertions: timings only have to exist and be finite."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from lcssm.cli import main
+from lcssm.reproduce import TARGETS, Context, run_all
+from lcssm.reproduce.report import Report, Table, format_cell
+from lcssm.reproduce.timing import TimingStats, graph_memory, paired_ratio, time_round_robin
+from lcssm.sde import get_sde
+
+
+# ------------------------------------------------------------------------------------------- every target
+def _check_report(out, name):
+    md = (out / "REPORT.md").read_text()
+    res = json.loads((out / "results.json").read_text())
+    assert res["seed"] == 3 and res["size"] == "smoke"
+    assert f"reproduce {name} --out" in md and "seed: 3" in md and "torch threads" in md
+    assert res["tables"], "a report without tables"
+    for key, table in res["tables"].items():
+        assert table["rows"], key
+        for row in table["rows"]:
+            assert len(row) == len(table["headers"])
+            for cell in row:
+                assert cell is not None and cell != "" and str(cell) not in ("nan", "NaN", "None"), (key, row)
+    assert "| NaN" not in md and "| None" not in md
+    figures = [line.split("](")[1].rstrip(")") for line in md.splitlines() if line.startswith("![")]
+    assert figures and all((out / f).exists() for f in figures)
+
+
+@pytest.mark.parametrize("name", [n for n in TARGETS if n not in ("table1", "fig8")])
+def test_target_smoke_writes_a_complete_report(name, tmp_path):
+    out = tmp_path / name
+    assert main(["reproduce", name, "--out", str(out), "--smoke", "--seed", "3"]) == 0
+    _check_report(out, name)
+
+
+def test_table1_and_fig8_share_their_runs_under_all(tmp_path):
+    """``all`` runs table1 then fig8 on the same four toy runs (fig8 reads table1's loss logs)."""
+    status = run_all(tmp_path, size="smoke", seed=3, names=["table1", "fig8"], log=lambda s: None,
+                     command="lcssm reproduce all --out x --smoke --seed 3")
+    assert [s["status"] for s in status.values()] == ["ok", "ok"] and all(s["seconds"] > 0 for s in status.values())
+    assert "fig8/REPORT.md" in (tmp_path / "README.md").read_text()
+    for name in ("table1", "fig8"):
+        md = (tmp_path / name / "REPORT.md").read_text()
+        assert "reproduce all --out" in md
+        md = md.replace("reproduce all --out", f"reproduce {name} --out")
+        (tmp_path / name / "REPORT.md").write_text(md)
+        _check_report(tmp_path / name, name)
+    assert not (tmp_path / "fig8" / "runs").exists()
+    res = json.loads((tmp_path / "table1" / "results.json").read_text())["results"]["metrics"]
+    assert set(res) == {"ssm", "fdssm", "dsm", "lcss"}
+    assert all(0 <= m["in_support"] <= 1 and m["score_rel_error"] > 0 for m in res.values())
+
+
+def test_unknown_target_is_an_argparse_choice_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["reproduce", "table9", "--out", str(tmp_path)])
+    assert e.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_bad_seed_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["reproduce", "equivalence", "--out", str(tmp_path), "--smoke", "--seed", "-1"]) == 2
+    assert "seed" in capsys.readouterr().err
+
+
+def test_context_rejects_unknown_size(tmp_path):
+    from lcssm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="smoke, quick, full"):
+        Context(out_dir=tmp_path, size="huge")
+
+
+# --------------------------------------------------------------------------------------------- equivalence
+NETS = ("MLP (2-D)", "U-Net tiny (8x8)")
+
+
+@pytest.fixture(scope="module")
+def nets():
+    from lcssm.reproduce.equivalence import _networks
+
+    return _networks(0)
+
+
+@pytest.mark.parametrize("net_name", NETS)
+@pytest.mark.parametrize("sde_name", ["ve", "vp", "subvp"])
+@pytest.mark.parametrize("center", ["marginal", "data"])
+def test_lcss_and_dsm_gradients_agree_to_float_precision(nets, net_name, sde_name, center):
+    """γ = 1, same center, same (t, z): dsm − lcss = ½‖z‖² exactly and the gradients coincide. Bounds: a few
+    thousand unit round-offs (float64 u = 1.1e-16, float32 u = 6e-8) for sums over the batch and layers; a
+    wrong identity is off by O(1e-2) or more (see the γ test below)."""
+    from lcssm.reproduce.equivalence import identity_check
+
+    sde = get_sde(sde_name)
+    batch = 32 if net_name.startswith("MLP") else 4
+    r64 = identity_check(nets[net_name], net_name, sde, center, "sigma2", torch.float64, batch, seed=1)
+    assert r64["loss"] < 1e-13 and r64["grad"] < 1e-12, r64
+    r32 = identity_check(nets[net_name], net_name, sde, center, "sigma2", torch.float32, batch, seed=1)
+    assert r32["loss"] < 1e-4 and r32["grad"] < 2e-5, r32
+
+
+def test_unweighted_identity_holds_with_the_one_over_sigma_squared_constant(nets):
+    from lcssm.reproduce.equivalence import identity_check
+
+    r = identity_check(nets["MLP (2-D)"], "MLP (2-D)", get_sde("subvp"), "marginal", "none", torch.float64, 32, 2)
+    assert r["min_sigma"] < 1e-5  # the constant ½‖z‖²/σ² reaches ~1e10 in this batch
+    assert r["loss"] < 1e-13 and r["grad"] < 1e-12
+
+
+@pytest.mark.parametrize("net_name", NETS)
+def test_lcss_differs_from_dsm_for_gamma_antithetic_and_vp_data_center(nets, net_name):
+    from lcssm.reproduce.equivalence import divergence_check
+
+    batch = 32 if net_name.startswith("MLP") else 4
+    for sde_name in ("ve", "vp", "subvp"):
+        r = divergence_check(nets[net_name], net_name, get_sde(sde_name), batch, seed=4)
+        for key in ("gamma=0.5", "gamma=2", "gamma=10", "antithetic"):
+            assert r[key] > 1e-3, (sde_name, key, r)  # 1e13 float64 round-offs: a real difference
+        # gradient difference ∝ |γ − 1|: γ = 2 and γ = 0.5 differ from DSM by ∓(γ−1)·(the same vector)
+        assert r["gamma=2"] == pytest.approx(2 * r["gamma=0.5"], rel=1e-6)
+        if sde_name == "ve":
+            assert r["center=data"] < 1e-12  # the two centers coincide for VE
+        else:
+            assert r["center=data"] > 1e-3
+
+
+def test_checkerboard_marginal_formula_matches_monte_carlo():
+    """log p_t(x) = logpdf(x/α, σ/α) − 2 log α, used for the data-center bias, against the defining integral
+    E_{x0 ~ p0} N(x; α x0, σ²I) by Monte Carlo (tolerance: 5 standard errors)."""
+    from lcssm.data.toy import checkerboard, checkerboard_logpdf
+
+    sde = get_sde("vp")
+    t = torch.tensor([0.4], dtype=torch.float64)
+    alpha, sigma = (float(v) for v in sde.marginal_coefficients(t))
+    x0 = checkerboard(400_000, torch.Generator().manual_seed(0)).double()
+    pts = torch.tensor([[0.3, -0.2], [1.5, 1.0], [-2.5, 0.7]], dtype=torch.float64)
+    closed = torch.exp(checkerboard_logpdf(pts / alpha, sigma / alpha)) / alpha**2
+    for p, c in zip(pts, closed):
+        dens = torch.exp(-(p - alpha * x0).pow(2).sum(1) / (2 * sigma**2)) / (2 * math.pi * sigma**2)
+        se = dens.std() / math.sqrt(len(dens))
+        assert abs(dens.mean() - c) < 5 * se, (p, float(dens.mean()), float(c), float(se))
+
+
+def test_data_center_bias_is_zero_for_ve_and_not_for_vp_subvp():
+    from lcssm.reproduce.equivalence import data_center_bias
+
+    assert data_center_bias(get_sde("ve"), 0.5, 2000, 0)["err"] == 0.0
+    for name in ("vp", "subvp"):
+        b = data_center_bias(get_sde(name), 0.5, 2000, 0)
+        assert b["err"] / b["ref"] > 0.1  # α_0.5 = 0.28: a big shift of the mean
+
+
+# ------------------------------------------------------------------------------------------------ variance
+def test_gaussian_mixture_score_is_the_gradient_of_its_log_density():
+    from lcssm.reproduce.variance import GaussianMixture
+
+    gmm = GaussianMixture.random(3, k=4, seed=1)
+    x = gmm.sample(50, torch.Generator().manual_seed(2)).double().requires_grad_(True)
+    gmm.means = gmm.means.double()
+    for extra in (0.0, 0.3):
+        var = gmm.std**2 + extra
+        logp = torch.logsumexp(-(x[:, None] - gmm.means[None]).pow(2).sum(-1) / (2 * var), dim=1).sum()
+        (g,) = torch.autograd.grad(logp, x)
+        torch.testing.assert_close(gmm.score(x.detach(), extra), g, rtol=1e-10, atol=1e-10)
+
+
+def test_gradient_variance_identities():
+    """Exact SM has no noise; DSM and LCSS share gradients draw by draw; antithetic pairs remove the O(1/σ)
+    term, so at σ = 0.01 the plain variance is orders of magnitude larger."""
+    from lcssm.reproduce.variance import GaussianMixture, _model, gradient_variance
+
+    gmm = GaussianMixture.random(4, seed=0)
+    model = _model(4, 16, 0)
+    x = gmm.sample(32, torch.Generator().manual_seed(1))
+    assert gradient_variance(model, x, "exact_sm", 1.0, 3, 0)[0] == 0.0
+    dsm = gradient_variance(model, x, "dsm", 0.01, 8, 0)[0]
+    lcss = gradient_variance(model, x, "lcss", 0.01, 8, 0)[0]
+    anti = gradient_variance(model, x, "lcss_antithetic", 0.01, 8, 0)[0]
+    assert lcss == pytest.approx(dsm, rel=1e-4)
+    assert lcss > 100 * anti
+
+
+# ------------------------------------------------------------------------------------------------ fig7
+def test_gamma_rescales_the_lcss_minimiser():
+    """Pointwise, E_z[γ·sᵀz/σ + ½‖s‖²] over z | x′ is minimised at s = γ·E[−z/σ | x′]: for a Gaussian p0 the
+    LCSS loss of s = c·(score of p_σ) is minimised at c = γ. Checked by evaluating the expected loss at
+    c ∈ {γ/2, γ, 2γ} by Monte Carlo (same draws)."""
+    from lcssm.objectives import lcss
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200_000, 2, generator=g, dtype=torch.float64)  # p0 = N(0, I)
+    sigma = 0.5
+    z = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    for gamma in (0.5, 2.0, 10.0):
+        losses = {c: float(lcss(lambda y, c=c: -c * y / (1 + sigma**2), x, sigma, gamma=gamma, z=z).mean())
+                  for c in (gamma / 2, gamma, 2 * gamma)}
+        assert losses[gamma] < losses[gamma / 2] and losses[gamma] < losses[2 * gamma], losses
+
+
+# ------------------------------------------------------------------------------------------ report & timing
+def test_format_cell_and_problems(tmp_path):
+    assert format_cell(0.000123) == "1.230e-04" and format_cell(12.345678) == "12.35" and format_cell(3) == "3"
+    assert format_cell(float("nan")) == "NaN" and format_cell(None) == "None" and format_cell(True) == "yes"
+    r = Report("t", "T", tmp_path, 0, "cmd", "smoke")
+    r.table("a", Table(["x", "y"], [[1, float("nan")], [None, "ok"]]))
+    r.table("b", Table(["x"], []))
+    assert sorted(r.problems()) == ["a[0].y = 'NaN'", "a[1].x = 'None'", "b: no rows"]
+    with pytest.raises(ValueError, match="2 columns"):
+        Table(["x", "y"], [[1]])
+    with pytest.raises(FileNotFoundError):
+        r.figure(tmp_path / "missing.png", "x")
+    md = r.write().read_text()
+    assert "- command: `cmd`" in md and "| 1 | NaN |" in md
+
+
+def test_round_robin_interleaves_and_caps_slow_candidates():
+    calls: list[str] = []
+    cands = {n: (lambda n=n: calls.append(n)) for n in ("a", "b", "c")}
+    stats = time_round_robin(cands, repeats=5, warmup=2)
+    assert [s.n for s in stats.values()] == [5, 5, 5]
+    assert calls[:6] == ["a", "b", "c", "a", "b", "c"]  # warm-up rounds
+    rounds = [sorted(calls[6 + 3 * i: 9 + 3 * i]) for i in range(5)]
+    assert all(r == ["a", "b", "c"] for r in rounds)  # every round times each candidate once
+
+    import time
+
+    stats = time_round_robin({"slow": lambda: time.sleep(0.01), "fast": lambda: None}, repeats=10, warmup=0,
+                             max_seconds=0.0, min_repeats=3)
+    assert stats["slow"].n == 3 and stats["fast"].n == 3
+
+
+def test_paired_ratio_uses_matching_rounds():
+    num = TimingStats.of([2.0, 4.0, 9.0], [0, 1, 2])
+    den = TimingStats.of([1.0, 2.0], [0, 2])
+    r = paired_ratio(num, den)
+    assert sorted(r.samples) == [2.0, 4.5] and r.median == pytest.approx(3.25)
+
+
+def test_graph_memory_grows_with_the_jacobian_objectives():
+    from lcssm.reproduce.steps import variant_loss
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.Tanh(), torch.nn.Linear(64, 8))
+    x = torch.randn(256, 8)
+    bare = graph_memory(lambda: net(x).pow(2).sum())
+    ssm = graph_memory(lambda: variant_loss("ssm", net, x, sigma=0.1).mean())
+    exact = graph_memory(lambda: variant_loss("exact_sm", net, x, sigma=0.1).mean())
+    assert bare >= 256 * 64 * 4  # at least the hidden activation
+    assert bare < ssm < exact
+
+
+def test_benchmark_smoke_prints_every_section():
+    from lcssm.reproduce.bench import format_benchmark, run_benchmark
+
+    res = run_benchmark("smoke")
+    text = format_benchmark(res)
+    for needle in ("LCSS / bare step", "SSM / LCSS", "FD-SSM / LCSS", "exact SM / LCSS", "PC", "ODE", "graph MiB"):
+        assert needle in text
+    assert "nan" not in text.lower()
+    for kind in ("mlp", "unet"):
+        assert all(math.isfinite(r.median) and r.median > 0 for r in res[f"steps_{kind}"]["ratios"].values())
