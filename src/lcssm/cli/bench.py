@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from lcssm.cli import HelpFormatter
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     from lcssm.reproduce.bench import add_arguments
@@ -15,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "LCSS, exact SM / LCSS (also as d grows), the overhead of the PC and ODE samplers over pure network "
         "evaluations, and the autograd-graph memory of each objective. Steps are interleaved round-robin after a "
         "warm-up; ratios are medians [quartiles] of per-round ratios.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_arguments(p)
     p.set_defaults(func=run)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lcssm.cli import HelpFormatter
 from lcssm.config import TrainConfig, apply_overrides, check_types, from_dict, train_overrides_from_args
 from lcssm.errors import ConfigError
 from lcssm.sampling import CORRECTORS, ODE_METHODS, PREDICTORS
@@ -483,7 +484,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from lcssm.objectives import OBJECTIVES
     from lcssm.sde import SDES
 
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
     images = _images()
     p = sub.add_parser(
         "train", formatter_class=fmt,

@@ -7,6 +7,7 @@ import copy
 import json
 import sys
 
+from lcssm.cli import HelpFormatter
 from lcssm.objectives import OBJECTIVES
 
 
@@ -21,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train a model on a toy distribution or a point file with any objective, sample it with "
         "Langevin dynamics (paper Eq. 31) and write samples.npy, metrics.json, loss.csv and, for 2-D data, "
         "samples.png, density.png and loss.png. Options left out take the preset's value.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--preset", choices=list(TOY_PRESETS), default="quick",
                    help="quick: ~2 minutes on 2 cores; paper: App. B (batch 10k, 20k steps = 200 epochs of 1M "
