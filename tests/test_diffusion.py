@@ -105,3 +105,12 @@ def test_errors():
         _loss(VPSDE(), eps=0.0)
     with pytest.raises(ConfigError, match="sigma_s"):
         _loss(VPSDE(), center="simulated", sigma_s=0.0)
+
+
+def test_fdssm_perturbation_passes_as_fd_eps():
+    """diffusion_loss's own ``eps`` is the smallest time; FD-SSM's step goes through as ``fd_eps``."""
+    a = _loss(VPSDE(), objective="fdssm", fd_eps=0.5)
+    b = _loss(VPSDE(), objective="fdssm", fd_eps=0.01)
+    assert a.shape == (16,) and torch.isfinite(a).all() and not torch.allclose(a, b)
+    with pytest.raises(ConfigError, match="fd_eps applies to fdssm only"):
+        _loss(VPSDE(), objective="lcss", fd_eps=0.1)

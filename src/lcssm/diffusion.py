@@ -72,9 +72,14 @@ def diffusion_loss(
 
     ``t`` defaults to U(eps, T) draws from ``generator``. ``sigma_s`` and ``n_sim_steps`` are used by the
     ``simulated`` center only (smoothing std and Euler–Maruyama steps). ``objective_kwargs`` go to the
-    objective (e.g. ``gamma``, ``antithetic``, ``n_slices``).
+    objective (e.g. ``gamma``, ``antithetic``, ``n_slices``); FD-SSM's perturbation size, whose name ``eps``
+    this function uses for the smallest time, is passed as ``fd_eps``.
     """
     fn = get_objective(objective)
+    if "fd_eps" in objective_kwargs:
+        if objective != "fdssm":
+            raise ConfigError(f"fd_eps applies to fdssm only, not to {objective!r}")
+        objective_kwargs["eps"] = objective_kwargs.pop("fd_eps")
     _check_choice(center, CENTERS, "center")
     _check_choice(weighting, WEIGHTINGS, "weighting")
     if not 0 < eps < sde.T:

@@ -22,7 +22,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "(default" in text or action.default in (None, False, argparse.SUPPRESS) or action.default == []:
+        if "(default" in text or action.default is None or action.default is False or action.default in (
+                argparse.SUPPRESS, []):
             return text
         return super()._get_help_string(action)
 

@@ -173,7 +173,7 @@ def objective_kwargs(cfg: DiffusionConfig) -> dict[str, Any]:
     if cfg.objective == "lcss":
         return {"gamma": cfg.gamma, "antithetic": cfg.antithetic, "n_samples": cfg.n_noise}
     if cfg.objective == "fdssm":
-        return {"eps": cfg.fd_eps, "n_slices": cfg.n_noise}
+        return {"fd_eps": cfg.fd_eps, "n_slices": cfg.n_noise}
     if cfg.objective in ("ssm", "ssm_vr"):
         return {"n_slices": cfg.n_noise}
     return {}

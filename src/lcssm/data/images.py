@@ -144,7 +144,7 @@ class ImageFolder:
         return to_float(x, self.scale)
 
 
-def _conform(images: torch.Tensor, resolution: int, channels: int) -> torch.Tensor:
+def conform(images: torch.Tensor, resolution: int, channels: int) -> torch.Tensor:
     """Resize/convert uint8 ``(N, C, H, W)`` images to ``(N, channels, resolution, resolution)``."""
     n, c, h, w = images.shape
     if (c, h, w) == (channels, resolution, resolution):
@@ -182,7 +182,7 @@ def load_image_dataset(
         raise DataError(f"dataset path {str(path)!r} is a file; expected a folder{hint}")
     if find_batch_dir(path) is not None:
         images, _ = load_cifar10(path, "train")
-        return _conform(images, resolution, channels)
+        return conform(images, resolution, channels)
     if not scan_images(path):
         raise DataError(
             f"{str(path)!r} is neither a CIFAR-10 batch folder ({', '.join(TRAIN_FILES + TEST_FILES)}) "

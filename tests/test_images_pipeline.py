@@ -1,0 +1,324 @@
+"""The image pipeline (lcssm.experiments.images, ``lcssm fid``): train -> sample -> bpd -> fid on the digits with the
+``tiny`` preset, resume, image folders, NCSNv2 + annealed Langevin, and the bad-input paths."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lcssm.cli import main
+from lcssm.config import apply_overrides
+from lcssm.data.digits import load_digits
+from lcssm.device import make_generator
+from lcssm.diffusion import diffusion_loss
+from lcssm.errors import CheckpointError, ConfigError, DataError
+from lcssm.experiments.images import (
+    ImageBatches,
+    ImageData,
+    ImageRunConfig,
+    bpd_image_run,
+    build_sde,
+    feature_extractor,
+    image_quality,
+    is_image_run,
+    levels_to_float,
+    load_image_run,
+    load_split,
+    make_loss,
+    noise_conditional,
+    open_image_run,
+    sample_image_run,
+    save_image_grid,
+    to_uint8,
+    train_image,
+)
+from lcssm.features import digits_features
+from lcssm.metrics import fid_from_features, inception_score, kid
+from lcssm.sde import VESDE
+
+LOOSE = {"rtol": 1e-2, "atol": 1e-2}  # ODE tolerances: the files and plumbing are under test, not accuracy
+
+
+def tiny_config(**kw) -> ImageRunConfig:
+    """The ``tiny`` preset for a handful of steps, checkpoints and grids every 2 steps."""
+    train = kw.pop("train", {})
+    cfg = ImageRunConfig(preset="tiny", sample_every=2, n_grid=4, grid_steps=2, **kw)
+    sets = {"steps": 4, "batch_size": 8, "ckpt_every": 2, "log_every": 1, "ema_decay": 0.5, **train}
+    return apply_overrides(cfg, [f"train.{k}={v}" for k, v in sets.items()])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    result = train_image(tiny_config(), out, progress=False)
+    return out, result
+
+
+def _png_folder(path, n=6, size=(12, 10)):
+    path.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8)).save(path / f"img{i}.png")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- round trip
+def test_round_trip_writes_the_documented_files(tiny_run, capsys):
+    run_dir, result = tiny_run
+    assert is_image_run(run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["kind"] == "image" and config["preset"] == "tiny" and config["train"]["steps"] == 4
+    for step in (2, 4):
+        grid = Image.open(run_dir / "grids" / f"step_{step:07d}.png")
+        assert grid.size == (2 * 33 + 1, 2 * 33 + 1)  # 4 images of 8x8 enlarged to 32, 2x2 with 1-pixel gaps
+
+    pc = sample_image_run(run_dir, sampler="pc", n=6, n_steps=3, batch_size=4)
+    with np.load(run_dir / "samples.npz") as f:
+        images, samples = f["images"], f["samples"]
+    assert images.dtype == np.uint8 and images.shape == (6, 1, 8, 8)
+    assert samples.dtype == np.float32 and samples.shape == (6, 1, 8, 8) and np.isfinite(samples).all()
+    np.testing.assert_array_equal(images, to_uint8(torch.from_numpy(samples), "minus_one_one").numpy())
+    assert (run_dir / "samples.png").is_file()
+    # tiny: Euler-Maruyama predictor, no corrector, + one denoising evaluation
+    assert pc["nfe"] == 3 + 1 and pc["nfe_per_batch"] == [4, 4] and pc["step"] == 4
+
+    corrected = sample_image_run(run_dir, sampler="pc", n=2, n_steps=3, corrector="langevin", n_corrector_steps=2,
+                                 out=run_dir / "corrected.npz")
+    assert corrected["nfe"] == 3 * (1 + 2) + 1 and corrected["corrector"] == "langevin"
+    assert (run_dir / "corrected.png").is_file()
+    with pytest.raises(ConfigError, match="unknown sampler option"):
+        sample_image_run(run_dir, n=2, n_steps=2, corrector_snr=0.1)
+
+    ode = sample_image_run(run_dir, sampler="ode", n=3, **LOOSE)
+    assert ode["nfe"] > 1 and ode["non_finite"] == 0
+
+    bpd = bpd_image_run(run_dir, n=3, batch_size=2, **LOOSE)
+    assert bpd["n"] == 3 and bpd["n_bins"] == 17 and bpd["scale"] == "minus_one_one"
+    assert math.isfinite(bpd["bpd"]) and math.isfinite(bpd["bpd_se"]) and bpd["data"] == "digits (test)"
+
+    capsys.readouterr()
+    assert main(["fid", str(run_dir), "--n", "12", "--steps", "2", "--no-progress"]) == 0
+    fid = json.loads(capsys.readouterr().out)
+    for key in ("fid", "kid", "kid_std", "is", "is_std"):
+        assert math.isfinite(fid[key]), key
+    assert fid["fid"] > 0 and 1.0 <= fid["is"] <= 10.0
+    assert fid["features"] == "digits-classifier" and fid["n_reference"] == 1437 and fid["n"] == 12
+    assert (run_dir / "fid_samples_pc.npz").is_file() and (run_dir / "fid_samples_pc.png").is_file()
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert [len(metrics[k]) for k in ("sample", "bpd", "fid")] == [3, 1, 1]
+    assert [r["sampler"] for r in metrics["sample"]] == ["pc", "pc", "ode"]
+
+
+def test_loaded_score_is_the_ema_network_at_the_marginal_std(tiny_run):
+    run_dir, result = tiny_run
+    cfg, sde, score_fn, model = load_image_run(run_dir, device="cpu")
+    assert cfg == tiny_config() and not model.training
+    x, t = torch.randn(5, 1, 8, 8), torch.rand(5)
+    std = torch.sqrt(-torch.expm1(-sde.integrated_beta(t)))  # VP marginal std, written out
+    with torch.no_grad():
+        torch.testing.assert_close(score_fn(x, t), result.ema_model.eval()(x, t, sigma=std))
+
+
+# ---------------------------------------------------------------------------------------------------- resume
+def test_resume_matches_an_uninterrupted_run(tmp_path):
+    cfg = tiny_config(random_flip=True, train={"steps": 4})
+    straight = train_image(cfg, tmp_path / "a", progress=False)
+    train_image(apply_overrides(cfg, ["train.steps=2"]), tmp_path / "b", progress=False)
+    resumed = train_image(cfg, tmp_path / "b", resume=True, progress=False)
+    assert resumed.start_step == 2
+    assert straight.losses == resumed.losses
+    for a, b in zip(straight.ema_model.state_dict().values(), resumed.ema_model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert sorted(p.name for p in (tmp_path / "b" / "grids").iterdir()) == ["step_0000002.png", "step_0000004.png"]
+
+
+def test_flipped_batches_are_pure_rank_independent_and_half_mirrored():
+    levels = torch.randint(0, 17, (40, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    data = ImageData(levels, 17, "test")
+    flipped = ImageBatches(data, 8, seed=3, scale="zero_one", flip=True)
+    plain = ImageBatches(data, 8, seed=3, scale="zero_one", flip=False)
+    torch.testing.assert_close(flipped(5), flipped(5))
+    torch.testing.assert_close(torch.cat([flipped(5, 0, 2), flipped(5, 1, 2)]), flipped(5))
+    n_mirrored, n_total = 0, 0
+    for step in range(100):
+        a, b = flipped(step), plain(step)
+        same = (a == b).flatten(1).all(1)
+        mirrored = (a == b.flip(-1)).flatten(1).all(1)
+        assert (same | mirrored).all()
+        n_mirrored += int((mirrored & ~same).sum())
+        n_total += int((~(same & mirrored)).sum())  # images equal to their mirror tell nothing
+    assert abs(n_mirrored / n_total - 0.5) < 4 * math.sqrt(0.25 / n_total)
+    torch.testing.assert_close(plain(0), levels_to_float(levels, 17, "zero_one")[plain._levels.permutation(0)[:8]])
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def test_run_dirs_without_a_checkpoint_are_refused(tmp_path, capsys):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        open_image_run(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        sample_image_run(tmp_path / "empty")
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        bpd_image_run(tmp_path / "empty")
+    assert main(["fid", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no checkpoint" in err
+
+
+def test_paper_presets_need_a_data_dir(tmp_path):
+    with pytest.raises(ConfigError, match="ncsnpp_deep_cifar10.*cifar10.*data_dir"):
+        ImageRunConfig(preset="ncsnpp_deep_cifar10")
+    cfg = ImageRunConfig(preset="ncsnpp_deep_cifar10", data_dir=str(tmp_path / "nowhere"))
+    assert cfg.train.steps == 950_001 and cfg.train.batch_size == 128 and cfg.train.ema_decay == 0.999
+    with pytest.raises(DataError, match="does not exist"):
+        train_image(cfg, tmp_path / "run", progress=False)
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"preset": "cifar"}, "unknown model preset 'cifar'"),
+    ({"objective": "lcsss"}, "unknown objective"),
+    ({"center": "middle"}, "center must be one of marginal, data, simulated"),
+    ({"weighting": "sigma"}, "weighting must be one of"),
+    ({"gamma": 0.0}, "gamma must be > 0"),
+    ({"resolution": 16}, "digits are 1x8x8"),
+    ({"channels": 2, "data_dir": "x"}, "channels must be 1"),
+    ({"preset": "tiny", "data_dir": "x", "resolution": 7}, "image_size=7 is not divisible"),
+    ({"holdout": 1.0}, "holdout"),
+])
+def test_bad_configs_name_the_field(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        ImageRunConfig(**kw)
+
+
+def test_config_round_trips_through_json():
+    cfg = tiny_config(objective="ssm_vr", gamma=2.0, nf=16)
+    assert ImageRunConfig.from_dict(json.loads(json.dumps({"command": "train", "kind": "image",
+                                                           **cfg.to_dict()}))) == cfg
+
+
+# ------------------------------------------------------------------------------------------- image folders
+def test_image_folder_trains_at_resolution_8_and_holds_images_out(tmp_path, monkeypatch, capsys):
+    folder = _png_folder(tmp_path / "imgs", n=6)
+    cfg = tiny_config(data_dir=str(folder), resolution=8, channels=3, train={"steps": 2})
+    assert [len(load_split(cfg, s).levels) for s in ("train", "test")] == [5, 1]
+    train_image(cfg, tmp_path / "run", progress=False)
+    _, _, _, model = load_image_run(tmp_path / "run", device="cpu")
+    assert model.config.in_channels == 3 and model.config.image_size == 8
+    bpd = bpd_image_run(tmp_path / "run", **LOOSE)
+    assert bpd["n"] == 1 and bpd["n_bins"] == 256 and math.isfinite(bpd["bpd"])
+    other = _png_folder(tmp_path / "other", n=3, size=(20, 20))
+    assert bpd_image_run(tmp_path / "run", data_dir=other, **LOOSE)["n"] == 3  # another folder: all of it
+    # FID of a non-digits run needs the Inception weights: one line naming the file, exit code 2
+    monkeypatch.delenv("LCSSM_INCEPTION_WEIGHTS", raising=False)
+    capsys.readouterr()
+    assert main(["fid", str(tmp_path / "run"), "--n", "4", "--steps", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "pt_inception-2015-12-05-6726825d.pth" in err
+    assert not (tmp_path / "run" / "fid_samples_pc.npz").exists()  # failed before sampling
+
+
+def test_ncsnv2_trains_on_the_marginal_std_and_samples_with_annealed_langevin(tmp_path):
+    folder = _png_folder(tmp_path / "imgs", n=6)
+    cfg = ImageRunConfig(preset="ncsnv2_cifar10", data_dir=str(folder), resolution=8, nf=8, sample_every=0)
+    cfg = apply_overrides(cfg, ["train.steps=2", "train.batch_size=4", "train.ema_decay=0"])
+    train_image(cfg, tmp_path / "run", progress=False)
+    run = open_image_run(tmp_path / "run", device="cpu")
+    x, t = torch.rand(3, 3, 8, 8), torch.rand(3)
+    with torch.no_grad():
+        torch.testing.assert_close(run.score_fn(x, t), run.model(x, run.sde.sigma(t)))
+    out = sample_image_run(tmp_path / "run", sampler="ald", n=3, n_steps=4)
+    assert out["nfe"] == 4 * 5 + 1 and out["non_finite"] == 0  # 4 levels x ncsnv2's 5 steps each + denoising
+
+
+def test_annealed_langevin_is_refused_for_vp_runs(tiny_run):
+    with pytest.raises(ConfigError, match="needs a VE SDE"):
+        sample_image_run(tiny_run[0], sampler="ald", n=2, n_steps=2)
+
+
+# ------------------------------------------------------------------------------------------------ formulas
+def test_noise_conditional_score_asks_for_the_time_of_each_sigma():
+    sde = VESDE(sigma_min=0.01, sigma_max=10.0)
+    seen = {}
+
+    def score_fn(x, t):
+        seen["t"] = t
+        return x
+
+    t = torch.tensor([0.0, 0.25, 0.5, 0.999, 1.0], dtype=torch.float64)
+    noise_conditional(score_fn, sde)(torch.zeros(5, 1, dtype=torch.float64), sde.sigma(t))
+    torch.testing.assert_close(seen["t"], t)
+
+
+def test_reduce_mean_divides_the_loss_by_the_dimension(tmp_path):
+    cfg = ImageRunConfig(preset="ddpmpp_deep_cifar10", data_dir=str(tmp_path))  # the only reduce_mean preset here
+    sde = build_sde(cfg)
+    net = lambda x, t, sigma=None: torch.tanh(x) * (1 + t.view(-1, 1, 1, 1))  # noqa: E731
+    x0 = torch.rand(4, 3, 4, 4) * 2 - 1
+    loss, diag = make_loss(cfg, sde, sigma_input=False)(net, x0, torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    t = 1e-5 + (1 - 1e-5) * torch.rand(4, generator=g)
+    expected = diffusion_loss(net, sde, x0, objective="lcss", t=t, generator=g) / x0[0].numel()
+    torch.testing.assert_close(diag["t"], t)
+    torch.testing.assert_close(loss, expected)
+
+
+def test_levels_match_the_digits_and_8_bit_conversion():
+    for scale in ("zero_one", "minus_one_one"):
+        for split in ("train", "test"):
+            data = load_split(ImageRunConfig(), split)
+            assert data.n_bins == 17 and data.levels.dtype == torch.uint8 and int(data.levels.max()) == 16
+            torch.testing.assert_close(data.as_float(scale), load_digits(split, scale=scale), rtol=0, atol=1e-6)
+    x = torch.tensor([-1.0, -0.999, 0.0, 1.0, 3.0, float("nan")])
+    assert to_uint8(x, "minus_one_one").tolist() == [0, 0, 128, 255, 255, 0]
+    assert to_uint8(x, "zero_one").tolist() == [0, 0, 0, 255, 255, 0]
+    levels = torch.arange(256, dtype=torch.uint8)
+    assert torch.equal(to_uint8(levels_to_float(levels, 256, "minus_one_one"), "minus_one_one"), levels)
+
+
+def test_image_quality_scores_8_bit_images_in_the_digits_classifier_features():
+    cfg = ImageRunConfig()
+    _, features = feature_extractor(cfg, device="cpu")
+    test = load_split(cfg, "test").as_uint8()[:200]
+    train = load_split(cfg, "train").as_uint8()[:300]
+    assert (test.float() / 127.5 - 1 - load_digits("test")[:200]).abs().max() <= 1 / 255 + 1e-6  # half an 8-bit step
+    got = image_quality(test, train, features, kid_subset_size=100, seed=3)
+    f_s, p_s = digits_features(test.float() / 127.5 - 1)
+    f_r, _ = digits_features(train.float() / 127.5 - 1)
+    assert got["fid"] == pytest.approx(fid_from_features(f_s, f_r), rel=1e-9)
+    assert (got["kid"], got["kid_std"]) == pytest.approx(kid(f_s, f_r, subset_size=100, generator=make_generator(3)))
+    assert (got["is"], got["is_std"]) == pytest.approx(inception_score(p_s, n_splits=10))
+    assert abs(image_quality(train, train, features, kid_subset_size=100)["fid"]) < 1e-6 * got["fid"]
+    noise = torch.randint(0, 256, (200, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    assert image_quality(noise, train, features, kid_subset_size=100)["fid"] > 10 * got["fid"]
+
+
+def test_image_grid_layout(tmp_path):
+    images = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    path = save_image_grid(tmp_path / "g.png", images, ncol=3)
+    grid = np.asarray(Image.open(path))
+    assert grid.shape == (2 * 33 + 1, 3 * 33 + 1, 3)
+    tile = grid[1 + 33:1 + 33 + 32, 1 + 33:1 + 33 + 32]  # row 1, column 1: image 4, each pixel a 4x4 block
+    np.testing.assert_array_equal(tile[::4, ::4], images[4].permute(1, 2, 0).numpy())
+    assert (grid[1 + 33:, 1 + 2 * 33:] == 128).all()  # the sixth cell is empty (grey)
+    with pytest.raises(DataError, match="uint8"):
+        save_image_grid(tmp_path / "bad.png", images.float())
+
+
+# ------------------------------------------------------------------------- lcssm train / sample / bpd / fid
+def test_cli_round_trip_on_digits(tmp_path, capsys):
+    run = str(tmp_path / "run")
+    assert main(["train", "--preset", "tiny", "--steps", "3", "--batch-size", "8", "--sample-every", "3",
+                 "--n-grid", "4", "--grid-steps", "2", "--out", run, "--no-progress"]) == 0
+    assert (tmp_path / "run" / "grids" / "step_0000003.png").is_file()
+    assert main(["sample", run, "--sampler", "pc", "--n", "4", "--steps", "2", "--no-progress"]) == 0
+    assert np.load(tmp_path / "run" / "samples.npz")["images"].shape == (4, 1, 8, 8)
+    assert main(["bpd", run, "--n", "2", "--rtol", "1e-2", "--atol", "1e-2", "--no-progress"]) == 0
+    assert main(["fid", run, "--n", "8", "--steps", "2", "--no-progress"]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert all(math.isfinite(metrics[k][-1][m]) for k, m in (("bpd", "bpd"), ("fid", "fid"), ("fid", "kid")))
