@@ -108,7 +108,8 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: a temporary file beside it, fsync, rename."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -133,7 +134,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> str:
     finally:
         if tmp.exists():
             tmp.unlink()
-    _atomic_write_bytes(_sidecar(path), f"{digest}  {path.name}\n".encode())
+    atomic_write_bytes(_sidecar(path), f"{digest}  {path.name}\n".encode())
     _fsync_dir(path.parent)
     return digest
 

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 from importlib import resources
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lcssm.checkpoint import sha256_file
 from lcssm.device import resolve_device
 from lcssm.errors import CheckpointError, DataError
 from lcssm.inception import FIDInceptionV3
@@ -140,13 +140,6 @@ def digits_features(
 # --------------------------------------------------------------------------------------------------
 
 
-def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
-    """Hex SHA-256 digest of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk_bytes):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _where_to_put() -> str:

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from lcssm import distributed
 from lcssm.checkpoint import (
     FORMAT,
+    atomic_write_bytes,
     checkpoint_path,
     get_rng_state,
     latest_good_checkpoint,
@@ -386,12 +387,7 @@ class _Logs:
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, text.encode())
 
 
 def _window_mean(values: Sequence[float]) -> float:
