@@ -37,7 +37,8 @@ def plot_samples_2d(path: str | Path, samples, reference=None, *, bounds: Bounds
     bounds = bounds or bounds_of(panels[-1][0])
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)
     for ax, (pts, name) in zip(axes[0], panels):
-        ax.hist2d(pts[:, 0], pts[:, 1], bins=200, range=[bounds[:2], bounds[2:]], cmap="magma")
+        bins = int(np.clip(1.5 * np.sqrt(len(pts)), 40, 200))  # enough points per bin to see the shape
+        ax.hist2d(pts[:, 0], pts[:, 1], bins=bins, range=[bounds[:2], bounds[2:]], cmap="magma")
         ax.set_title(name)
         ax.set_aspect("equal")
         ax.set_xticks([])
