@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-lcssm toy --data checkerboard --objective lcss --out runs/demo "$@"
+lcssm toy --data checkerboard --objective lcss --out runs/demo --overwrite "$@"
 echo "results in runs/demo (samples.png, density.png, loss.png, metrics.json)"
