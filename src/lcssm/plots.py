@@ -15,9 +15,10 @@ import torch  # noqa: E402
 Bounds = tuple[float, float, float, float]
 
 
-def _save(fig, path: str | Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+def save_figure(fig, path: str | Path, *, dpi: int = 120, **layout) -> None:
+    """Lay out, write and close a figure (``layout`` goes to ``tight_layout``)."""
+    fig.tight_layout(**layout)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
 
 
@@ -43,7 +44,7 @@ def plot_samples_2d(path: str | Path, samples, reference=None, *, bounds: Bounds
         ax.set_aspect("equal")
         ax.set_xticks([])
         ax.set_yticks([])
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def density_grid(log_density: Callable[[torch.Tensor], torch.Tensor], bounds: Bounds, n: int = 200
@@ -68,7 +69,7 @@ def plot_density_2d(path: str | Path, log_density: Callable[[torch.Tensor], torc
     ax.set_title(title)
     ax.set_xticks([])
     ax.set_yticks([])
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_losses(path: str | Path, curves: dict[str, Sequence[float]], *, title: str = "training loss",
@@ -92,4 +93,4 @@ def plot_losses(path: str | Path, curves: dict[str, Sequence[float]], *, title: 
         lo, hi = np.percentile(finite, [1, 99])
         ax.set_ylim(lo - 0.1 * abs(hi - lo), hi + 0.1 * abs(hi - lo))
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)

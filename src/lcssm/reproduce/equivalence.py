@@ -252,7 +252,7 @@ def run(ctx: Context) -> Report:
         "weighting of the loss. VE is exactly unbiased (α_t = 1); for subVP, α_t² + σ_t² ≠ 1 as well."))
     report.results["data_center_bias_curves"] = {"t": ts, **curves}
 
-    from lcssm.plots import plt
+    from lcssm.plots import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for sde_name, rel in curves.items():
@@ -262,10 +262,8 @@ def run(ctx: Context) -> Report:
     ax.set_ylabel("relative score error of the data center")
     ax.set_title("LCSS with the data center vs the marginal score (checkerboard)")
     ax.legend()
-    fig.tight_layout()
     path = ctx.out_dir / "data_center_bias.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     report.figure(path, "Relative error of the score learned with the data center against ∇log p_t, over t "
                         "(VE is 0 and drawn at the 1e-12 floor).")
 

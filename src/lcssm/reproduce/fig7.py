@@ -110,7 +110,7 @@ def score_norm(model: nn.Module, sde: SDE, x0: Tensor, seed: int) -> list[float]
 def run(ctx: Context) -> Report:
     load_digits, digits_features, bits_per_dim, pc_sample = _imports()
     from lcssm.metrics import fid_from_features
-    from lcssm.plots import plt
+    from lcssm.plots import plt, save_figure
 
     cfg = ctx.pick(SETTINGS)
     report = ctx.report("fig7", "LCSS γ ablation on digits (paper Fig. 7)",
@@ -166,10 +166,8 @@ def run(ctx: Context) -> Report:
         ax.imshow(_grid(imgs), cmap="gray", vmin=-1, vmax=1)
         ax.set_title(title)
         ax.axis("off")
-    fig.tight_layout()
     path = ctx.out_dir / "fig7_samples.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     report.figure(path, "Sample grids per γ (PC sampler, same noise seed), next to test digits.")
 
     report.section("Verdict")

@@ -45,7 +45,7 @@ def run(ctx: Context) -> Report:
         "preset": ctx.pick(SIZES)["preset"], "steps": cfg0.train.steps, "batch": cfg0.train.batch_size,
         "sigma": cfg0.sigma, "torch_threads": torch.get_num_threads(),
         "runs": str(runs["lcss"]["dir"].parent)})
-    from lcssm.plots import plt
+    from lcssm.plots import plt, save_figure
 
     window = max(1, min(100, cfg0.train.steps // 20))
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
@@ -70,10 +70,8 @@ def run(ctx: Context) -> Report:
         ax.set_xlabel("step")
         ax.set_ylabel("loss (J_SM scale)")
         ax.legend()
-    fig.tight_layout()
     path = ctx.out_dir / "fig8_loss_curves.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
     rows = []
     for obj in OBJECTIVES:

@@ -29,7 +29,7 @@ def _param_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
 def _figure(path, runs: dict, sigma: float) -> None:
     from lcssm.data.toy import checkerboard, checkerboard_logpdf
     from lcssm.device import make_generator
-    from lcssm.plots import density_grid, plt
+    from lcssm.plots import density_grid, plt, save_figure
 
     fig, axes = plt.subplots(2, 5, figsize=(17, 7.6))
     _, _, p_true = density_grid(lambda x: checkerboard_logpdf(x.double(), sigma), BOUNDS)
@@ -59,9 +59,7 @@ def _figure(path, runs: dict, sigma: float) -> None:
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_aspect("equal")
-    fig.tight_layout(h_pad=1.5)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110, h_pad=1.5)
 
 
 def run(ctx: Context) -> Report:

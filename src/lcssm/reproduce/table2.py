@@ -190,7 +190,7 @@ def run(ctx: Context) -> Report:
 
 
 def _plot(path, mlp: dict[str, TimingStats], img: dict[str, TimingStats], exact_img: float) -> None:
-    from lcssm.plots import plt
+    from lcssm.plots import plt, save_figure
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, stats, title in ((axes[0], mlp, "checkerboard energy MLP"), (axes[1], img, "NCSNv2")):
@@ -215,6 +215,4 @@ def _plot(path, mlp: dict[str, TimingStats], img: dict[str, TimingStats], exact_
         ax.set_ylabel("ms per step")
         ax.set_title(title)
         ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

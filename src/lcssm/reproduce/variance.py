@@ -171,7 +171,7 @@ def run(ctx: Context) -> Report:
     cfg = ctx.pick(SETTINGS)
     report = ctx.report("variance", "Gradient variance and score error at equal wall time", {
         **cfg, "torch_threads": torch.get_num_threads()})
-    from lcssm.plots import plt
+    from lcssm.plots import plt, save_figure
 
     # ---------------------------------------------------------------------------------------- part A
     report.section("A. Gradient variance over noise draws, fixed parameters")
@@ -221,10 +221,8 @@ def run(ctx: Context) -> Report:
     ax.set_ylabel("tr Cov[∇θ loss]")
     ax.set_title(f"gradient variance over noise draws (d = {d})")
     ax.legend(fontsize=8)
-    fig.tight_layout()
     path = ctx.out_dir / "gradient_variance.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     report.figure(path, "Gradient variance against σ (log-log); gray dotted lines: the σ-free SSM and SSM-VR "
                         "(exact SM has zero variance).")
 
@@ -260,10 +258,8 @@ def run(ctx: Context) -> Report:
         ax.set_ylabel("relative score error")
         ax.set_title(f"d = {dim}")
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
     path = ctx.out_dir / "equal_time.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     report.figure(path, "Relative score error against wall time spent in training steps, per dimension.")
 
     slopes = dict(zip(SIGMA_VARIANTS, report.tables["gradient_variance"].rows[-1][1:]))
