@@ -154,7 +154,7 @@ def test_flipped_batches_are_pure_rank_independent_and_half_mirrored():
         n_mirrored += int((mirrored & ~same).sum())
         n_total += int((~(same & mirrored)).sum())  # images equal to their mirror tell nothing
     assert abs(n_mirrored / n_total - 0.5) < 4 * math.sqrt(0.25 / n_total)
-    torch.testing.assert_close(plain(0), levels_to_float(levels, 17, "zero_one")[plain._levels.permutation(0)[:8]])
+    torch.testing.assert_close(plain(0), levels_to_float(levels, 17, "zero_one")[plain._rows.permutation(0)[:8]])
 
 
 # ---------------------------------------------------------------------------------------------- bad input
@@ -206,7 +206,7 @@ def test_config_round_trips_through_json():
 def test_image_folder_trains_at_resolution_8_and_holds_images_out(tmp_path, monkeypatch, capsys):
     folder = _png_folder(tmp_path / "imgs", n=6)
     cfg = tiny_config(data_dir=str(folder), resolution=8, channels=3, train={"steps": 2})
-    assert [len(load_split(cfg, s).levels) for s in ("train", "test")] == [5, 1]
+    assert [len(load_split(cfg, s)) for s in ("train", "test")] == [5, 1]
     train_image(cfg, tmp_path / "run", progress=False)
     _, _, _, model = load_image_run(tmp_path / "run", device="cpu")
     assert model.config.in_channels == 3 and model.config.image_size == 8

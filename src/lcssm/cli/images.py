@@ -93,6 +93,11 @@ def add_image_train_args(parser: argparse.ArgumentParser) -> None:
     _add(g, "--nf", type=int, help="base width of the network (default: the preset's)")
     _add(g, "--random-flip", action=argparse.BooleanOptionalAction, help="horizontal flips (default: the preset's)")
     _add(g, "--holdout", type=float, help="fraction of an image folder held out for bpd (default 0.05)")
+    _add(g, "--strict", action="store_true",
+         help="an unreadable image file is an error (default: skipped with a warning naming it)")
+    _add(g, "--cache-dir", metavar="DIR",
+         help="decode an image folder once into a memory-mapped file in DIR, shared by all ranks and later runs "
+         "(for folders too large to hold in memory once per process; default: decode into memory)")
     _add(g, "--sample-every", type=int, help="steps between sample grids in OUT/grids (0 = none; default 1000)")
     _add(g, "--n-grid", type=int, help="images per sample grid (default 64)")
     _add(g, "--grid-steps", type=int, help="PC steps of the grid sampler (default 100)")
@@ -105,7 +110,8 @@ def add_image_train_args(parser: argparse.ArgumentParser) -> None:
 
 
 _CONFIG_OPTIONS = ("objective", "center", "weighting", "gamma", "antithetic", "n_noise", "data_dir", "resolution",
-                   "channels", "nf", "random_flip", "holdout", "sample_every", "n_grid", "grid_steps")
+                   "channels", "nf", "random_flip", "holdout", "strict", "cache_dir", "sample_every", "n_grid",
+                   "grid_steps")
 
 
 def image_config_from_args(args: argparse.Namespace):

@@ -1,4 +1,5 @@
-"""A folder of image files (any sizes, nested folders) decoded once into a uint8 tensor."""
+"""A folder of image files (any sizes, nested folders) decoded once into a uint8 tensor, in memory or in an
+on-disk cache that is memory-mapped (:mod:`lcssm.data.array_cache`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lcssm.data.array_cache import load_or_build
 from lcssm.data.cifar10 import TEST_FILES, TRAIN_FILES, find_batch_dir, load_cifar10
 from lcssm.data.digits import Scale
 from lcssm.data.transforms import (
@@ -25,6 +27,9 @@ from lcssm.data.transforms import (
 from lcssm.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+#: decoded sizes above this get a warning suggesting a cache directory when none is given
+LARGE_DECODE_BYTES = 8 << 30
 
 # What a broken or hostile file makes PIL raise (UnidentifiedImageError and truncation are OSErrors).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
@@ -67,9 +72,11 @@ class ImageFolder:
     """Every image under ``root``, centre-cropped to a square and resized to ``resolution``.
 
     Files are found recursively and kept in sorted path order, so indices are stable across runs and
-    machines. Decoding happens once, on the first :meth:`load_all`, and the uint8 result is cached.
-    A file PIL cannot decode is skipped with a warning naming it (or, with ``strict=True``, raises
-    DataError naming it); the same files are skipped on every run.
+    machines. Decoding happens once, on the first :meth:`load_all`, and the uint8 result is kept: in memory,
+    or with ``cache_dir`` in a file there that this and later processes memory-map (one decode for all
+    data-parallel ranks and runs; a changed folder gets a new file). A file PIL cannot decode is skipped with
+    a warning naming it (or, with ``strict=True``, raises DataError naming it); the same files are skipped,
+    and named, on every run, also when they come from the cache.
 
     ``scale`` and ``random_flip`` configure :meth:`batch`, which turns indices into a float batch.
     """
@@ -84,6 +91,8 @@ class ImageFolder:
         random_flip: bool = True,
         strict: bool = False,
         extensions: Iterable[str] = IMAGE_EXTENSIONS,
+        cache_dir: str | os.PathLike | None = None,
+        progress: bool | None = None,
     ) -> None:
         self.root = Path(root)
         self.resolution = check_resolution(resolution)
@@ -91,6 +100,8 @@ class ImageFolder:
         self.scale = check_scale(scale)
         self.random_flip = bool(random_flip)
         self.strict = bool(strict)
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.progress = progress
         extensions = tuple(extensions)
         self.candidates = scan_images(self.root, extensions)
         if not self.candidates:
@@ -98,34 +109,64 @@ class ImageFolder:
         self.paths: list[Path] | None = None  # the decodable files, known after load_all()
         self._images: torch.Tensor | None = None
 
-    def _decode(self, path: Path) -> np.ndarray | None:
-        try:
-            with Image.open(path) as image:
-                image.load()
-                return pil_to_uint8(image, self.resolution, self.channels)
-        except _DECODE_ERRORS as e:
-            if self.strict:
-                raise DataError(f"cannot read image {str(path)!r}: {e}") from e
-            warnings.warn(f"skipping unreadable image {str(path)!r}: {e}", stacklevel=3)
-            return None
+    def _skip(self, path: Path, reason: str) -> None:
+        if self.strict:
+            raise DataError(f"cannot read image {str(path)!r}: {reason}")
+        warnings.warn(f"skipping unreadable image {str(path)!r}: {reason}", stacklevel=4)
+
+    def _decode_into(self, out: np.ndarray) -> dict:
+        """Decode every candidate into the leading rows of ``out``; ``{"rows", "paths", "skipped"}`` (relative
+        paths; ``skipped`` pairs each unreadable file with PIL's reason)."""
+        from tqdm.auto import tqdm
+
+        r, c = self.resolution, self.channels
+        kept: list[str] = []
+        skipped: list[tuple[str, str]] = []
+        show = len(self.candidates) >= 1000 if self.progress is None else self.progress
+        for path in tqdm(self.candidates, desc=f"decoding {self.root.name}", unit="img", disable=not show,
+                         leave=False):
+            try:
+                with Image.open(path) as image:
+                    image.load()
+                    out[len(kept)] = pil_to_uint8(image, r, c)
+            except _DECODE_ERRORS as e:
+                self._skip(path, str(e))
+                skipped.append((path.relative_to(self.root).as_posix(), str(e)))
+                continue
+            kept.append(path.relative_to(self.root).as_posix())
+        if not kept:
+            raise DataError(f"none of the {len(self.candidates)} image files under {str(self.root)!r} could be read")
+        return {"rows": len(kept), "paths": kept, "skipped": skipped}
+
+    def _cache_key(self) -> dict:
+        """What the decoded array depends on: the folder, size, channels and every file's name, size, mtime."""
+        files = []
+        for path in self.candidates:
+            st = path.stat()
+            files.append([path.relative_to(self.root).as_posix(), st.st_size, st.st_mtime_ns])
+        return {"root": str(self.root.resolve()), "resolution": self.resolution, "channels": self.channels,
+                "files": files}
 
     def load_all(self) -> torch.Tensor:
         """All decodable images as a uint8 tensor ``(N, C, R, R)`` (decoded on the first call)."""
         if self._images is None:
             r, c = self.resolution, self.channels
-            out = np.empty((len(self.candidates), c, r, r), dtype=np.uint8)
-            kept: list[Path] = []
-            for path in self.candidates:
-                a = self._decode(path)
-                if a is not None:
-                    out[len(kept)] = a
-                    kept.append(path)
-            if not kept:
-                raise DataError(
-                    f"none of the {len(self.candidates)} image files under {str(self.root)!r} could be read"
-                )
-            self.paths = kept
-            self._images = torch.from_numpy(out[: len(kept)])
+            shape = (len(self.candidates), c, r, r)
+            if self.cache_dir is None:
+                if np.prod(shape) > LARGE_DECODE_BYTES:
+                    warnings.warn(
+                        f"decoding {shape[0]:,} images of {str(self.root)!r} into {np.prod(shape) / 2**30:.1f} GiB "
+                        "of memory (per process); pass a cache directory (--cache-dir) to decode them once into "
+                        "a file that every process maps", stacklevel=2)
+                images = np.empty(shape, dtype=np.uint8)
+                meta = self._decode_into(images)
+            else:
+                images, meta = load_or_build(self.cache_dir, f"{self.root.name}-{c}x{r}x{r}", self._cache_key(),
+                                             shape, self._decode_into)
+                for rel, reason in meta["skipped"]:  # decoded earlier: name the skipped files again
+                    self._skip(self.root / rel, reason)
+            self.paths = [self.root / rel for rel in meta["paths"]]
+            self._images = torch.from_numpy(images[: meta["rows"]])
         return self._images
 
     def __len__(self) -> int:
@@ -163,13 +204,15 @@ def load_image_dataset(
     channels: int = 3,
     scale: Scale = "minus_one_one",
     strict: bool = False,
+    cache_dir: str | os.PathLike | None = None,
 ) -> torch.Tensor:
     """Images at ``path`` as uint8 ``(N, channels, resolution, resolution)``, whatever the source.
 
     ``path`` is either a CIFAR-10 batch folder (``cifar-10-batches-py`` or its parent; the 50000
     training images are used) or a folder of image files (see :class:`ImageFolder`). Anything else
-    raises DataError. Pixels stay uint8 to keep the cache four times smaller; batches are converted with
-    ``to_float(batch, scale)`` -- ``scale`` is checked here so a typo fails before minutes of decoding.
+    raises DataError. ``strict`` and ``cache_dir`` are :class:`ImageFolder`'s. Pixels stay uint8 to keep the
+    cache four times smaller; batches are converted with ``to_float(batch, scale)`` -- ``scale`` is checked here
+    so a typo fails before minutes of decoding.
     """
     check_scale(scale)
     check_resolution(resolution)
@@ -188,7 +231,8 @@ def load_image_dataset(
             f"{str(path)!r} is neither a CIFAR-10 batch folder ({', '.join(TRAIN_FILES + TEST_FILES)}) "
             f"nor a folder of images ({', '.join(IMAGE_EXTENSIONS)})"
         )
-    folder = ImageFolder(path, resolution=resolution, channels=channels, scale=scale, strict=strict)
+    folder = ImageFolder(path, resolution=resolution, channels=channels, scale=scale, strict=strict,
+                         cache_dir=cache_dir)
     return folder.load_all()
 
 

@@ -30,7 +30,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,8 +118,11 @@ class ImageRunConfig:
     ``channels``, ``nf`` (base width) and ``train`` (:func:`preset_train_config`). ``data_dir`` is an image
     folder or a CIFAR-10 batch folder; it is required unless the preset trains on the digits (``digits``,
     ``tiny``), since nothing is downloaded. ``holdout`` is the fraction of an image folder kept out of training
-    for bits/dim. ``n_noise`` is LCSS's noise samples / the SSM and FD-SSM slices per image. A sample grid of
-    ``n_grid`` images (PC sampler, ``grid_steps`` steps) is written every ``sample_every`` steps (0 = never).
+    for bits/dim. ``strict`` makes an unreadable image file an error instead of a skip with a warning;
+    ``cache_dir`` decodes an image folder once into a memory-mapped file there (for folders too large to hold in
+    memory once per process; :class:`lcssm.data.images.ImageFolder`). ``n_noise`` is LCSS's noise samples / the
+    SSM and FD-SSM slices per image. A sample grid of ``n_grid`` images (PC sampler, ``grid_steps`` steps) is
+    written every ``sample_every`` steps (0 = never).
     """
 
     preset: str = "digits"
@@ -135,6 +138,8 @@ class ImageRunConfig:
     nf: int | None = None
     random_flip: bool | None = None
     holdout: float = 0.05
+    strict: bool = False
+    cache_dir: str | None = None
     sample_every: int = 1000
     n_grid: int = 64
     grid_steps: int = 100
@@ -271,19 +276,43 @@ def noise_conditional(score_fn: ScoreFn, sde: SDE) -> Callable[[Tensor, Tensor],
 # -------------------------------------------------------------------------------------------------- data
 @dataclass
 class ImageData:
-    """Integer grey levels ``(N, C, R, R)`` (uint8) of one split, with the number of levels and their origin."""
+    """One split of a run's data: integer grey levels (uint8), the number of levels and their origin.
+
+    ``levels`` ``(M, C, R, R)`` holds the whole source, possibly memory-mapped, and ``index`` the rows of it in
+    this split (None = all), so that a split of a folder too large for memory is never copied as a whole.
+    """
 
     levels: Tensor
     n_bins: int
     source: str
+    index: Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.levels) if self.index is None else len(self.index)
+
+    def take(self, rows: Tensor) -> Tensor:
+        """The uint8 levels of rows ``rows`` (positions in this split)."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        return self.levels[rows if self.index is None else self.index[rows]]
+
+    def chunks(self, size: int, n: int | None = None) -> Iterator[Tensor]:
+        """The levels of the first ``n`` rows (all by default) in chunks of ``size``."""
+        stop = len(self) if n is None else min(n, len(self))
+        for i in range(0, stop, size):
+            yield self.take(torch.arange(i, min(i + size, stop)))
+
+    def uint8(self, levels: Tensor) -> Tensor:
+        """Levels of this data as 8-bit pixels, as they would be saved (the levels themselves for 256 levels)."""
+        return levels if self.n_bins == 256 else to_uint8(levels_to_float(levels, self.n_bins, "zero_one"),
+                                                          "zero_one")
 
     def as_float(self, scale: str) -> Tensor:
-        """The images as the network sees them (:func:`levels_to_float`)."""
-        return levels_to_float(self.levels, self.n_bins, scale)
+        """The whole split as the network sees it (:func:`levels_to_float`; in memory)."""
+        return levels_to_float(self.take(torch.arange(len(self))), self.n_bins, scale)
 
     def as_uint8(self) -> Tensor:
-        """The images as 8-bit pixels, as they would be saved (the levels themselves when there are 256)."""
-        return self.levels if self.n_bins == 256 else to_uint8(self.as_float("zero_one"), "zero_one")
+        """The whole split as 8-bit pixels (in memory: use :meth:`chunks` for large splits)."""
+        return self.uint8(self.take(torch.arange(len(self))))
 
 
 def levels_to_float(levels: Tensor, n_bins: int, scale: str) -> Tensor:
@@ -317,7 +346,8 @@ def load_split(cfg: ImageRunConfig, split: str, data_dir: str | os.PathLike | No
 
     Digits: lcssm's fixed split (1437 / 360). CIFAR-10 batches: ``data_batch_1..5`` / ``test_batch``. An image
     folder: the training folder's fixed held-out split (fraction ``cfg.holdout``); for ``test``, a ``data_dir``
-    other than the training folder is held out as a whole.
+    other than the training folder is held out as a whole. Image folders are read with the run's ``strict`` and
+    ``cache_dir``.
     """
     if split not in ("train", "test"):
         raise DataError(f"unknown split {split!r}; valid: train, test")
@@ -326,13 +356,14 @@ def load_split(cfg: ImageRunConfig, split: str, data_dir: str | os.PathLike | No
         return ImageData(_digits_levels(split), DIGITS_LEVELS, f"digits ({split})")
     root = Path(root)
     res, ch = cfg.image_size, cfg.image_channels
+    options = {"resolution": res, "channels": ch, "strict": cfg.strict, "cache_dir": cfg.cache_dir}
     if find_batch_dir(root) is not None:
         if split == "train":
-            images = load_image_dataset(root, resolution=res, channels=ch)
+            images = load_image_dataset(root, **options)
         else:
             images = conform(load_cifar10(root, "test")[0], res, ch)
         return ImageData(images, 256, f"CIFAR-10 {root} ({split})")
-    images = load_image_dataset(root, resolution=res, channels=ch)
+    images = load_image_dataset(root, **options)
     same = cfg.data_dir is not None and root.resolve() == Path(cfg.data_dir).resolve()
     if split == "test" and not same:
         return ImageData(images, 256, f"image folder {root} (all {len(images)} images)")
@@ -340,7 +371,7 @@ def load_split(cfg: ImageRunConfig, split: str, data_dir: str | os.PathLike | No
     if split == "test" and len(test_idx) == 0:
         raise DataError(f"the run trained on every image of {root} (holdout=0): pass another folder to evaluate")
     idx = train_idx if split == "train" else test_idx
-    return ImageData(images[torch.from_numpy(idx)], 256, f"image folder {root} ({split}: {len(idx)} images)")
+    return ImageData(images, 256, f"image folder {root} ({split}: {len(idx)} images)", torch.from_numpy(idx))
 
 
 class ImageBatches:
@@ -354,10 +385,10 @@ class ImageBatches:
 
     def __init__(self, data: ImageData, batch_size: int, seed: int, scale: str, flip: bool) -> None:
         self.data, self.batch_size, self.seed, self.scale, self.flip = data, batch_size, seed, scale, flip
-        self._levels = tensor_batches(data.levels, batch_size, seed)
+        self._rows = tensor_batches(torch.arange(len(data)), batch_size, seed)  # batches of row numbers
 
     def __call__(self, step: int, rank: int = 0, world_size: int = 1) -> Tensor:
-        levels = self._levels(step, rank, world_size)
+        levels = self.data.take(self._rows(step, rank, world_size))
         if self.flip:
             b = len(levels)
             u = torch.rand(self.batch_size, generator=make_generator(step_seed(self.seed, step, 0, _FLIP_STREAM)))
@@ -446,7 +477,7 @@ def train_image(cfg: ImageRunConfig, out_dir: str | os.PathLike, *, resume: bool
     if is_main_process():
         mc = cfg.model_config()
         print(f"lcssm train: preset {cfg.preset} ({type(model).__name__}, nf={mc.nf}), "
-              f"{count_parameters(model):,} parameters; {len(data.levels):,} training images "
+              f"{count_parameters(model):,} parameters; {len(data):,} training images "
               f"{cfg.image_channels}x{cfg.image_size}x{cfg.image_size} from {data.source}; {sde!r}; "
               f"objective {cfg.objective}", file=sys.stderr)
     callbacks = [_grid_callback(cfg, sde, out)] if cfg.sample_every > 0 else []
@@ -702,11 +733,10 @@ def bpd_image_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | N
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     data = load_split(run.cfg, "test", data_dir)
-    levels = data.levels[:n] if n is not None else data.levels
     generator = make_generator(seed, run.device)
     values, nfes = [], []
     start = time.perf_counter()
-    for chunk in levels.split(batch_size):
+    for chunk in data.chunks(batch_size, n):
         bpd, nfe = bits_per_dim(run.score_fn, run.sde, chunk.to(run.device), n_bins=data.n_bins,
                                 scale=run.cfg.data_scale, generator=generator, rtol=rtol, atol=atol, eps=eps,
                                 exact_trace=trace == "exact", hutchinson="gaussian" if trace == "gaussian"
@@ -742,14 +772,25 @@ def feature_extractor(cfg: ImageRunConfig, inception_path: str | os.PathLike | N
     return "inception-v3", lambda x: inception_features(x, net)
 
 
-def image_quality(images: Tensor, reference: Tensor, features: FeatureFn, *, kid_subset_size: int = 1000,
-                  seed: int = 0) -> dict[str, float]:
-    """FID, KID (mean, std over 100 subsets) and IS (mean, std over ≤ 10 splits) of uint8 ``images`` against uint8
-    ``reference`` images, both ``(N, C, H, W)``, through ``features`` (images mapped to [−1, 1])."""
+def _features(chunks: Iterable[Tensor], features: FeatureFn) -> tuple[Tensor, Tensor]:
+    """``features`` of uint8 image chunks, each mapped to [−1, 1] only when its turn comes, concatenated."""
+    out = [features(levels_to_float(chunk, 256, "minus_one_one")) for chunk in chunks]
+    return torch.cat([f for f, _ in out]), torch.cat([p for _, p in out])
+
+
+def image_quality(images: Tensor, reference: Tensor | ImageData, features: FeatureFn, *, kid_subset_size: int = 1000,
+                  seed: int = 0, chunk_size: int = 500) -> dict[str, float]:
+    """FID, KID (mean, std over 100 subsets) and IS (mean, std over ≤ 10 splits) of uint8 ``images`` ``(N, C, H,
+    W)`` against ``reference`` (uint8 images, or a split whose levels are converted to 8 bits), through ``features``
+    (images mapped to [−1, 1]). Images go through ``features`` ``chunk_size`` at a time, so a reference split of
+    any size needs memory only for its features."""
     from lcssm.metrics import fid_from_features, inception_score, kid
 
-    f_s, p_s = features(levels_to_float(images, 256, "minus_one_one"))
-    f_r, _ = features(levels_to_float(reference, 256, "minus_one_one"))
+    f_s, p_s = _features(images.split(chunk_size), features)
+    if isinstance(reference, ImageData):
+        f_r, _ = _features((reference.uint8(c) for c in reference.chunks(chunk_size)), features)
+    else:
+        f_r, _ = _features(reference.split(chunk_size), features)
     kid_mean, kid_std = kid(f_s, f_r, subset_size=kid_subset_size, generator=make_generator(seed))
     is_mean, is_std = inception_score(p_s, n_splits=min(10, len(p_s)))
     return {"fid": fid_from_features(f_s, f_r), "kid": kid_mean, "kid_std": kid_std, "is": is_mean, "is_std": is_std}
@@ -776,9 +817,9 @@ def fid_image_run(run_dir: str | os.PathLike, *, n: int = 2000, sampler: str = "
     path = run.run_dir / f"fid_samples_{sampler}.npz"
     images = _write_samples(path, samples, run.cfg.data_scale)
     start = time.perf_counter()
-    quality = image_quality(images, reference.as_uint8(), features, seed=seed)
+    quality = image_quality(images, reference, features, seed=seed)
     info["sample_seconds"] = info.pop("seconds")
-    record = {**quality, "features": name, "n_reference": len(reference.levels), "reference": reference.source,
+    record = {**quality, "features": name, "n_reference": len(reference), "reference": reference.source,
               **info, "metric_seconds": time.perf_counter() - start, "file": str(path)}
     _append_metrics(run.run_dir, "fid", record)
     return record
