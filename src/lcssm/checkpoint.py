@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from lcssm.errors import CheckpointError
+from lcssm.files import atomic_write_bytes, replace_synced
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -106,16 +107,6 @@ def _fsync_dir(d: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: a temporary file beside it, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> str:
@@ -327,5 +318,5 @@ def export_ema(run_dir: str | Path, out: str | Path | None = None) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, dest)
+    replace_synced(tmp, dest)
     return dest

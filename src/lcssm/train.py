@@ -36,7 +36,6 @@ from torch import Tensor, nn
 from lcssm import distributed
 from lcssm.checkpoint import (
     FORMAT,
-    atomic_write_bytes,
     checkpoint_path,
     get_rng_state,
     latest_good_checkpoint,
@@ -51,6 +50,7 @@ from lcssm.config import TrainConfig, to_jsonable, validate
 from lcssm.device import autocast, eval_mode, make_generator, seed_everything
 from lcssm.distributed import DistInfo
 from lcssm.errors import CheckpointError, ConfigError, DataError, LcssmError
+from lcssm.files import atomic_write_text
 
 __all__ = [
     "BatchFn",
@@ -338,7 +338,7 @@ class _Logs:
         self.tb = None
         if not enabled:
             return
-        _atomic_text(out / "loss.csv", "step,loss\n" + "".join(f"{i + 1},{v!r}\n" for i, v in enumerate(losses)))
+        atomic_write_text(out / "loss.csv", "step,loss\n" + "".join(f"{i + 1},{v!r}\n" for i, v in enumerate(losses)))
         kept = []
         metrics_path = out / "metrics.jsonl"
         if start_step and metrics_path.exists():
@@ -349,7 +349,7 @@ class _Logs:
                     continue
                 if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= start_step:
                     kept.append(line + "\n")
-        _atomic_text(metrics_path, "".join(kept))
+        atomic_write_text(metrics_path, "".join(kept))
         self.loss_csv = open(out / "loss.csv", "a")  # noqa: SIM115 - closed in close()
         self.metrics = open(metrics_path, "a")  # noqa: SIM115
         try:
@@ -384,10 +384,6 @@ class _Logs:
                 f.close()
         if self.tb is not None:
             self.tb.close()
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 def _window_mean(values: Sequence[float]) -> float:
@@ -511,7 +507,7 @@ def train(
         _on_main(info, check_fresh)
 
     if info.is_main:
-        _atomic_text(out / "config.json", json.dumps(config, indent=2) + "\n")
+        atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
     logs = _Logs(out, start_step, losses, enabled=info.is_main)
 
     fwd: nn.Module = raw

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from lcssm.errors import DataError
+from lcssm.files import atomic_write_text, replace_synced
 
 FORMAT_VERSION = 1
 
@@ -59,12 +60,6 @@ def _open(path: Path) -> tuple[np.ndarray, dict] | None:
         warnings.warn(f"ignoring unreadable cache file {str(path)!r} ({e}); rebuilding it", stacklevel=3)
         return None
     return array[:n], meta
-
-
-def _replace(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
 
 
 def load_or_build(
@@ -108,8 +103,7 @@ def load_or_build(
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DataError(f"cannot create the cache directory {str(path.parent)!r}: {e}") from e
-    tag = f".tmp-{socket.gethostname()}-{os.getpid()}"
-    tmp, meta_tmp = path.with_name(path.name + tag), _meta_path(path).with_name(_meta_path(path).name + tag)
+    tmp = path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
     try:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         meta = dict(build(out))
@@ -119,14 +113,12 @@ def load_or_build(
         if not 0 < rows <= shape[0]:
             raise ValueError(f"build reported {rows} rows for an array of {shape[0]}")
         meta.update(rows=rows, shape=list(shape), key=key, version=FORMAT_VERSION)
-        meta_tmp.write_text(json.dumps(meta) + "\n")
-        _replace(tmp, path)  # the array first: metadata present means the array beside it is complete
-        _replace(meta_tmp, _meta_path(path))
+        replace_synced(tmp, path)  # the array first: metadata present means the array beside it is complete
+        atomic_write_text(_meta_path(path), json.dumps(meta) + "\n")
     except OSError as e:
         raise DataError(f"cannot write the cache file {str(path)!r}: {e}") from e
     finally:
         tmp.unlink(missing_ok=True)
-        meta_tmp.unlink(missing_ok=True)
     found = _open(path)
     if found is None:
         raise DataError(f"the cache file {path} just written cannot be read back")

@@ -3,15 +3,15 @@
 Langevin) with sample-quality metrics, and the probability-flow log-likelihood in bits/dim.
 
 A run directory holds the trainer's files (``config.json`` with ``kind: "points"``, ``loss.csv``,
-``metrics.jsonl``, ``checkpoints/``), ``samples.npy``, ``metrics.json`` (the latest record per sampler and of
-bits/dim) and the figures. ``lcssm train/sample/bpd`` (:mod:`lcssm.cli.diffusion`) are thin wrappers over
-:func:`run_train`, :func:`run_sample` and :func:`run_bpd`.
+``metrics.jsonl``, ``checkpoints/``), ``samples.npy``, ``metrics.json`` (:mod:`lcssm.files`: a list of records
+per kind, ``train``, ``sample`` and ``bpd``, one appended by each call) and the figures. ``lcssm train``,
+``sample`` and ``bpd`` (:mod:`lcssm.cli.diffusion`) are thin wrappers over :func:`run_train`, :func:`run_sample`
+and :func:`run_bpd`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from lcssm.config import TrainConfig, apply_overrides, check_types, from_dict
 from lcssm.errors import ConfigError
+from lcssm.files import append_metrics
 from lcssm.sampling import CORRECTORS, ODE_METHODS, PREDICTORS
 
 SAMPLERS = ("pc", "ode", "ald")
@@ -228,22 +229,6 @@ def write_figures(out: Path, cfg: DiffusionConfig, source, samples: Tensor) -> N
 
 
 # ----------------------------------------------------------------------------------------------- running
-def _read_metrics(out: Path) -> dict:
-    path = out / "metrics.json"
-    if path.exists():
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
-            return {}
-    return {}
-
-
-def _write_metrics(out: Path, metrics: dict) -> None:
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    tmp.replace(out / "metrics.json")
-
-
 def score_function(model: nn.Module, device: torch.device, amp: bool):
     """The model as ``score_fn(x, t)`` for the samplers (bf16 autocast on CUDA when ``amp``)."""
     from lcssm.device import autocast
@@ -345,19 +330,18 @@ def run_train(cfg: DiffusionConfig, out_dir: str | Path, *, resume: bool = False
                    resume=resume, overwrite=overwrite, run_config=dataclasses.asdict(cfg), progress=progress)
     if not is_main_process():
         return None
-    metrics = _read_metrics(out) if resume else {}
-    metrics["train"] = {
+    metrics = {"train": {
         "objective": cfg.objective, "sde": cfg.sde, "center": cfg.center, "weighting": cfg.weighting,
         "data": cfg.data, "dim": cfg.dim, "steps": result.steps, "train_seconds": result.train_seconds,
         "final_loss": result.final_loss,
         "final_loss_avg100": float(np.mean(result.losses[-100:])) if result.losses else float("nan"),
-    }
+    }}
+    append_metrics(out, "train", metrics["train"])
     plot_losses(out / "loss.png", {cfg.objective: result.losses}, title=f"{cfg.objective} on {cfg.sde}")
     if cfg.sample.n > 0:
         device = resolve_device(cfg.train.device)
-        metrics.setdefault("sample", {})[cfg.sample.sampler] = sample_and_save(
-            cfg, result.ema_model.eval(), out, device, progress)
-    _write_metrics(out, metrics)
+        metrics["sample"] = sample_and_save(cfg, result.ema_model.eval(), out, device, progress)
+        append_metrics(out, "sample", metrics["sample"])
     return metrics
 
 
@@ -391,9 +375,7 @@ def run_sample(run_dir: str | Path, overrides: list[str], *, device: str = "auto
     if cfg.sample.n < 1:
         raise ConfigError(f"--n must be >= 1, got {cfg.sample.n}")
     info = sample_and_save(cfg, model, out, dev, progress, Path(samples_path) if samples_path else None)
-    metrics = _read_metrics(out)
-    metrics.setdefault("sample", {})[cfg.sample.sampler] = info
-    _write_metrics(out, metrics)
+    append_metrics(out, "sample", info)
     return info
 
 
@@ -439,7 +421,5 @@ def run_bpd(run_dir: str | Path, *, data: str | None = None, n: int = 1000, trac
         "non_finite": int((~torch.isfinite(nll)).sum()), "nfe_mean": float(np.mean(nfes)),
         "seconds": time.perf_counter() - start,
     }
-    metrics = _read_metrics(out)
-    metrics["bpd"] = info
-    _write_metrics(out, metrics)
+    append_metrics(out, "bpd", info)
     return info

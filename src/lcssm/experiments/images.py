@@ -50,6 +50,7 @@ from lcssm.device import make_generator, resolve_device, seed_everything
 from lcssm.diffusion import CENTERS, WEIGHTINGS, diffusion_loss
 from lcssm.distributed import is_main_process
 from lcssm.errors import CheckpointError, ConfigError, DataError
+from lcssm.files import append_metrics
 from lcssm.models import NCSNv2, build_model, count_parameters, get_preset
 from lcssm.models.presets import ModelPreset, resolve_model_config
 from lcssm.objectives import get_objective
@@ -557,21 +558,6 @@ def load_image_run(run_dir: str | os.PathLike, device: str | torch.device = "aut
     return run.cfg, run.sde, run.score_fn, run.model
 
 
-def _append_metrics(run_dir: Path, kind: str, record: dict) -> None:
-    """Append ``record`` to the ``kind`` list of ``run_dir/metrics.json`` (written atomically)."""
-    path = run_dir / "metrics.json"
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, ValueError):
-        metrics = {}
-    if not isinstance(metrics, dict):
-        metrics = {}
-    metrics.setdefault(kind, []).append(to_jsonable(record))
-    tmp = path.with_name(f".metrics.json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------------------------------------ sampling
 SAMPLER_OPTIONS = ("predictor", "corrector", "snr", "n_corrector_steps", "denoise", "eps", "ald_steps_each",
                    "ald_step_size")
@@ -706,7 +692,7 @@ def sample_image_run(run_dir: str | os.PathLike, *, sampler: str = "pc", n: int 
         path = path.with_suffix(".npz")
     _write_samples(path, samples, run.cfg.data_scale)
     info.update(file=str(path), grid=str(path.with_suffix(".png")))
-    _append_metrics(run.run_dir, "sample", info)
+    append_metrics(run.run_dir, "sample", info)
     return info
 
 
@@ -750,7 +736,7 @@ def bpd_image_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | N
               "atol": atol, "nfe": sum(nfes) / len(nfes), "nfe_per_batch": nfes,
               "non_finite": int((~torch.isfinite(bpd)).sum()), "seconds": time.perf_counter() - start,
               "step": run.step, "checkpoint": run.checkpoint.name}
-    _append_metrics(run.run_dir, "bpd", record)
+    append_metrics(run.run_dir, "bpd", record)
     return record
 
 
@@ -821,6 +807,6 @@ def fid_image_run(run_dir: str | os.PathLike, *, n: int = 2000, sampler: str = "
     info["sample_seconds"] = info.pop("seconds")
     record = {**quality, "features": name, "n_reference": len(reference), "reference": reference.source,
               **info, "metric_seconds": time.perf_counter() - start, "file": str(path)}
-    _append_metrics(run.run_dir, "fid", record)
+    append_metrics(run.run_dir, "fid", record)
     return record
 

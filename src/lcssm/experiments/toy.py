@@ -26,6 +26,7 @@ from lcssm.data.toy import (
 from lcssm.device import make_generator, resolve_device, seed_everything
 from lcssm.distributed import is_main_process
 from lcssm.errors import ConfigError
+from lcssm.files import atomic_write_text
 from lcssm.metrics import energy_distance
 from lcssm.models import EnergyMLP, ScoreMLP
 from lcssm.objectives import NOISE_OBJECTIVES, get_objective
@@ -230,7 +231,7 @@ def run_toy(cfg: ToyConfig, out_dir: str | Path, *, resume: bool = False, overwr
         "final_loss_avg100": float(np.mean(result.losses[-100:])) if result.losses else float("nan"),
         **evaluate_samples(cfg, data, samples, cfg.train.seed),
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     if data.dim == 2:
         write_toy_figures(out, cfg, ema, data, samples, result.losses)
     return metrics

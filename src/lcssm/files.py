@@ -1,0 +1,77 @@
+"""Files a crash never leaves half-written, and the ``metrics.json`` log of a run directory.
+
+Every file lcssm writes for later use goes to a temporary name beside its destination, is fsync'ed and then
+renamed over it (atomic on POSIX): a reader sees the old file or the new one, never a mixture.
+
+``metrics.json`` holds one list per kind of evaluation (``"train"``, ``"sample"``, ``"bpd"``, ``"fid"``), each
+call appending a record, so repeated evaluations of a run (other samplers, seeds, checkpoints) are all kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from lcssm.config import to_jsonable
+
+METRICS_FILE = "metrics.json"
+
+
+def replace_synced(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """fsync the finished file ``tmp``, then rename it over ``path`` (for files written by other means)."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: a temporary file beside it, fsync, rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """:func:`atomic_write_bytes` of UTF-8 ``text``."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_metrics(run_dir: str | os.PathLike) -> dict[str, list[dict]]:
+    """The run's ``metrics.json`` ({} when there is none). A file that is not a JSON object is moved aside to
+    ``metrics.json.corrupt`` with a warning, so that the next append starts a new log without losing it."""
+    path = Path(run_dir) / METRICS_FILE
+    try:
+        metrics = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        metrics = e
+    if not isinstance(metrics, dict) or not all(isinstance(v, list) for v in metrics.values()):
+        aside = path.with_name(METRICS_FILE + ".corrupt")
+        os.replace(path, aside)
+        warnings.warn(f"{path} is not a metrics log ({metrics if isinstance(metrics, Exception) else 'wrong shape'}); "
+                      f"moved it to {aside} and started a new one", stacklevel=3)
+        return {}
+    return metrics
+
+
+def append_metrics(run_dir: str | os.PathLike, kind: str, record: dict[str, Any]) -> dict[str, list[dict]]:
+    """Append ``record`` to the ``kind`` list of ``run_dir/metrics.json`` (written atomically); returns the log."""
+    metrics = read_metrics(run_dir)
+    metrics.setdefault(kind, []).append(to_jsonable(record))
+    atomic_write_text(Path(run_dir) / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+__all__ = ["METRICS_FILE", "append_metrics", "atomic_write_bytes", "atomic_write_text", "read_metrics",
+           "replace_synced"]
