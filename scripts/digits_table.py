@@ -187,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         images = torch.from_numpy(np.load(run_dir / "fid_samples_pc.npz")["images"][:64])
         save_image_grid(docs / "digits" / f"{obj}.png", images, ncol=8, min_tile=48)
         rows[obj] = row
+        out.mkdir(parents=True, exist_ok=True)  # partial results survive an interrupted table
+        (out / "results.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2) + "\n")
         print(f"{obj}: {row['seconds_per_step']:.3f} s/step, bpd {row['bpd']['bpd']:.4g}, FID pc "
               f"{row['pc']['fid']:.4g} / ode {row['ode']['fid']:.4g} ({(time.perf_counter() - start) / 60:.1f} min "
               "so far)", file=sys.stderr, flush=True)

@@ -79,7 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser(
         "sample", formatter_class=fmt, help="sample a trained diffusion run",
         description="Draw samples from the EMA model of a run's newest good checkpoint; for point data writes "
-        "samples.npy (float32 (n, d)), samples.png for 2-D data, and the sampler's entry of metrics.json (NFE, "
+        "samples.npy (float32 (n, d)), samples.png for 2-D data, and appends a record to metrics.json (sampler, NFE, "
         "seconds, energy distance to the data and its two-sample floor). Options left out keep the run's sample "
         "settings. Image runs are handed to the image sampler.")
     s.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by lcssm train")
@@ -106,7 +106,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser(
         "bpd", formatter_class=fmt, help="probability-flow log-likelihood (bits/dim) of a trained diffusion run",
         description="Negative log-likelihood of data points under a run's EMA model through the probability-flow "
-        "ODE (Song et al. 2021, App. D.2), in nats per point and bits per dimension; written to metrics.json. "
+        "ODE (Song et al. 2021, App. D.2), in nats per point and bits per dimension; appended to metrics.json. "
         "Image runs are handed to the image evaluation (dequantized bits/dim).")
     b.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by lcssm train")
     b.add_argument("--data", help="toy distribution or point file (default: the run's data); image runs: data dir")
