@@ -3,9 +3,9 @@
 
 Writes a synthetic folder of random PNGs, then measures in fresh processes (one per row, so the peak resident
 memory of one does not leak into the next): loading the folder into memory, building the cache, loading the
-built cache, and one training epoch of batches from each. "RSS +" is the growth of the process's peak resident
-set over its state after importing lcssm; for the memory-mapped cache it counts the file pages a process has
-touched, which the OS shares between processes and can drop under pressure.
+built cache, and one training epoch of batches from each. "RSS +" is the growth of the process's resident memory
+over its state after importing lcssm, split into anonymous memory (private to the process; every rank pays it)
+and file-backed pages (the mapped cache: shared by all processes through the page cache, dropped under pressure).
 
     python benchmarks/bench_image_cache.py --n 2000 --size 128
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import resource
 import shutil
 import tempfile
 import time
@@ -32,8 +31,10 @@ def _write_folder(root: Path, n: int, size: int) -> None:
         Image.fromarray(rng.integers(0, 256, (size + 16, size, 3), dtype=np.uint8)).save(root / f"{i:06d}.png")
 
 
-def _peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+def _rss_mib() -> tuple[float, float]:
+    """(anonymous, file-backed) resident memory of this process in MiB (Linux /proc/self/status)."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return tuple(int(fields[k].split()[0]) / 1024 for k in ("RssAnon", "RssFile"))
 
 
 def _measure(root: str, size: int, cache: str | None, epoch: bool, queue) -> None:
@@ -43,23 +44,24 @@ def _measure(root: str, size: int, cache: str | None, epoch: bool, queue) -> Non
     from lcssm.experiments.images import ImageBatches, ImageData
 
     torch.set_num_threads(1)
-    base = _peak_mib()
+    anon0, file0 = _rss_mib()
     start = time.perf_counter()
-    folder = ImageFolder(root, resolution=size, cache_dir=cache)
+    folder = ImageFolder(root, resolution=size, cache_dir=cache, progress=False)
     levels = folder.load_all()
     loaded = time.perf_counter() - start
-    after_load = _peak_mib() - base
-    epoch_seconds = float("nan")
+    anon1, file1 = _rss_mib()
+    epoch_seconds, anon2, file2 = float("nan"), float("nan"), float("nan")
     if epoch:
         batches = ImageBatches(ImageData(levels, 256, root), 64, 0, "minus_one_one", True)
         t0 = time.perf_counter()
         for step in range((len(levels) + 63) // 64):
             batches(step)
         epoch_seconds = time.perf_counter() - t0
-    queue.put((loaded, after_load, _peak_mib() - base, epoch_seconds))
+        anon2, file2 = _rss_mib()
+    queue.put((loaded, anon1 - anon0, file1 - file0, epoch_seconds, anon2 - anon0, file2 - file0))
 
 
-def _run(*args) -> tuple[float, float, float, float]:
+def _run(*args) -> tuple[float, ...]:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_measure, args=(*args, queue))
@@ -91,11 +93,13 @@ def main(argv: list[str] | None = None) -> int:
             ("cache: first load (builds the file)", _run(str(root), args.size, str(cache), False)),
             ("cache: later load (maps the file)", _run(str(root), args.size, str(cache), True)),
         ]
-        print("| load | seconds | RSS + after load (MiB) | RSS + after one epoch (MiB) | epoch of batches (s) |")
+        print("| load | seconds | anon / file RSS + after load (MiB) | epoch of batches (s) "
+              "| anon / file RSS + after the epoch (MiB) |")
         print("|---|---|---|---|---|")
-        for name, (seconds, after_load, after_epoch, epoch) in rows:
-            print(f"| {name} | {seconds:.2f} | {after_load:.0f} | {after_epoch:.0f} | "
-                  + ("—" if epoch != epoch else f"{epoch:.2f}") + " |")
+        for name, (seconds, anon1, file1, epoch, anon2, file2) in rows:
+            after = "—" if epoch != epoch else f"{epoch:.2f} | {anon2:.0f} / {file2:.0f}"
+            print(f"| {name} | {seconds:.2f} | {anon1:.0f} / {file1:.0f} | " + (after if epoch == epoch else "— | —")
+                  + " |")
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
