@@ -34,6 +34,7 @@ from lcssm.experiments.images import (
     open_image_run,
     sample_image_run,
     save_image_grid,
+    tile_images,
     to_uint8,
     train_image,
 )
@@ -308,6 +309,10 @@ def test_image_grid_layout(tmp_path):
     assert (grid[1 + 33:, 1 + 2 * 33:] == 128).all()  # the sixth cell is empty (grey)
     with pytest.raises(DataError, match="uint8"):
         save_image_grid(tmp_path / "bad.png", images.float())
+    floats = torch.rand(3, 1, 2, 2, generator=torch.Generator().manual_seed(1))
+    canvas = tile_images(floats, ncol=2, gap_value=-1.0)  # any dtype: a float canvas for matplotlib
+    assert canvas.shape == (1, 2 * 3 + 1, 2 * 3 + 1) and canvas.dtype == floats.dtype
+    assert torch.equal(canvas[0, 4:6, 1:3], floats[2, 0]) and (canvas[0, 4:6, 4:6] == -1).all()
 
 
 # ------------------------------------------------------------------------- lcssm train / sample / bpd / fid

@@ -109,6 +109,7 @@ def score_norm(model: nn.Module, sde: SDE, x0: Tensor, seed: int) -> list[float]
 
 def run(ctx: Context) -> Report:
     load_digits, digits_features, bits_per_dim, pc_sample = _imports()
+    from lcssm.experiments.images import tile_images
     from lcssm.metrics import fid_from_features
     from lcssm.plots import plt, save_figure
 
@@ -163,7 +164,7 @@ def run(ctx: Context) -> Report:
     fig, axes = plt.subplots(1, len(GAMMAS) + 1, figsize=(3.2 * (len(GAMMAS) + 1), 3.6))
     panels = [("test digits", test_x[:64])] + [(f"γ = {g:g}", grids[g]) for g in GAMMAS]
     for ax, (title, imgs) in zip(axes, panels):
-        ax.imshow(_grid(imgs), cmap="gray", vmin=-1, vmax=1)
+        ax.imshow(tile_images(imgs, ncol=8, gap_value=-1.0)[0].numpy(), cmap="gray", vmin=-1, vmax=1)
         ax.set_title(title)
         ax.axis("off")
     path = ctx.out_dir / "fig7_samples.png"
@@ -183,14 +184,3 @@ def run(ctx: Context) -> Report:
         + "; digits FD: " + ", ".join(f"γ = {g:g}: {results[g]['fd']:.3g}" for g in GAMMAS)
         + "; bits/dim: " + ", ".join(f"γ = {g:g}: {results[g]['bpd']:.3g}" for g in GAMMAS) + ".")
     return report
-
-
-def _grid(imgs: Tensor, ncol: int = 8) -> Tensor:
-    n = len(imgs)
-    nrow = max(1, math.ceil(n / ncol))
-    canvas = torch.full((nrow * 9 + 1, ncol * 9 + 1), -1.0)
-    for i, im in enumerate(imgs):
-        r, c = divmod(i, ncol)
-        canvas[1 + 9 * r: 9 + 9 * r, 1 + 9 * c: 9 + 9 * c] = im[0]
-    return canvas
-
