@@ -73,3 +73,26 @@ def test_torchrun_two_ranks_match_one_process_with_the_doubled_batch(tmp_path):
     for k in rank0:
         assert torch.equal(state["model"][k], rank0[k])
     assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])  # per-rank seeds
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_share_one_image_cache(tmp_path):
+    """Two ranks on an image folder with --cache-dir: local rank 0 decodes, rank 1 maps its file."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    cache = tmp_path / "cache"
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "lcssm", "train",
+         "--preset", "tiny", "--data-dir", str(folder), "--resolution", "8", "--cache-dir", str(cache), "--steps",
+         "2", "--batch-size", "4", "--sample-every", "0", "--out", str(tmp_path / "run"), "--no-progress"],
+        env=ENV, capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert len(list(cache.glob("*.npy"))) == 1 and len(list(cache.glob("*.json"))) == 1
+    assert not [p for p in cache.iterdir() if "tmp" in p.name]
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [2]

@@ -15,6 +15,7 @@ import torch
 from torch.autograd import gradgradcheck
 
 from lcssm.errors import ConfigError
+from lcssm.experiments.images import preset_train_config
 from lcssm.models.layers import InstanceNormPlus2d, SelfAttention2d, num_groups
 from lcssm.models.ncsnv2 import NCSNv2, NCSNv2Config
 from lcssm.models.presets import (
@@ -157,6 +158,18 @@ def test_every_preset_builds_at_tiny_width_and_runs(name):
     with torch.no_grad():
         out = _call(model.eval(), x, t, sigma)
     assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_parameter_of_every_preset_gets_a_gradient(name):
+    """Image runs hand DDP find_unused_parameters=False (no extra graph traversal per step), which fails at the
+    first step if any parameter is left out of the loss."""
+    torch.manual_seed(0)
+    model = build_model(name, nf=4, channels=1)
+    x, t, sigma = _inputs(model, size=max(8, model.config.downsampling_factor))
+    _call(model.train(), x, t, sigma).square().mean().backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+    assert preset_train_config(name).ddp_find_unused is False
 
 
 def test_full_size_parameter_counts_on_meta_device():

@@ -100,7 +100,8 @@ _HOLDOUT_SEED = 0  # the held-out split of an image folder is a property of the 
 # ------------------------------------------------------------------------------------------------ config
 def preset_train_config(preset: str | ModelPreset) -> TrainConfig:
     """The trainer settings a preset was published with: steps = ``n_iters``, its batch, Adam settings, warmup,
-    clipping and EMA rate. Checkpoints every quarter of the run, at most every 10k steps."""
+    clipping and EMA rate. Checkpoints every quarter of the run, at most every 10k steps. Every parameter of the
+    image networks takes part in the loss, so DDP skips its search for unused ones (``ddp_find_unused=False``)."""
     p = get_preset(preset) if isinstance(preset, str) else preset
     tr = p.training
     steps = int(tr["n_iters"])
@@ -108,7 +109,7 @@ def preset_train_config(preset: str | ModelPreset) -> TrainConfig:
         steps=steps, batch_size=int(tr["batch_size"]), lr=float(tr["lr"]), beta1=float(tr["beta1"]),
         adam_eps=float(tr["adam_eps"]), weight_decay=float(tr["weight_decay"]), warmup=int(tr["warmup"]),
         grad_clip=float(tr["grad_clip"] or 0.0), ema_decay=float(tr["ema_rate"]),
-        ckpt_every=min(10_000, max(1, steps // 4)), log_every=min(100, max(1, steps // 100)),
+        ckpt_every=min(10_000, max(1, steps // 4)), log_every=min(100, max(1, steps // 100)), ddp_find_unused=False,
     )
 
 
