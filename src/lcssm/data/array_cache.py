@@ -112,7 +112,7 @@ def load_or_build(
         rows = int(meta.get("rows", 0))
         if not 0 < rows <= shape[0]:
             raise ValueError(f"build reported {rows} rows for an array of {shape[0]}")
-        meta.update(rows=rows, shape=list(shape), key=key, version=FORMAT_VERSION)
+        meta.update(rows=rows, shape=list(shape), version=FORMAT_VERSION)  # the key is in the file name
         replace_synced(tmp, path)  # the array first: metadata present means the array beside it is complete
         atomic_write_text(_meta_path(path), json.dumps(meta) + "\n")
     except OSError as e:

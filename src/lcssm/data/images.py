@@ -112,11 +112,12 @@ class ImageFolder:
     def _skip(self, path: Path, reason: str) -> None:
         if self.strict:
             raise DataError(f"cannot read image {str(path)!r}: {reason}")
-        warnings.warn(f"skipping unreadable image {str(path)!r}: {reason}", stacklevel=4)
+        warnings.warn(f"skipping unreadable image {str(path)!r}: {reason}", stacklevel=3)
 
     def _decode_into(self, out: np.ndarray) -> dict:
         """Decode every candidate into the leading rows of ``out``; ``{"rows", "paths", "skipped"}`` (relative
-        paths; ``skipped`` pairs each unreadable file with PIL's reason)."""
+        paths; ``skipped`` pairs each unreadable file with PIL's reason). With ``strict`` the first unreadable
+        file raises at once; otherwise :meth:`load_all` names the skipped ones."""
         from tqdm.auto import tqdm
 
         r, c = self.resolution, self.channels
@@ -125,16 +126,20 @@ class ImageFolder:
         show = len(self.candidates) >= 1000 if self.progress is None else self.progress
         for path in tqdm(self.candidates, desc=f"decoding {self.root.name}", unit="img", disable=not show,
                          leave=False):
+            rel = path.relative_to(self.root).as_posix()
             try:
                 with Image.open(path) as image:
                     image.load()
                     out[len(kept)] = pil_to_uint8(image, r, c)
             except _DECODE_ERRORS as e:
-                self._skip(path, str(e))
-                skipped.append((path.relative_to(self.root).as_posix(), str(e)))
+                if self.strict:
+                    self._skip(path, str(e))  # raises
+                skipped.append((rel, str(e)))
                 continue
-            kept.append(path.relative_to(self.root).as_posix())
-        if not kept:
+            kept.append(rel)
+        if not kept:  # load_all will not get to name them
+            for rel, reason in skipped:
+                self._skip(self.root / rel, reason)
             raise DataError(f"none of the {len(self.candidates)} image files under {str(self.root)!r} could be read")
         return {"rows": len(kept), "paths": kept, "skipped": skipped}
 
@@ -163,8 +168,8 @@ class ImageFolder:
             else:
                 images, meta = load_or_build(self.cache_dir, f"{self.root.name}-{c}x{r}x{r}", self._cache_key(),
                                              shape, self._decode_into)
-                for rel, reason in meta["skipped"]:  # decoded earlier: name the skipped files again
-                    self._skip(self.root / rel, reason)
+            for rel, reason in meta["skipped"]:  # named once per load, whether decoded now or read from the cache
+                self._skip(self.root / rel, reason)
             self.paths = [self.root / rel for rel in meta["paths"]]
             self._images = torch.from_numpy(images[: meta["rows"]])
         return self._images
