@@ -22,11 +22,13 @@ from lcssm.checkpoint import (
     load_checkpoint,
     load_run,
     prune_checkpoints,
+    remove_stale_temporaries,
     save_checkpoint,
     set_rng_state,
 )
 from lcssm.cli import USER_ERRORS
 from lcssm.errors import CheckpointError
+from lcssm.files import temporary_path
 from lcssm.models import EnergyMLP
 
 
@@ -237,3 +239,12 @@ def test_export_bad_inputs_exit_2_with_one_line(tmp_path, capsys, setup, match):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and match in err[0] and str(run if setup != "out_is_dir" else tmp_path) in err[0], err
+
+
+def test_stale_temporaries_of_a_killed_writer_are_removed(tmp_path):
+    kept = checkpoint_path(tmp_path, 5)
+    save_checkpoint(kept, {"w": torch.zeros(2)})
+    stale = temporary_path(checkpoint_path(tmp_path, 10))  # the name save_checkpoint writes before its rename
+    stale.write_bytes(b"half a checkpoint")
+    remove_stale_temporaries(tmp_path)
+    assert not stale.exists() and kept.exists() and [s for s, _ in list_checkpoints(tmp_path)] == [5]

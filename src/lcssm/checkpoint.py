@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from lcssm.errors import CheckpointError
-from lcssm.files import atomic_write_bytes, replace_synced
+from lcssm.files import atomic_write_bytes, replace_synced, temporary_path
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -114,7 +114,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> str:
     ``path.sha256``; returns the digest. The parent folder is created if needed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temporary_path(path)
     try:
         with open(tmp, "wb") as f:
             torch.save(state, f)
@@ -316,7 +316,7 @@ def export_ema(run_dir: str | Path, out: str | Path | None = None) -> Path:
         raise IsADirectoryError(f"export destination {dest} is a directory; give a file name, e.g. "
                                 f"{dest / 'ema.safetensors'}")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    tmp = temporary_path(dest)
     save_file(tensors, str(tmp), metadata=metadata)
     replace_synced(tmp, dest)
     return dest

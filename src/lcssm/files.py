@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,14 @@ from typing import Any
 from lcssm.config import to_jsonable
 
 METRICS_FILE = "metrics.json"
+
+
+def temporary_path(path: str | os.PathLike) -> Path:
+    """Where a file for ``path`` is written before it is renamed into place: a hidden name beside it, unique to
+    this host and process (``.NAME.HOST-PID.tmp``), so concurrent writers, also on a shared file system, never
+    share one."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{socket.gethostname()}-{os.getpid()}.tmp")
 
 
 def replace_synced(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
@@ -29,8 +38,7 @@ def replace_synced(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: a temporary file beside it, fsync, rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temporary_path(path)
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -74,4 +82,4 @@ def append_metrics(run_dir: str | os.PathLike, kind: str, record: dict[str, Any]
 
 
 __all__ = ["METRICS_FILE", "append_metrics", "atomic_write_bytes", "atomic_write_text", "read_metrics",
-           "replace_synced"]
+           "replace_synced", "temporary_path"]

@@ -24,7 +24,6 @@ from lcssm.experiments.diffusion import (
     run_sample,
     run_train,
 )
-from lcssm.experiments.images import is_image_run
 from lcssm.sampling import CORRECTORS, PREDICTORS
 
 # -------------------------------------------------------------------------------------------- argparse
@@ -164,6 +163,8 @@ _IMAGE_ONLY = frozenset({"data_dir", "resolution", "channels", "nf", "random_fli
 
 
 def _sample_cmd(args: argparse.Namespace) -> int:
+    from lcssm.experiments.images import is_image_run  # not at import: start-up stays free of the image stack
+
     if is_image_run(args.run_dir):
         return images.sample_command(args)
     overrides = [f"{k}={getattr(args, k)}" for k in _given(args, _SAMPLE_KEYS)]
@@ -174,6 +175,8 @@ def _sample_cmd(args: argparse.Namespace) -> int:
 
 
 def _bpd_cmd(args: argparse.Namespace) -> int:
+    from lcssm.experiments.images import is_image_run  # not at import: start-up stays free of the image stack
+
     if is_image_run(args.run_dir):
         return images.bpd_command(args)
     info = run_bpd(args.run_dir, data=args.data, n=1000 if args.n is None else args.n, trace=args.trace,

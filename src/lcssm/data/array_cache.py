@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import re
-import socket
 import sys
 import time
 import warnings
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from lcssm.errors import DataError
-from lcssm.files import atomic_write_text, replace_synced
+from lcssm.files import atomic_write_text, replace_synced, temporary_path
 
 FORMAT_VERSION = 1
 
@@ -103,7 +102,7 @@ def load_or_build(
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DataError(f"cannot create the cache directory {str(path.parent)!r}: {e}") from e
-    tmp = path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+    tmp = temporary_path(path)
     try:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         meta = dict(build(out))
