@@ -1,7 +1,7 @@
 """Time-conditional score-matching loss for score-based diffusion models (paper Sec. 3.2, Eq. 19–20).
 
-``L(θ) = E_t[λ(t) · E_{x0} J(θ, x0, t)]`` with t ~ U(eps, T). For the noise objectives (lcss, dsm) the Stein
-/ denoising kernel is N(center, σ_t² I) where the **center** is a named choice (DESIGN.md §2):
+``L(θ) = E_t[λ(t) · E_{x0} J(θ, x0, t)]`` with t ~ U(t_min, T). For the noise objectives (lcss, dsm) the Stein
+/ denoising kernel is N(center, σ_t² I) where the **center** is a named choice:
 
 - ``marginal`` (default): center α_t·x0, so x′ ~ p_t(· | x0) and the model learns ∇log p_t.
 - ``data``: center x0 (Eq. 19 read literally). Identical to ``marginal`` for VE, different for VP/subVP.
@@ -21,8 +21,9 @@ import torch
 from torch import Tensor
 
 from lcssm.errors import ConfigError
-from lcssm.objectives import NOISE_OBJECTIVES, get_objective
+from lcssm.objectives import get_objective
 from lcssm.sde import SDE
+from lcssm.tensors import bcast
 
 __all__ = ["CENTERS", "WEIGHTINGS", "diffusion_loss", "time_conditional"]
 
@@ -61,29 +62,25 @@ def diffusion_loss(
     objective: str = "lcss",
     center: Center = "marginal",
     weighting: Weighting = "sigma2",
-    eps: float = 1e-5,
+    t_min: float = 1e-5,
     sigma_s: float = 0.05,
     n_sim_steps: int = 100,
     t: Tensor | None = None,
     generator: torch.Generator | None = None,
-    **objective_kwargs,
+    **options,
 ) -> Tensor:
     """Per-sample weighted loss ``λ(t)·J(θ, x0, t)``, shape (B,).
 
-    ``t`` defaults to U(eps, T) draws from ``generator``. ``sigma_s`` and ``n_sim_steps`` are used by the
-    ``simulated`` center only (smoothing std and Euler–Maruyama steps). ``objective_kwargs`` go to the
-    objective (e.g. ``gamma``, ``antithetic``, ``n_slices``); FD-SSM's perturbation size, whose name ``eps``
-    this function uses for the smallest time, is passed as ``fd_eps``.
+    ``t`` defaults to U(t_min, T) draws from ``generator``. ``sigma_s`` and ``n_sim_steps`` are used by the
+    ``simulated`` center only (smoothing std and Euler–Maruyama steps). ``options`` go to the objective by its
+    own keyword names (e.g. ``gamma``, ``antithetic``, ``n_samples`` for lcss, ``fd_eps``, ``n_slices`` for
+    fdssm; :data:`lcssm.objectives.OBJECTIVES` records them).
     """
     fn = get_objective(objective)
-    if "fd_eps" in objective_kwargs:
-        if objective != "fdssm":
-            raise ConfigError(f"fd_eps applies to fdssm only, not to {objective!r}")
-        objective_kwargs["eps"] = objective_kwargs.pop("fd_eps")
     _check_choice(center, CENTERS, "center")
     _check_choice(weighting, WEIGHTINGS, "weighting")
-    if not 0 < eps < sde.T:
-        raise ConfigError(f"eps must lie in (0, T={sde.T}), got {eps}")
+    if not 0 < t_min < sde.T:
+        raise ConfigError(f"t_min must lie in (0, T={sde.T}), got {t_min}")
     if center == "simulated" and objective == "dsm":
         raise ConfigError(
             "dsm needs the closed-form transition kernel of the SDE, which center='simulated' does not have; "
@@ -93,7 +90,7 @@ def diffusion_loss(
         raise ConfigError(f"{sde!r} has no closed-form marginal; use center='simulated'")
     batch = x0.shape[0]
     if t is None:
-        t = eps + (sde.T - eps) * torch.rand(batch, generator=generator, device=x0.device, dtype=x0.dtype)
+        t = t_min + (sde.T - t_min) * torch.rand(batch, generator=generator, device=x0.device, dtype=x0.dtype)
 
     if center == "simulated":
         if not sigma_s > 0:
@@ -113,10 +110,8 @@ def diffusion_loss(
         sqrt_lam = torch.ones_like(std)
 
     score_fn = time_conditional(score_model, t)
-    if objective in NOISE_OBJECTIVES:
-        return fn(score_fn, mu, std, generator=generator, sqrt_weight=sqrt_lam, **objective_kwargs)
+    if fn.needs_sigma:
+        return fn(score_fn, mu, sigma=std, generator=generator, sqrt_weight=sqrt_lam, **options)
     z = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-    x_t = mu + std.view(-1, *([1] * (mu.dim() - 1))) * z
-    if objective != "exact_sm":
-        objective_kwargs["generator"] = generator
-    return fn(score_fn, x_t, sqrt_weight=sqrt_lam, **objective_kwargs)
+    x_t = mu + bcast(std, mu) * z
+    return fn(score_fn, x_t, generator=generator, sqrt_weight=sqrt_lam, **options)

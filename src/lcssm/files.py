@@ -54,6 +54,28 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def atomic_save_npy(path: str | os.PathLike, array) -> None:
+    """``numpy.save`` of ``array`` to exactly ``path`` (no ``.npy`` appended), atomically."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array), allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def atomic_save_npz(path: str | os.PathLike, **arrays) -> None:
+    """``numpy.savez`` of ``arrays`` to exactly ``path`` (no ``.npz`` appended), atomically."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def read_metrics(run_dir: str | os.PathLike) -> dict[str, list[dict]]:
     """The run's ``metrics.json`` ({} when there is none). A file that is not a JSON object is moved aside to
     ``metrics.json.corrupt`` with a warning, so that the next append starts a new log without losing it."""
@@ -81,5 +103,5 @@ def append_metrics(run_dir: str | os.PathLike, kind: str, record: dict[str, Any]
     return metrics
 
 
-__all__ = ["METRICS_FILE", "append_metrics", "atomic_write_bytes", "atomic_write_text", "read_metrics",
+__all__ = ["METRICS_FILE", "append_metrics", "atomic_save_npy", "atomic_save_npz", "atomic_write_bytes", "atomic_write_text", "read_metrics",
            "replace_synced", "temporary_path"]

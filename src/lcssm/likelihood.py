@@ -5,7 +5,7 @@ change-of-variables formula (Chen et al. 2018) gives
 
     log p_eps(x_eps) = log p_T(x_T) + ∫_eps^T ∇·F(x_t, t) dt,
 
-integrated jointly with x_t from ``eps`` to ``T`` (Song et al. 2021, App. D.2). The divergence is either exact
+integrated jointly with x_t from ``t_min`` to ``T`` (Song et al. 2021, App. D.2). The divergence is either exact
 (d vector-Jacobian products, small d only) or Hutchinson's estimate ``vᵀ(∂F/∂x)v`` with one noise draw v per
 sample held fixed over the whole integration, which makes the result an unbiased estimate of log p. p_T is
 replaced by the SDE's prior (for VE, N(0, σ_max²I) is not p_T exactly: DESIGN.md §5).
@@ -23,20 +23,13 @@ from torch import Tensor
 from lcssm.errors import ConfigError, DataError
 from lcssm.sampling import solve_ode
 from lcssm.sde import SDE, ScoreFn
+from lcssm.tensors import probe_noise
 
 __all__ = ["bits_per_dim", "dequantize", "log_likelihood"]
 
 Hutchinson = Literal["rademacher", "gaussian"]
 Scale = Literal["minus_one_one", "zero_one"]
 SCALES = ("minus_one_one", "zero_one")
-
-
-def _probe(x: Tensor, kind: str, generator: torch.Generator | None) -> Tensor:
-    if kind == "gaussian":
-        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    if kind == "rademacher":
-        return torch.randint(0, 2, x.shape, generator=generator, device=x.device).to(x.dtype).mul_(2).sub_(1)
-    raise ConfigError(f"unknown hutchinson noise {kind!r}; valid: rademacher, gaussian")
 
 
 def _drift_and_divergence(
@@ -66,7 +59,7 @@ def log_likelihood(
     hutchinson: Hutchinson = "rademacher",
     rtol: float = 1e-5,
     atol: float = 1e-5,
-    eps: float = 1e-5,
+    t_min: float = 1e-5,
     exact_trace: bool = False,
     method: str = "RK45",
     generator: torch.Generator | None = None,
@@ -75,16 +68,16 @@ def log_likelihood(
     """Per-sample ``log p_eps(x)`` in nats, shape (B,), and the number of drift evaluations (nfe).
 
     Integrates the probability-flow ODE with ``scipy.integrate.solve_ivp`` (``method``, ``rtol``, ``atol``) from
-    ``eps`` to T together with the divergence of its drift, then adds the prior log-density at T (see the module
+    ``t_min`` to T together with the divergence of its drift, then adds the prior log-density at T (see the module
     docstring). ``exact_trace`` uses the exact divergence (d backward passes per evaluation); otherwise
     Hutchinson's estimator with ``hutchinson`` noise drawn once from ``generator``. ``score_fn(x, t)`` is
     evaluated in x's dtype and device with gradients enabled (put a model in eval mode first).
     """
-    if not 0 < eps < sde.T:
-        raise ConfigError(f"eps must lie in (0, T={sde.T}), got {eps!r}")
+    if not 0 < t_min < sde.T:
+        raise ConfigError(f"t_min must lie in (0, T={sde.T}), got {t_min!r}")
     if x.dim() < 2:
         raise DataError(f"x must have shape (B, *D), got {tuple(x.shape)}")
-    probe = None if exact_trace else _probe(x, hutchinson, generator)
+    probe = None if exact_trace else probe_noise(x.shape, hutchinson, generator=generator, device=x.device, dtype=x.dtype)
     rsde = sde.reverse(score_fn, probability_flow=True)
     shape, batch, n = x.shape, x.shape[0], x.numel()
     dev, dtype = x.device, x.dtype
@@ -99,7 +92,7 @@ def log_likelihood(
         return np.concatenate([drift.double().cpu().numpy().ravel(), div.double().cpu().numpy()])
 
     y0 = np.concatenate([x.detach().double().cpu().numpy().ravel(), np.zeros(batch)])
-    end, nfe = solve_ode(fun, eps, sde.T, y0, method=method, rtol=rtol, atol=atol, desc="log-likelihood ODE",
+    end, nfe = solve_ode(fun, t_min, sde.T, y0, method=method, rtol=rtol, atol=atol, desc="log-likelihood ODE",
                          progress=progress)
     x_T = torch.from_numpy(end[:n]).view(shape).to(device=dev)
     delta = torch.from_numpy(end[n:]).to(device=dev)

@@ -12,24 +12,28 @@ treat rows independently (no batch statistics), which is also what the Jacobian-
 
 ``sqrt_weight`` (optional, shape ``(B,)``) is √λ: the per-sample loss is multiplied by λ. It is given as a root
 so that for lcss and dsm the weighted loss can be formed with √λ/σ, which for the usual λ = σ² is exactly 1: the
-1/σ² cancels analytically instead of numerically (DESIGN.md §2), even where σ² underflows.
+1/σ² cancels analytically instead of numerically, even where σ² underflows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Literal
 
 import torch
 from torch import Tensor
 
 from lcssm.errors import ConfigError
+from lcssm.tensors import Probe, bcast, probe_noise
 
 ScoreFn = Callable[[Tensor], Tensor]
-Noise = Literal["rademacher", "gaussian"]
+Noise = Probe
 
 __all__ = [
     "OBJECTIVES",
+    "Objective",
     "ScoreFn",
     "dsm",
     "exact_sm",
@@ -68,11 +72,6 @@ def _per_sample(sigma: float | Tensor, x: Tensor, name: str = "sigma") -> Tensor
     return torch.full((batch,), sigma, device=x.device, dtype=x.dtype)
 
 
-def _bcast(v: Tensor, x: Tensor) -> Tensor:
-    """``(B,)`` -> ``(B, 1, ..., 1)`` to broadcast against ``x``."""
-    return v.view(-1, *([1] * (x.dim() - 1)))
-
-
 def _check_x(x: Tensor) -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -94,13 +93,7 @@ def _noise_stack(
                 f"{name} must have shape {tuple(x.shape)} or (n, *{tuple(x.shape)}), got {tuple(given.shape)}"
             )
         return given.to(device=x.device, dtype=x.dtype)
-    shape = (n, *x.shape)
-    if kind == "gaussian":
-        return torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
-    if kind == "rademacher":
-        r = torch.randint(0, 2, shape, generator=generator, device=x.device)
-        return r.to(x.dtype).mul_(2).sub_(1)
-    raise ValueError(f"unknown noise {kind!r}; valid: rademacher, gaussian")
+    return probe_noise((n, *x.shape), kind, generator=generator, device=x.device, dtype=x.dtype)
 
 
 def _score(score_fn: ScoreFn, x: Tensor) -> Tensor:
@@ -130,10 +123,12 @@ def _requires_grad(x: Tensor) -> Tensor:
 
 
 # -------------------------------------------------------------------------------------------- objectives
-def exact_sm(score_fn: ScoreFn, x: Tensor, *, sqrt_weight: Tensor | None = None) -> Tensor:
+def exact_sm(score_fn: ScoreFn, x: Tensor, *, generator: torch.Generator | None = None,
+             sqrt_weight: Tensor | None = None) -> Tensor:
     """Exact score matching (Hyvärinen 2005, paper Eq. 4): ``tr(∇ₓs(x)) + ½‖s(x)‖²``.
 
-    The Jacobian trace costs d vector-Jacobian products: use only for small d.
+    The Jacobian trace costs d vector-Jacobian products: use only for small d. It draws no noise (``generator``
+    is accepted for the common calling convention and unused).
     """
     _check_x(x)
     x = _requires_grad(x)
@@ -204,7 +199,7 @@ def fdssm(
     score_fn: ScoreFn,
     x: Tensor,
     *,
-    eps: float = 0.1,
+    fd_eps: float = 0.1,
     n_slices: int = 1,
     v: Tensor | None = None,
     generator: torch.Generator | None = None,
@@ -212,17 +207,17 @@ def fdssm(
 ) -> Tensor:
     """Finite-difference SSM (Pang et al. 2020; paper Eq. 7 multiplied by d, i.e. on the J_SM scale).
 
-    ``d·vᵀ(s(x+v) − s(x−v)) / (2‖v‖²) + ⅛‖s(x+v) + s(x−v)‖²`` with ``v = ε·u/‖u‖``, u Gaussian, so
+    ``d·vᵀ(s(x+v) − s(x−v)) / (2‖v‖²) + ⅛‖s(x+v) + s(x−v)‖²`` with ``v = ε·u/‖u‖`` (ε = ``fd_eps``), u Gaussian, so
     E[vvᵀ] = ε²I/d; ‖v‖² = ε² for drawn v, and for a given ``v`` (already scaled) its own norm is used.
     One batched forward pass on ``cat([x + v, x − v])``.
     """
     _check_x(x)
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps:g}")
+    if not fd_eps > 0:
+        raise ValueError(f"fd_eps must be > 0, got {fd_eps:g}")
     vs = _noise_stack(v, x, n_slices, "gaussian", generator, "v")
     if v is None:
         norms = vs.flatten(2).norm(dim=2)  # (n, B)
-        vs = eps * vs / norms.view(*norms.shape, *([1] * (x.dim() - 1)))
+        vs = fd_eps * vs / norms.view(*norms.shape, *([1] * (x.dim() - 1)))
     n = vs.shape[0]
     d = x[0].numel()
     xr = _tile(x, n)
@@ -252,9 +247,9 @@ def dsm(
     if z is not None and z.shape != x.shape:
         raise ValueError(f"z must have shape {tuple(x.shape)} for dsm, got {tuple(z.shape)}")
     z = _noise_stack(z, x, 1, "gaussian", generator, "z")[0]
-    s = _score(score_fn, x + _bcast(sig, x) * z)
+    s = _score(score_fn, x + bcast(sig, x) * z)
     r = torch.ones_like(sig) if sqrt_weight is None else sqrt_weight
-    return 0.5 * _sqnorm(_bcast(r, x) * s + _bcast(r / sig, x) * z)
+    return 0.5 * _sqnorm(bcast(r, x) * s + bcast(r / sig, x) * z)
 
 
 def lcss(
@@ -286,26 +281,58 @@ def lcss(
     xr = _tile(x, n)
     zr = zs.reshape(-1, *x.shape[1:])
     sig_r = _tile(sig, n)
-    s = _score(score_fn, xr + _bcast(sig_r, xr) * zr)
+    s = _score(score_fn, xr + bcast(sig_r, xr) * zr)
     r = torch.ones_like(sig_r) if sqrt_weight is None else _tile(sqrt_weight, n)
     loss = gamma * r * (r / sig_r) * _dot(s, zr) + 0.5 * r**2 * _sqnorm(s)
     return _blocks(loss, n).mean(0)
 
 
-OBJECTIVES: dict[str, Callable[..., Tensor]] = {
-    "exact_sm": exact_sm,
-    "ssm": ssm,
-    "ssm_vr": ssm_vr,
-    "fdssm": fdssm,
-    "dsm": dsm,
-    "lcss": lcss,
-}
+@dataclass(frozen=True)
+class Objective:
+    """A registered objective: its function, whether it takes a noise scale ``sigma`` (and perturbs x itself),
+    and its options as ``{run-spec field: keyword of the function}`` (:class:`lcssm.experiments.spec.ObjectiveSpec`
+    field names on the left).
 
-#: objectives whose signature takes a noise scale σ (and perturb x themselves)
-NOISE_OBJECTIVES = frozenset({"dsm", "lcss"})
+    Calling it is the one calling convention of every objective:
+    ``objective(score_fn, x, sigma=..., generator=..., sqrt_weight=..., **options) -> (B,)``, where ``sigma`` is
+    required by the noise objectives and refused by the others.
+    """
+
+    name: str
+    fn: Callable[..., Tensor]
+    needs_sigma: bool
+    options: Mapping[str, str]
+
+    def __call__(self, score_fn: ScoreFn, x: Tensor, *, sigma: float | Tensor | None = None,
+                 generator: torch.Generator | None = None, sqrt_weight: Tensor | None = None,
+                 **options: object) -> Tensor:
+        unknown = sorted(set(options) - set(self.options.values()))
+        if unknown:
+            raise ConfigError(f"{self.name} takes no option {unknown[0]!r}; its options: "
+                              f"{', '.join(self.options.values()) or 'none'}")
+        if self.needs_sigma:
+            if sigma is None:
+                raise ConfigError(f"{self.name} needs a noise scale sigma")
+            return self.fn(score_fn, x, sigma=sigma, generator=generator, sqrt_weight=sqrt_weight, **options)
+        if sigma is not None:
+            raise ConfigError(f"{self.name} takes no sigma: it is evaluated at the data points given")
+        return self.fn(score_fn, x, generator=generator, sqrt_weight=sqrt_weight, **options)
 
 
-def get_objective(name: str) -> Callable[..., Tensor]:
+_SLICED = MappingProxyType({"n_noise": "n_slices", "probe": "noise"})
+
+OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
+    Objective("exact_sm", exact_sm, False, MappingProxyType({})),
+    Objective("ssm", ssm, False, _SLICED),
+    Objective("ssm_vr", ssm_vr, False, _SLICED),
+    Objective("fdssm", fdssm, False, MappingProxyType({"fd_eps": "fd_eps", "n_noise": "n_slices"})),
+    Objective("dsm", dsm, True, MappingProxyType({})),
+    Objective("lcss", lcss, True, MappingProxyType({"gamma": "gamma", "antithetic": "antithetic",
+                                                    "n_noise": "n_samples"})),
+)}
+
+
+def get_objective(name: str) -> Objective:
     """The objective called ``name``; ConfigError listing the valid names otherwise."""
     try:
         return OBJECTIVES[name]

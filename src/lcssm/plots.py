@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -11,6 +13,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from lcssm.errors import DataError  # noqa: E402
 
 Bounds = tuple[float, float, float, float]
 
@@ -94,3 +99,40 @@ def plot_losses(path: str | Path, curves: dict[str, Sequence[float]], *, title: 
         ax.set_ylim(lo - 0.1 * abs(hi - lo), hi + 0.1 * abs(hi - lo))
     ax.legend()
     save_figure(fig, path)
+
+
+def tile_images(images: Tensor, *, ncol: int | None = None, gap_value: float = 128, zoom: int = 1) -> Tensor:
+    """Images ``(N, C, H, W)`` tiled row by row into one ``(C, H', W')`` canvas of their dtype, with 1-pixel gaps
+    (and a border) of ``gap_value``; ``ncol`` defaults to ⌈√N⌉, ``zoom`` enlarges each pixel to a zoom×zoom block."""
+    if images.dim() != 4 or len(images) == 0:
+        raise DataError(f"tile_images needs images (N, C, H, W) with N >= 1, got {tuple(images.shape)}")
+    imgs = images.detach().cpu()
+    if zoom > 1:
+        imgs = imgs.repeat_interleave(zoom, 2).repeat_interleave(zoom, 3)
+    n, c, h, w = imgs.shape
+    ncol = ncol or math.ceil(math.sqrt(n))
+    nrow = math.ceil(n / ncol)
+    canvas = torch.full((c, nrow * (h + 1) + 1, ncol * (w + 1) + 1), gap_value, dtype=imgs.dtype)
+    for i, im in enumerate(imgs):
+        r, q = divmod(i, ncol)
+        canvas[:, 1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = im
+    return canvas
+
+
+def save_image_grid(path: str | os.PathLike, images: Tensor, *, ncol: int | None = None, min_tile: int = 32,
+                    gap_value: int = 128) -> Path:
+    """Tile uint8 images ``(N, C, H, W)`` (C = 1 or 3) into a PNG with 1-pixel gaps of grey ``gap_value``
+    (:func:`tile_images`). ``ncol`` defaults to ⌈√N⌉. Images smaller than ``min_tile`` pixels are enlarged by an
+    integer factor (nearest neighbour) so that 8x8 digits stay visible.
+    """
+    from PIL import Image
+
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 3) or len(images) == 0:
+        raise DataError(f"save_image_grid needs uint8 images (N, 1|3, H, W), got {images.dtype} "
+                        f"{tuple(images.shape)}")
+    zoom = max(1, math.ceil(min_tile / min(images.shape[2:])))
+    arr = tile_images(images, ncol=ncol, gap_value=gap_value, zoom=zoom).permute(1, 2, 0).numpy()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).save(path)
+    return path

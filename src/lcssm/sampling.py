@@ -23,6 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lcssm.errors import ConfigError
+from lcssm.tensors import bcast
 from lcssm.sde import SDE, ScoreFn
 
 __all__ = [
@@ -56,10 +57,6 @@ def _check_count(name: str, value: int, minimum: int) -> None:
 
 def _randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-
-
-def _bcast(v: Tensor, x: Tensor) -> Tensor:
-    return v.view(-1, *([1] * (x.dim() - 1)))
 
 
 def _norms(v: Tensor) -> Tensor:
@@ -180,7 +177,7 @@ def noise_conditional_score(score_fn: ScoreFn, sde: SDE) -> Callable[[Tensor, Te
         t = torch.tensor(times, dtype=torch.float64)[torch.searchsorted(levels.unique(), levels)]
         t = t.to(device=y.device, dtype=y.dtype)
         alpha, _ = sde.marginal_coefficients(t)
-        a = _bcast(alpha, y)
+        a = bcast(alpha, y)
         return a * score_fn(a * y, t)
 
     return score
@@ -202,9 +199,9 @@ def _resolve(
     return generator.device if generator is not None else torch.device("cpu")
 
 
-def _check_eps(eps: float, sde: SDE) -> None:
-    if not 0 < eps < sde.T:
-        raise ConfigError(f"eps must lie in (0, T={sde.T}), got {eps!r}")
+def _check_eps(t_min: float, sde: SDE) -> None:
+    if not 0 < t_min < sde.T:
+        raise ConfigError(f"t_min must lie in (0, T={sde.T}), got {t_min!r}")
 
 
 def _start(
@@ -229,9 +226,9 @@ def denoise_step(score_fn: ScoreFn, sde: SDE, x: Tensor, t: float) -> Tensor:
     score = score_fn(x, tt)
     if sde.has_marginal:
         alpha, sigma = sde.marginal_coefficients(tt)
-        return (x + _bcast(sigma**2, x) * score) / _bcast(alpha, x)
+        return (x + bcast(sigma**2, x) * score) / bcast(alpha, x)
     drift, g = sde.sde(x, tt)
-    return x - drift * t + _bcast(g**2 * t, x) * score
+    return x - drift * t + bcast(g**2 * t, x) * score
 
 
 @torch.no_grad()
@@ -246,7 +243,7 @@ def pc_sample(
     snr: float = 0.16,
     n_corrector_steps: int = 1,
     denoise: bool = True,
-    eps: float = 1e-3,
+    t_min: float = 1e-3,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
@@ -255,7 +252,7 @@ def pc_sample(
 ) -> Tensor:
     """Predictor–corrector sampling of the reverse-time SDE (Song et al. 2021, Alg. 1–3).
 
-    Starts from the prior at T (or ``x_init``) and takes ``n_steps`` equal steps down to ``eps``. At each time
+    Starts from the prior at T (or ``x_init``) and takes ``n_steps`` equal steps down to ``t_min``. At each time
     t: ``n_corrector_steps`` Langevin corrector steps at t (Alg. 4: ``x ← x + ε s + √(2ε) z`` with
     ``ε = 2(snr·mean_i‖z_i‖ / mean_i‖s_i‖)²``, norms per sample over its data dims, averaged over the batch as in
     score_sde; a purely per-sample ``2(snr‖z_i‖/‖s_i‖)²`` diverges in low dimension, where ``‖s_i‖ → 0`` near a
@@ -264,10 +261,10 @@ def pc_sample(
     * ``reverse_diffusion``: ``x ← x − f_Δ + G_Δ² s + G_Δ z`` with the SDE's :meth:`~lcssm.sde.SDE.discretize`
       (ancestral sampling for VE/VP, whose discretization is the exact Gaussian kernel);
     * ``euler_maruyama``: ``x ← x − [f − g² s]Δt + g√Δt z``;
-    * ``none``: corrector only, at the ``n_steps`` times ``linspace(T, eps, n_steps)``.
+    * ``none``: corrector only, at the ``n_steps`` times ``linspace(T, t_min, n_steps)``.
 
     score_sde's VP Langevin corrector multiplies ε by ``1 − β_i``; this one does not (an O(Δt) difference).
-    With ``denoise`` the result at ``eps`` is passed through :func:`denoise_step`. ``score_fn(x, t)`` gets t of
+    With ``denoise`` the result at ``t_min`` is passed through :func:`denoise_step`. ``score_fn(x, t)`` gets t of
     shape (B,). Returns the samples, shape ``shape``.
 
     Common to both samplers: the samples live on ``device`` (default: the generator's device, else CPU) in
@@ -282,12 +279,12 @@ def pc_sample(
     _check_count("n_steps", n_steps, 1)
     _check_count("n_corrector_steps", n_corrector_steps, 0)
     _check_positive("snr", snr)
-    _check_eps(eps, sde)
+    _check_eps(t_min, sde)
     dev = _resolve(shape, device, generator, x_init)
     x = _start(sde, shape, dev, generator, x_init, dtype)
     rsde = sde.reverse(score_fn, probability_flow=False)
-    # predictor steps go from times[i] to times[i + 1]; corrector-only sampling corrects at T, ..., eps
-    times = torch.linspace(sde.T, eps, n_steps + (predictor != "none"), dtype=torch.float64).tolist()
+    # predictor steps go from times[i] to times[i + 1]; corrector-only sampling corrects at T, ..., t_min
+    times = torch.linspace(sde.T, t_min, n_steps + (predictor != "none"), dtype=torch.float64).tolist()
     batch = x.shape[0]
     for i in tqdm(range(n_steps), desc="pc sampler", disable=not progress, leave=False):
         t = torch.full((batch,), times[i], device=dev, dtype=x.dtype)
@@ -301,11 +298,11 @@ def pc_sample(
             dt = times[i] - times[i + 1]
         if predictor == "reverse_diffusion":
             f, G = rsde.discretize(x, t, dt)
-            x = x - f + _bcast(G, x) * _randn_like(x, generator)
+            x = x - f + bcast(G, x) * _randn_like(x, generator)
         elif predictor == "euler_maruyama":
             drift, g = rsde.sde(x, t)
-            x = x - drift * dt + _bcast(g * math.sqrt(dt), x) * _randn_like(x, generator)
-    return denoise_step(score_fn, sde, x, eps) if denoise else x
+            x = x - drift * dt + bcast(g * math.sqrt(dt), x) * _randn_like(x, generator)
+    return denoise_step(score_fn, sde, x, t_min) if denoise else x
 
 
 class _Progress:
@@ -373,14 +370,14 @@ def ode_sample(
     atol: float = 1e-5,
     method: str = "RK45",
     denoise: bool = True,
-    eps: float = 1e-3,
+    t_min: float = 1e-3,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     x_init: Tensor | None = None,
     progress: bool = False,
 ) -> tuple[Tensor, int]:
-    """Integrate the probability-flow ODE ``dx/dt = f − ½g²s`` (Song et al. 2021, Eq. 13) from T to ``eps``.
+    """Integrate the probability-flow ODE ``dx/dt = f − ½g²s`` (Song et al. 2021, Eq. 13) from T to ``t_min``.
 
     Uses ``scipy.integrate.solve_ivp`` (``method``, ``rtol``, ``atol``; score_sde's defaults) on the whole
     batch as one float64 state; the score is evaluated in ``dtype`` on ``device`` (as in :func:`pc_sample`).
@@ -388,7 +385,7 @@ def ode_sample(
     :func:`denoise_step`. Returns ``(samples, nfe)``, nfe the number of drift evaluations (the denoising step
     adds one more score call).
     """
-    _check_eps(eps, sde)
+    _check_eps(t_min, sde)
     dev = _resolve(shape, device, generator, x_init)
     x = _start(sde, shape, dev, generator, x_init, dtype)
     dtype = x.dtype
@@ -400,9 +397,9 @@ def ode_sample(
         drift, _ = rsde.sde(xt, torch.full((batch,), t, device=dev, dtype=dtype))
         return drift.double().cpu().numpy().ravel()
 
-    y, nfe = solve_ode(fun, sde.T, eps, x.double().cpu().numpy().ravel(), method=method, rtol=rtol, atol=atol,
+    y, nfe = solve_ode(fun, sde.T, t_min, x.double().cpu().numpy().ravel(), method=method, rtol=rtol, atol=atol,
                        desc="probability-flow ODE", progress=progress)
     x = torch.from_numpy(y).to(device=dev, dtype=dtype).view(shape_t)
     if denoise:
-        x = denoise_step(score_fn, sde, x, eps)
+        x = denoise_step(score_fn, sde, x, t_min)
     return x, nfe

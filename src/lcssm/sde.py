@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from lcssm.errors import ConfigError
+from lcssm.tensors import bcast
 
 __all__ = [
     "SDE",
@@ -37,10 +38,6 @@ __all__ = [
 
 #: a time-conditional score ``score_fn(x, t)``: x of shape (B, *D), t of shape (B,) -> shape of x
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
-
-
-def _bcast(v: Tensor, x: Tensor) -> Tensor:
-    return v.view(-1, *([1] * (x.dim() - 1)))
 
 
 def _as_time(t: Tensor | float, x: Tensor) -> Tensor:
@@ -103,7 +100,7 @@ class SDE(abc.ABC):
         t = _as_time(t, x)
         dt = _as_time(dt, x)
         drift, g = self.sde(x, t)
-        return drift * _bcast(dt, x), g * dt.sqrt()
+        return drift * bcast(dt, x), g * dt.sqrt()
 
     def _kernel_discretize(self, x: Tensor, t: Tensor | float, dt: Tensor | float) -> tuple[Tensor, Tensor]:
         """Exact transition from ``t − dt`` to ``t`` of an affine SDE: ``x_t = a·x_{t−dt} + √(σ_t² − a²σ_{t−dt}²)·z``
@@ -118,7 +115,7 @@ class SDE(abc.ABC):
         alpha_s, sigma_s = self.marginal_coefficients(s)
         a = alpha_t / alpha_s
         var = (sigma_t**2 - (a * sigma_s) ** 2).clamp_min(0.0)
-        return _bcast(a - 1.0, x) * x, var.sqrt()
+        return bcast(a - 1.0, x) * x, var.sqrt()
 
     def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> ReverseSDE:
         """The reverse-time SDE ``dx = [f − g²∇log p_t]dt + g dw̄`` (Song et al. 2021, Eq. 6) or, with
@@ -142,7 +139,7 @@ class SDE(abc.ABC):
         for k in range(n_steps):
             drift, g = self.sde(x, k * dt)
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = x + drift * _bcast(dt, x) + _bcast(g * dt.sqrt(), x) * noise
+            x = x + drift * bcast(dt, x) + bcast(g * dt.sqrt(), x) * noise
         return x
 
 
@@ -173,14 +170,14 @@ class ReverseSDE:
         """Drift ``f − c·g²·s`` (shape of x) and diffusion (shape (B,), zeros for the ODE)."""
         t = _as_time(t, x)
         drift, g = self.forward_sde.sde(x, t)
-        drift = drift - self._coef * _bcast(g**2, x) * self._score(x, t)
+        drift = drift - self._coef * bcast(g**2, x) * self._score(x, t)
         return drift, torch.zeros_like(g) if self.probability_flow else g
 
     def discretize(self, x: Tensor, t: Tensor | float, dt: Tensor | float) -> tuple[Tensor, Tensor]:
         """``(f_Δ − c·G_Δ²·s, G'_Δ)`` for the step from ``t`` to ``t − dt``: ``x ← x − f + G'·z``."""
         t = _as_time(t, x)
         f, G = self.forward_sde.discretize(x, t, dt)
-        f = f - self._coef * _bcast(G**2, x) * self._score(x, t)
+        f = f - self._coef * bcast(G**2, x) * self._score(x, t)
         return f, torch.zeros_like(G) if self.probability_flow else G
 
     def __repr__(self) -> str:
@@ -239,12 +236,12 @@ class VPSDE(SDE):
 
     def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         beta = self.beta(_as_time(t, x))
-        return -0.5 * _bcast(beta, x) * x, beta.sqrt()
+        return -0.5 * bcast(beta, x) * x, beta.sqrt()
 
     def marginal(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         ib = self.integrated_beta(_as_time(t, x0))
         alpha = torch.exp(-0.5 * ib)
-        return _bcast(alpha, x0) * x0, torch.sqrt(-torch.expm1(-ib))
+        return bcast(alpha, x0) * x0, torch.sqrt(-torch.expm1(-ib))
 
     def prior_std(self) -> float:
         return 1.0
@@ -261,11 +258,11 @@ class SubVPSDE(VPSDE):
     def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         t = _as_time(t, x)
         beta = self.beta(t)
-        return -0.5 * _bcast(beta, x) * x, torch.sqrt(beta * -torch.expm1(-2 * self.integrated_beta(t)))
+        return -0.5 * bcast(beta, x) * x, torch.sqrt(beta * -torch.expm1(-2 * self.integrated_beta(t)))
 
     def marginal(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         ib = self.integrated_beta(_as_time(t, x0))
-        return _bcast(torch.exp(-0.5 * ib), x0) * x0, -torch.expm1(-ib)
+        return bcast(torch.exp(-0.5 * ib), x0) * x0, -torch.expm1(-ib)
 
 
 def _log_cosh(x: Tensor) -> Tensor:
@@ -303,7 +300,7 @@ class TanhSDE(SDE):
 
     def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         beta = self.beta(_as_time(t, x))
-        return -_bcast(beta, x) * torch.tanh(0.5 * x), beta.sqrt()
+        return -bcast(beta, x) * torch.tanh(0.5 * x), beta.sqrt()
 
     def marginal(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         raise ConfigError(f"{self!r} has no closed-form marginal; use center='simulated' or simulate()")

@@ -3,8 +3,8 @@ NeurIPS 2020): a RefineNet with dilated residual blocks, unconditional normalisa
 
 NCSNv2 is noise-conditional only through its output scaling (the paper's Technique 3): the network
 f_θ(x) is unconditional and the score at noise level σ is ``f_θ(x) / σ``. So the call is
-``model(x, sigma) -> score`` with sigma the (B,) noise standard deviation (or a scalar), *not* a time.
-A caller with an SDE passes the marginal std: ``model(x, sde.marginal_std(t))``.
+``model(x, sigma=sigma) -> score`` with sigma the (B,) noise standard deviation (or a scalar), *not* a time.
+:class:`lcssm.models.precond.ScoreModel` passes the SDE's marginal std σ_t.
 
 Architecture (ermongroup/ncsnv2 ``NCSNv2`` / ``NCSNv2Deeper`` / ``NCSNv2Deepest``, generalised): a 3x3
 conv, then one *stage* per entry of ``ch_mult`` of two residual blocks each. Stage 0 keeps the resolution.
@@ -253,8 +253,11 @@ class NCSNv2(nn.Module):
         self.act = activation(cfg.activation)
         self.end_conv = nn.Conv2d(cfg.nf, cfg.in_channels, 3, padding=1)
 
-    def forward(self, x: Tensor, sigma: Tensor | float) -> Tensor:
-        """Score ``f_θ(x) / σ`` at noise std sigma; x (B, C, H, W), sigma (B,) or a scalar."""
+    def forward(self, x: Tensor, t: Tensor | None = None, sigma: Tensor | float | None = None) -> Tensor:
+        """Score ``f_θ(x) / σ`` at noise std sigma; x (B, C, H, W), sigma (B,) or a scalar. ``t`` is unused (the
+        backbone contract of :mod:`lcssm.models.precond` passes it to every network)."""
+        if sigma is None:
+            raise ValueError("NCSNv2 needs sigma, the (B,) noise std: model(x, sigma=sigma)")
         cfg = self.config
         if x.ndim != 4 or x.shape[1] != cfg.in_channels:
             raise ValueError(f"NCSNv2 expects x of shape (B, {cfg.in_channels}, H, W), got {tuple(x.shape)}")

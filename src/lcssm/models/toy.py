@@ -40,7 +40,8 @@ class EnergyMLP(nn.Module):
     def log_density(self, x: Tensor) -> Tensor:
         return self.net(x).squeeze(-1)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor | None = None, sigma: Tensor | None = None) -> Tensor:
+        """The score ∇ₓf(x); ``t`` and ``sigma`` are unused (an energy model has one noise scale)."""
         create_graph = torch.is_grad_enabled()
         with torch.enable_grad():
             if not x.requires_grad:
@@ -69,7 +70,8 @@ class ScoreMLP(nn.Module):
         self.embed = time_embedding(time_embed, embed_dim) if time_embed else None
         self.net = mlp(dim + (embed_dim if time_embed else 0), dim, hidden, n_hidden, activation)
 
-    def forward(self, x: Tensor, t: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor | None = None, sigma: Tensor | None = None) -> Tensor:
+        """The score at x (and time t when time-conditional); ``sigma`` is unused."""
         if self.embed is None:
             return self.net(x)
         if t is None:

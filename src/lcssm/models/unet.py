@@ -13,7 +13,7 @@ Call contract: ``model(x, t, sigma=None) -> score`` with x (B, C, H, W), t (B,) 
 exactly when :attr:`UNet.needs_sigma` is true: with ``scale_by_sigma`` (the output is divided by σ, so the
 network predicts −z for x = x₀ + σz, NCSN++'s VE parametrisation) or with ``embedding_input="log_sigma"``
 (the embedding is of log σ, as score_sde does for VE). A caller holding an SDE writes
-``model(x, t, sigma=sde.marginal_std(t))``.
+``model(x, t, sigma=sde.marginal_coefficients(t)[1])``; :class:`lcssm.models.precond.ScoreModel` does that.
 """
 
 from __future__ import annotations
@@ -425,7 +425,7 @@ class UNet(nn.Module):
                 why = "scale_by_sigma=True" if cfg.scale_by_sigma else "embedding_input='log_sigma'"
                 raise ValueError(
                     f"this UNet has {why}: pass sigma, the (B,) marginal std of x at time t, "
-                    "e.g. model(x, t, sigma=sde.marginal_std(t))"
+                    "e.g. model(x, t, sigma=sde.marginal_coefficients(t)[1])"
                 )
             sigma = _per_sample(sigma, batch, "sigma", x)
         temb = self._embed(t, sigma, batch, x)

@@ -1,0 +1,157 @@
+"""Ways to fill a :class:`~lcssm.experiments.spec.RunSpec`: the toy presets (``lcssm toy``), the point-diffusion
+default (``lcssm train --data``) and the image presets (``lcssm train --preset NAME``, from the published settings
+in :mod:`lcssm.models.presets`). A preset is read only here, when a run is created; the run keeps the spec."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from lcssm.config import TrainConfig, check_types
+from lcssm.errors import ConfigError
+from lcssm.experiments.spec import (
+    DataSpec,
+    GridSpec,
+    ModelSpec,
+    ObjectiveSpec,
+    RunSpec,
+    SamplerSpec,
+    SDESpec,
+    meta,
+)
+
+__all__ = ["TOY_PRESETS", "ImagePreset", "image_spec", "point_spec", "preset_train_config", "toy_spec"]
+
+_DIGITS = "digits"
+_ALD_STEP_SIZE = 2e-5  # NCSN's ε for σ_min = 0.01, for presets that do not set step_lr
+
+
+# --------------------------------------------------------------------------------------------- toy runs
+def toy_spec(preset: str = "quick") -> RunSpec:
+    """Density estimation (paper App. B): an energy MLP at one noise scale σ = 0.1, Langevin sampling. ``quick``
+    takes about two minutes on 2 cores; ``paper`` is App. B (batch 10k, 20k steps, Langevin ε = 0.1)."""
+    if preset not in TOY_PRESETS:
+        raise ConfigError(f"unknown toy preset {preset!r}; valid: {', '.join(TOY_PRESETS)}")
+    quick = RunSpec(
+        command="toy", preset=preset, data=DataSpec(source="checkerboard"),
+        objective=ObjectiveSpec(sigma=0.1), sde=SDESpec(name="none"),
+        model=ModelSpec(arch="energy_mlp", hidden=300, n_hidden=2),
+        sampler=SamplerSpec(name="langevin", n_samples=20_000, langevin_steps=1000,
+                            # well below σ² = 0.01, so ULA does not blur the σ-smoothed edges
+                            langevin_step_size=0.003),
+        train=TrainConfig(steps=3000, batch_size=1000, lr=1e-3, ema_decay=0.0, log_every=50),
+    )
+    if preset == "quick":
+        return quick
+    return dataclasses.replace(
+        quick, sampler=dataclasses.replace(quick.sampler, langevin_step_size=0.1),
+        train=dataclasses.replace(quick.train, steps=20_000, batch_size=10_000))
+
+
+TOY_PRESETS = ("quick", "paper")
+
+
+# ------------------------------------------------------------------------------------ point diffusion
+def point_spec() -> RunSpec:
+    """Score-based diffusion on points: a time-conditional score MLP, VP SDE, PC sampling after training.
+
+    The network is preconditioned like score_sde's (input scaled to unit variance, output divided by σ_t) for SDEs
+    with a closed-form marginal. ``snr`` 0.05 is below score_sde's image value 0.16, which over-corrects on 2-D data
+    with flat regions (checkerboard, 2000 steps: energy distance 0.12 with VE at snr 0.16 and 200 steps, 0.0015 at
+    snr 0.05)."""
+    return RunSpec(
+        command="train", data=DataSpec(source="checkerboard"), objective=ObjectiveSpec(), sde=SDESpec(name="vp"),
+        model=ModelSpec(arch="score_mlp", c_in="unit_variance", c_out="inv_sigma"),
+        sampler=SamplerSpec(), train=TrainConfig(steps=2000, batch_size=512, lr=2e-3, ema_decay=0.99, log_every=50),
+    )
+
+
+def fit_point_model(spec: RunSpec) -> RunSpec:
+    """Preconditioning of the point score MLP for the chosen SDE: none without a closed-form marginal."""
+    sde = spec.sde.build()
+    if sde is not None and sde.has_marginal:
+        return spec
+    return dataclasses.replace(spec, model=dataclasses.replace(spec.model, c_in="none", c_out="none"))
+
+
+# ------------------------------------------------------------------------------------------ image runs
+@dataclass
+class ImagePreset:
+    """The arguments of an image preset (they fix the network's shape, so they are applied when the spec is
+    filled, not afterwards)."""
+
+    preset: str | None = dataclasses.field(default=None, metadata=meta(
+        "train an image model with a preset's network, SDE, training and sampling settings", commands=("train",)))
+    resolution: int | None = dataclasses.field(default=None, metadata=meta(
+        "image size (default: the preset's; 8 for the digits)", commands=("train",)))
+    channels: int | None = dataclasses.field(default=None, metadata=meta(
+        "image channels, 1 or 3 (default: the preset's; 1 for the digits)", commands=("train",)))
+    nf: int | None = dataclasses.field(default=None, metadata=meta(
+        "base width of the network (default: the preset's)", commands=("train",)))
+
+    def __post_init__(self) -> None:
+        check_types(self)
+
+
+def preset_train_config(preset) -> TrainConfig:
+    """The trainer settings a preset was published with: steps = ``n_iters``, its batch, Adam settings, warmup,
+    clipping and EMA rate. Checkpoints every quarter of the run, at most every 10k steps. Every parameter of the
+    image networks takes part in the loss, so DDP skips its search for unused ones (``ddp_find_unused=False``)."""
+    tr = preset.training
+    steps = int(tr["n_iters"])
+    return TrainConfig(
+        steps=steps, batch_size=int(tr["batch_size"]), lr=float(tr["lr"]), beta1=float(tr["beta1"]),
+        adam_eps=float(tr["adam_eps"]), weight_decay=float(tr["weight_decay"]), warmup=int(tr["warmup"]),
+        grad_clip=float(tr["grad_clip"] or 0.0), ema_decay=float(tr["ema_rate"]),
+        ckpt_every=min(10_000, max(1, steps // 4)), log_every=min(100, max(1, steps // 100)), ddp_find_unused=False,
+    )
+
+
+def _image_sampler(preset) -> SamplerSpec:
+    """The preset's sampling settings as a SamplerSpec. NCSNv2 presets, published with annealed Langevin dynamics,
+    get score_sde's VE PC default (reverse diffusion + one Langevin step at snr 0.16) for ``pc``; their annealed
+    Langevin settings (``n_steps_each``, ``step_lr``) go to ``ald``. The last time is score_sde's: 1e-5 for VE,
+    1e-3 for VP/subVP."""
+    s, tr = preset.sampling, preset.training
+    ald = s["method"] == "annealed_langevin"
+    if s["method"] == "pc":
+        pc = {"predictor": s["predictor"], "corrector": s["corrector"], "snr": float(s["snr"]),
+              "n_corrector_steps": int(s["n_steps_each"]) if s["corrector"] != "none" else 0}
+    else:
+        pc = {"predictor": "reverse_diffusion", "corrector": "langevin", "snr": 0.16, "n_corrector_steps": 1}
+    return SamplerSpec(name="pc", n_samples=64, n_steps=int(tr["num_scales"]), denoise=bool(s["denoise"]),
+                       t_min=1e-5 if tr["sde"] == "ve" else 1e-3, ald_steps_each=int(s["n_steps_each"]) if ald else 5,
+                       ald_step_size=float(s["step_lr"] or _ALD_STEP_SIZE), batch_size=500, after_training=False, **pc)
+
+
+def image_spec(args: ImagePreset, source: str | None = None) -> RunSpec:
+    """The RunSpec of an image preset on ``source`` (an image folder or CIFAR-10 batches; None = the bundled 8x8
+    digits, which only the ``digits`` and ``tiny`` presets train on)."""
+    from lcssm.models import get_preset, resolve_model_config
+
+    p = get_preset(args.preset)
+    tr = p.training
+    if source is None and tr["dataset"] != _DIGITS:
+        raise ConfigError(f"preset {p.name!r} trains on {tr['dataset']}, which lcssm never downloads: pass --data "
+                          "pointing at an image folder or at the extracted cifar-10-batches-py folder")
+    digits = source is None or source == _DIGITS
+    if digits and (args.resolution not in (None, 8) or args.channels not in (None, 1)):
+        raise ConfigError(f"the digits are 1x8x8 images; resolution={args.resolution} and channels={args.channels} "
+                          "need an image folder (--data)")
+    res = args.resolution or (8 if digits else int(tr["image_size"]))
+    ch = args.channels or (1 if digits else int(tr["channels"]))
+    if ch not in (1, 3):
+        raise ConfigError(f"channels must be 1 or 3, got {ch}")
+    model = resolve_model_config(p, image_size=res, channels=ch, nf=args.nf)
+    sde = SDESpec(name=tr["sde"], **({"sigma_min": tr["sigma_min"], "sigma_max": tr["sigma_max"]} if tr["sde"] == "ve"
+                                     else {"beta_min": tr["beta_min"], "beta_max": tr["beta_max"]}))
+    return RunSpec(
+        command="train", preset=p.name,
+        data=DataSpec(kind="images", source=_DIGITS if digits else str(source), shape=(ch, res, res),
+                      scale=tr["data_scale"], random_flip=bool(tr["random_flip"])),
+        objective=ObjectiveSpec(weighting=tr["weighting"], reduce_mean=bool(tr["reduce_mean"])),
+        sde=sde.resolved(),
+        model=ModelSpec(arch="unet" if type(model).__name__ == "UNetConfig" else "ncsnv2",
+                        config=dataclasses.asdict(model)),
+        sampler=_image_sampler(p), train=preset_train_config(p), grids=GridSpec(every=1000),
+    )

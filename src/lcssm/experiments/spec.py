@@ -1,0 +1,353 @@
+"""The run spec: one typed, fully resolved description of a run, saved whole as the run's ``config.json``.
+
+A :class:`RunSpec` is built when a run is created (presets in :mod:`lcssm.experiments.presets` only fill it)
+and written into the run directory and every checkpoint. Loading a run reads it back with :func:`load_spec` and
+never consults today's presets, so editing a preset cannot change an old run. Every field carries its help text
+in its metadata; the command line (:mod:`lcssm.cli.options`) is generated from these fields.
+
+Sections: ``data`` (what is trained on), ``objective`` (the score-matching objective and the time-conditional
+loss around it), ``sde`` (the forward SDE, or ``none`` for a single noise scale), ``model`` (backbone and its
+preconditioning), ``sampler`` (how samples are drawn after training and by ``lcssm sample``), ``train`` (the
+trainer's :class:`~lcssm.config.TrainConfig`) and ``grids`` (sample grids written during image training).
+See docs/ARCHITECTURE.md for how a run flows through them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from lcssm.config import TrainConfig, check_types, from_dict, to_jsonable
+from lcssm.errors import ConfigError
+
+__all__ = [
+    "FORMAT",
+    "DataSpec",
+    "GridSpec",
+    "ModelSpec",
+    "ObjectiveSpec",
+    "RunSpec",
+    "SDESpec",
+    "SamplerSpec",
+    "load_spec",
+    "meta",
+]
+
+#: the ``format`` of a run spec written by this version; older config.json files have no such key
+FORMAT = "lcssm-run-v2"
+
+
+def meta(help: str, *, flag: str | None = None, commands: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Field metadata: ``help`` text, the command-line ``flag`` (default ``--field-name``) and the ``commands``
+    that offer it as a flag (every field is reachable with ``--set section.field=value`` anyway)."""
+    return {"help": help, "flag": flag, "commands": commands}
+
+
+def _f(default: Any, help: str, *, flag: str | None = None, commands: tuple[str, ...] = ()) -> Any:
+    return field(default=default, metadata=meta(help, flag=flag, commands=commands))
+
+
+def _check(checks: list[tuple[bool, str, str]]) -> None:
+    from lcssm.config import invalid
+
+    for ok, key, message in checks:
+        if not ok:
+            raise invalid(key, message)
+
+
+def _choice(value: str, valid: tuple[str, ...] | list[str], key: str) -> tuple[bool, str, str]:
+    return value in valid, key, f"must be one of {', '.join(valid)}, got {value!r}"
+
+
+POINTS, TOY, TRAIN, SAMPLE, FID = ("toy", "train"), ("toy",), ("train",), ("sample", "fid"), ("fid",)
+RUNS = ("toy", "train")
+
+
+# ---------------------------------------------------------------------------------------------------- data
+DATA_KINDS = ("points", "images")
+SCALES = ("none", "zero_one", "minus_one_one")
+
+
+@dataclass
+class DataSpec:
+    """What a run trains on. ``shape`` and ``n_bins`` are filled in from the data when the run is created."""
+
+    kind: str = _f("points", "points (a toy distribution or a point file) or images")
+    source: str = _f("checkerboard", "toy distribution, .npy/.csv point file (n, d), 'digits', an image folder or "
+                     "an extracted cifar-10-batches-py folder", flag="--data", commands=RUNS)
+    shape: tuple[int, ...] = _f((), "shape of one example: (d,) for points, (C, R, R) for images")
+    n_bins: int = _f(0, "grey levels of image data (17 for the digits, 256 for 8-bit images; 0 for points)")
+    scale: str = _f("none", "range fed to the network: zero_one or minus_one_one (images), none (points)")
+    random_flip: bool = _f(False, "mirror training images left-right with probability 1/2", commands=TRAIN)
+    holdout: float = _f(0.05, "fraction of an image folder held out of training for bpd", commands=TRAIN)
+    strict: bool = _f(False, "an unreadable image file is an error (default: skipped with a warning naming it)",
+                      commands=TRAIN)
+    cache_dir: str | None = _f(None, "decode an image folder once into a memory-mapped file in this folder, shared "
+                               "by all ranks and later runs", commands=TRAIN)
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        _check([
+            _choice(self.kind, DATA_KINDS, "kind"), _choice(self.scale, SCALES, "scale"),
+            (bool(self.source), "source", "must not be empty"),
+            (all(s >= 1 for s in self.shape), "shape", f"must hold positive sizes, got {self.shape}"),
+            (self.n_bins >= 0, "n_bins", f"must be >= 0, got {self.n_bins}"),
+            (0 <= self.holdout < 1, "holdout", f"must lie in [0, 1), got {self.holdout}"),
+        ])
+
+
+# ----------------------------------------------------------------------------------------------- objective
+CENTERS = ("marginal", "data", "simulated")
+WEIGHTINGS = ("sigma2", "g2", "none")
+
+
+@dataclass
+class ObjectiveSpec:
+    """The score-matching objective and, for runs with an SDE, the time-conditional loss around it
+    (:func:`lcssm.diffusion.diffusion_loss`). Which of the options an objective takes is recorded in
+    :data:`lcssm.objectives.OBJECTIVES`; the others are ignored by it."""
+
+    name: str = _f("lcss", "score-matching objective", flag="--objective", commands=RUNS)
+    sigma: float | None = _f(None, "fixed noise scale of lcss/dsm (and of the smoothed reference data) for a run "
+                             "without an SDE; runs with an SDE use sigma_t", commands=TOY)
+    gamma: float = _f(1.0, "LCSS gamma (paper Eq. 21)", commands=RUNS)
+    antithetic: bool = _f(False, "LCSS with antithetic pairs z, -z", commands=RUNS)
+    n_noise: int = _f(1, "LCSS noise draws / SSM, FD-SSM slices per example", commands=RUNS)
+    fd_eps: float = _f(0.1, "FD-SSM perturbation size ||v||", commands=RUNS)
+    probe: str = _f("rademacher", "SSM / SSM-VR slice distribution: rademacher or gaussian")
+    center: str = _f("marginal", "center of the Stein / denoising kernel", commands=TRAIN)
+    weighting: str = _f("sigma2", "time weighting lambda(t)", commands=TRAIN)
+    t_min: float = _f(1e-5, "smallest training time: t ~ U(t_min, T)")
+    sigma_s: float = _f(0.05, "smoothing std of the simulated center", commands=TRAIN)
+    n_sim_steps: int = _f(100, "Euler-Maruyama steps of the simulated center")
+    reduce_mean: bool = _f(False, "divide the per-example loss by the dimension (score_sde's reduce_mean)")
+
+    def __post_init__(self) -> None:
+        from lcssm.objectives import OBJECTIVES
+
+        check_types(self)
+        _check([
+            _choice(self.name, list(OBJECTIVES), "name"), _choice(self.center, CENTERS, "center"),
+            _choice(self.weighting, WEIGHTINGS, "weighting"), _choice(self.probe, ("rademacher", "gaussian"), "probe"),
+            (self.sigma is None or self.sigma > 0, "sigma", f"must be > 0, got {self.sigma}"),
+            (self.gamma > 0, "gamma", f"must be > 0, got {self.gamma}"),
+            (self.n_noise >= 1, "n_noise", f"must be >= 1, got {self.n_noise}"),
+            (self.fd_eps > 0, "fd_eps", f"must be > 0, got {self.fd_eps}"),
+            (self.t_min > 0, "t_min", f"must be > 0, got {self.t_min}"),
+            (self.sigma_s > 0, "sigma_s", f"must be > 0, got {self.sigma_s}"),
+            (self.n_sim_steps >= 1, "n_sim_steps", f"must be >= 1, got {self.n_sim_steps}"),
+        ])
+        if self.center == "simulated" and self.name == "dsm":
+            raise ConfigError("dsm needs the SDE's closed-form transition kernel, which center='simulated' does not "
+                              "use; pick lcss (or ssm, ssm_vr, fdssm, exact_sm) with --center simulated")
+
+    def options(self) -> dict[str, Any]:
+        """The keyword options of this objective's function, by the names it takes (the registry's record)."""
+        from lcssm.objectives import get_objective
+
+        return {kwarg: getattr(self, name) for name, kwarg in get_objective(self.name).options.items()}
+
+
+# ------------------------------------------------------------------------------------------------------ SDE
+SDE_NAMES = ("ve", "vp", "subvp", "tanh", "none")
+_SDE_PARAMS = {"ve": ("sigma_min", "sigma_max"), "vp": ("beta_min", "beta_max"), "subvp": ("beta_min", "beta_max"),
+               "tanh": ("beta_min", "beta_max"), "none": ()}
+
+
+@dataclass
+class SDESpec:
+    """The forward SDE with every parameter it uses (filled with the SDE's defaults when the run is created), or
+    ``none``: a single noise scale (``objective.sigma``), as in density estimation (``lcssm toy``)."""
+
+    name: str = _f("vp", "forward SDE (tanh: non-affine, needs --center simulated)", flag="--sde", commands=TRAIN)
+    sigma_min: float | None = _f(None, "VE sigma_min (default: the SDE's)", commands=TRAIN)
+    sigma_max: float | None = _f(None, "VE sigma_max (default: the SDE's)", commands=TRAIN)
+    beta_min: float | None = _f(None, "VP/subVP/tanh beta_min (default: the SDE's)", commands=TRAIN)
+    beta_max: float | None = _f(None, "VP/subVP/tanh beta_max (default: the SDE's)", commands=TRAIN)
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        _check([_choice(self.name, SDE_NAMES, "name")])
+        unused = [k for k in ("sigma_min", "sigma_max", "beta_min", "beta_max")
+                  if getattr(self, k) is not None and k not in _SDE_PARAMS[self.name]]
+        if unused:
+            raise ConfigError(f"sde.{unused[0]} does not apply to the {self.name!r} SDE (it takes "
+                              f"{', '.join(_SDE_PARAMS[self.name]) or 'no parameters'})")
+
+    def resolved(self) -> SDESpec:
+        """This spec with every parameter of its SDE filled in (the SDE class's defaults where None)."""
+        if self.name == "none":
+            return self
+        sde = self.build()
+        return dataclasses.replace(self, **{k: float(getattr(sde, k)) for k in _SDE_PARAMS[self.name]})
+
+    def build(self):
+        """The :class:`lcssm.sde.SDE` (None for ``none``)."""
+        from lcssm.sde import get_sde
+
+        if self.name == "none":
+            return None
+        return get_sde(self.name, **{k: getattr(self, k) for k in _SDE_PARAMS[self.name] if getattr(self, k) is not None})
+
+
+# ---------------------------------------------------------------------------------------------------- model
+ARCHS = ("energy_mlp", "score_mlp", "unet", "ncsnv2")
+C_IN = ("none", "unit_variance")
+C_OUT = ("none", "inv_sigma")
+
+
+@dataclass
+class ModelSpec:
+    """The backbone network and its preconditioning (:class:`lcssm.models.precond.ScoreModel`).
+
+    ``arch`` names the backbone; the MLP archs use ``hidden`` … ``embed_dim``, the image archs take every
+    hyper-parameter from ``config`` (all fields of :class:`~lcssm.models.UNetConfig` or
+    :class:`~lcssm.models.NCSNv2Config`, saved whole). ``c_in``: ``unit_variance`` scales the input by
+    1/√(α_t² + σ_t²); ``c_out``: ``inv_sigma`` divides the output by σ_t (the network predicts −z).
+    """
+
+    arch: str = _f("score_mlp", "backbone: energy_mlp (score = grad f), score_mlp, unet or ncsnv2")
+    hidden: int = _f(256, "hidden width of an MLP", commands=RUNS)
+    n_hidden: int = _f(3, "hidden layers of an MLP")
+    activation: str = _f("silu", "activation of an MLP")
+    embedding: str = _f("sinusoidal", "time embedding of a time-conditional MLP: sinusoidal or fourier")
+    embed_dim: int = _f(64, "time-embedding width of an MLP")
+    config: dict = field(default_factory=dict, metadata=meta(
+        "hyper-parameters of an image backbone (every field of its config class)"))
+    c_in: str = _f("none", "input scaling: none or unit_variance")
+    c_out: str = _f("none", "output scaling: none or inv_sigma")
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        _check([
+            _choice(self.arch, ARCHS, "arch"), _choice(self.c_in, C_IN, "c_in"), _choice(self.c_out, C_OUT, "c_out"),
+            _choice(self.embedding, ("sinusoidal", "fourier"), "embedding"),
+            (self.hidden >= 1 and self.n_hidden >= 1, "hidden", f"and n_hidden must be >= 1, got {self.hidden}, "
+             f"{self.n_hidden}"),
+            (self.embed_dim >= 2, "embed_dim", f"must be >= 2, got {self.embed_dim}"),
+            (self.arch in ("unet", "ncsnv2") or not self.config, "config", f"applies to unet/ncsnv2, not {self.arch}"),
+        ])
+
+
+# -------------------------------------------------------------------------------------------------- sampler
+@dataclass
+class SamplerSpec:
+    """How samples are drawn (:mod:`lcssm.samplers`). Each sampler reads the fields it names in the registry;
+    ``n_steps`` is the number of predictor steps of ``pc`` and noise levels of ``ald``."""
+
+    name: str = _f("pc", "sampler", flag="--sampler", commands=(*TRAIN, *SAMPLE))
+    n_samples: int = _f(2000, "number of samples (0 after training: none)", commands=(*RUNS, *SAMPLE))
+    n_steps: int = _f(500, "pc: predictor steps; ald: noise levels", commands=(*TRAIN, *SAMPLE))
+    predictor: str = _f("reverse_diffusion", "pc predictor", commands=SAMPLE)
+    corrector: str = _f("langevin", "pc corrector", commands=SAMPLE)
+    snr: float = _f(0.05, "pc Langevin corrector signal-to-noise ratio", commands=SAMPLE)
+    n_corrector_steps: int = _f(1, "pc corrector steps per predictor step", commands=SAMPLE)
+    t_min: float = _f(1e-3, "last time of the reverse process", commands=SAMPLE)
+    denoise: bool = _f(True, "finish with one noise-free denoising step (Tweedie)", commands=SAMPLE)
+    rtol: float = _f(1e-5, "ode relative tolerance", commands=SAMPLE)
+    atol: float = _f(1e-5, "ode absolute tolerance", commands=SAMPLE)
+    method: str = _f("RK45", "ode solver (scipy.integrate.solve_ivp)")
+    ald_steps_each: int = _f(5, "ald Langevin steps per noise level", commands=SAMPLE)
+    ald_step_size: float | None = _f(None, "ald step size (NCSNv2 step_lr; none = 0.1 * smallest level^2)",
+                                     commands=SAMPLE)
+    langevin_steps: int = _f(1000, "langevin: steps", commands=TOY)
+    langevin_step_size: float = _f(0.003, "langevin: step size eps", commands=TOY)
+    init: str = _f("uniform", "langevin start: uniform over the data's bounding box, or gaussian", commands=TOY)
+    seed: int = _f(0, "sampling seed", flag="--sample-seed", commands=SAMPLE)
+    batch_size: int = _f(0, "samples per sampler call (0 = all at once)", flag="--sample-batch-size",
+                         commands=SAMPLE)
+    after_training: bool = _f(True, "draw n_samples and evaluate them when training ends")
+
+    def __post_init__(self) -> None:
+        from lcssm.sampling import CORRECTORS, ODE_METHODS, PREDICTORS
+        from lcssm.samplers import SAMPLERS
+
+        check_types(self)
+        _check([
+            _choice(self.name, list(SAMPLERS), "name"), _choice(self.predictor, PREDICTORS, "predictor"),
+            _choice(self.corrector, CORRECTORS, "corrector"), _choice(self.method, ODE_METHODS, "method"),
+            _choice(self.init, ("uniform", "gaussian"), "init"),
+            (self.n_samples >= 0, "n_samples", f"must be >= 0, got {self.n_samples}"),
+            (self.n_steps >= 1, "n_steps", f"must be >= 1, got {self.n_steps}"),
+            (self.snr > 0, "snr", f"must be > 0, got {self.snr}"),
+            (self.n_corrector_steps >= 0, "n_corrector_steps", f"must be >= 0, got {self.n_corrector_steps}"),
+            (0 < self.t_min < 1, "t_min", f"must lie in (0, 1), got {self.t_min}"),
+            (self.rtol > 0, "rtol", f"must be > 0, got {self.rtol}"),
+            (self.atol > 0, "atol", f"must be > 0, got {self.atol}"),
+            (self.ald_steps_each >= 1, "ald_steps_each", f"must be >= 1, got {self.ald_steps_each}"),
+            (self.ald_step_size is None or self.ald_step_size > 0, "ald_step_size",
+             f"must be > 0, got {self.ald_step_size}"),
+            (self.langevin_steps >= 0, "langevin_steps", f"must be >= 0, got {self.langevin_steps}"),
+            (self.langevin_step_size > 0, "langevin_step_size", f"must be > 0, got {self.langevin_step_size}"),
+            (self.seed >= 0, "seed", f"must be >= 0, got {self.seed}"),
+            (self.batch_size >= 0, "batch_size", f"must be >= 0 (0 = one batch), got {self.batch_size}"),
+        ])
+
+
+@dataclass
+class GridSpec:
+    """Sample grids written during image training (PC sampler)."""
+
+    every: int = _f(0, "steps between sample grids in OUT/grids (0 = none)", flag="--sample-every", commands=TRAIN)
+    n: int = _f(64, "images per sample grid", flag="--n-grid", commands=TRAIN)
+    steps: int = _f(100, "PC steps of the grid sampler", flag="--grid-steps", commands=TRAIN)
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        _check([(self.every >= 0, "every", f"must be >= 0 (0 = no grids), got {self.every}"),
+                (self.n >= 1, "n", f"must be >= 1, got {self.n}"), (self.steps >= 1, "steps", f"must be >= 1, got "
+                                                                                    f"{self.steps}")])
+
+
+# ------------------------------------------------------------------------------------------------ the run
+@dataclass
+class RunSpec:
+    """A whole run. ``command`` is the command that created it (``toy`` or ``train``); ``preset`` names the preset
+    that filled it, for the record only: nothing is read back from it."""
+
+    format: str = FORMAT
+    command: str = "train"
+    preset: str | None = None
+    data: DataSpec = field(default_factory=DataSpec)
+    objective: ObjectiveSpec = field(default_factory=ObjectiveSpec)
+    sde: SDESpec = field(default_factory=SDESpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    sampler: SamplerSpec = field(default_factory=SamplerSpec)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    grids: GridSpec = field(default_factory=GridSpec)
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        if self.format != FORMAT:
+            raise ConfigError(f"format must be {FORMAT!r}, got {self.format!r}")
+        has_sde = self.sde.name != "none"
+        if not has_sde and self.objective.name in ("lcss", "dsm") and self.objective.sigma is None:
+            raise ConfigError(f"objective {self.objective.name} without an SDE needs objective.sigma (--sigma)")
+        if has_sde and self.objective.sigma is not None:
+            raise ConfigError("objective.sigma applies to runs without an SDE; with an SDE the noise scale is sigma_t")
+        if has_sde:
+            sde = self.sde.build()
+            if self.objective.center != "simulated" and not sde.has_marginal:
+                raise ConfigError(f"SDE {self.sde.name!r} has no closed-form marginal; use --center simulated")
+            if not self.objective.t_min < sde.T:
+                raise ConfigError(f"objective.t_min must lie in (0, {sde.T}), got {self.objective.t_min}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(self)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def load_spec(config: dict[str, Any], where: str = "the run") -> RunSpec:
+    """The :class:`RunSpec` saved in a run's ``config.json`` / checkpoint. A config of the previous format (no
+    ``format`` key) is migrated when it holds every value (point and toy runs) and refused with a message naming
+    what it lacks otherwise (image runs, which saved only their preset's name)."""
+    from lcssm.experiments.migrate import migrate
+
+    if not isinstance(config, dict):
+        raise ConfigError(f"the config of {where} is not a JSON object")
+    if "format" not in config:
+        config = migrate(config, where)
+    elif config["format"] != FORMAT:
+        raise ConfigError(f"{where} was written in format {config['format']!r}; this lcssm reads {FORMAT!r}")
+    return from_dict(RunSpec, config)

@@ -1,0 +1,81 @@
+"""One network contract: :class:`ScoreModel` turns any backbone into ``score(x, t)``.
+
+Every backbone is called as ``backbone(x, t, sigma)`` with ``t`` the (B,) time and ``sigma`` the (B,) marginal
+std σ_t of the run's SDE (each network uses what it needs: ScoreMLP and U-Nets embed t or log σ, NCSNv2 and
+σ-scaled U-Nets divide by σ, an energy MLP uses neither). The wrapper owns what lies between the SDE and the
+network, in the spirit of EDM's preconditioning (Karras et al. 2022, Table 1):
+
+- conditioning: σ_t (and α_t) from the SDE at the given t;
+- input scaling ``c_in``: ``unit_variance`` feeds ``x/√(α_t² + σ_t²)`` (the std of x_t for unit-variance data);
+- output scaling ``c_out``: ``inv_sigma`` divides the output by σ_t (the network predicts −z for x_t = α_t x0 +
+  σ_t z, so its target stays O(1) at every t).
+
+Pipelines, samplers and DDP see only ``ScoreModel(x, t)``; a run without an SDE (one noise scale, ``lcssm toy``)
+calls ``ScoreModel(x)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from lcssm.errors import ConfigError
+from lcssm.sde import SDE
+from lcssm.tensors import bcast
+
+__all__ = ["ScoreModel", "build_backbone", "build_score_model"]
+
+
+class ScoreModel(nn.Module):
+    """``score(x, t)`` of ``backbone`` under ``sde`` (None: ``score(x)``, the backbone's output as is).
+
+    The backbone is the only submodule (``backbone.*`` in the state dict); the SDE holds no parameters.
+    """
+
+    def __init__(self, backbone: nn.Module, sde: SDE | None, *, c_in: str = "none", c_out: str = "none") -> None:
+        super().__init__()
+        if c_in not in ("none", "unit_variance") or c_out not in ("none", "inv_sigma"):
+            raise ConfigError(f"unknown preconditioning c_in={c_in!r}, c_out={c_out!r}")
+        if sde is None and (c_in, c_out) != ("none", "none"):
+            raise ConfigError("input/output scaling needs an SDE (its sigma_t)")
+        if sde is not None and not sde.has_marginal and (c_in, c_out) != ("none", "none"):
+            raise ConfigError(f"{sde!r} has no closed-form sigma_t: use c_in='none', c_out='none'")
+        self.backbone, self.sde, self.c_in, self.c_out = backbone, sde, c_in, c_out
+
+    def forward(self, x: Tensor, t: Tensor | None = None) -> Tensor:
+        if self.sde is None:
+            return self.backbone(x)
+        if t is None:
+            raise ValueError("this score model is time-conditional: call it as model(x, t)")
+        if not self.sde.has_marginal:
+            return self.backbone(x, t, None)
+        alpha, sigma = self.sde.marginal_coefficients(t.to(x.dtype))
+        x_in = x * bcast(torch.rsqrt(alpha**2 + sigma**2), x) if self.c_in == "unit_variance" else x
+        out = self.backbone(x_in, t, sigma)
+        return out / bcast(sigma.to(out.dtype), out) if self.c_out == "inv_sigma" else out
+
+
+def build_backbone(spec, dim: int | None = None, *, time_conditional: bool = True) -> nn.Module:
+    """The backbone network of a :class:`lcssm.experiments.spec.ModelSpec` (``dim``: the data dimension of an MLP,
+    time-conditional when ``time_conditional``; ``spec.config`` holds every hyper-parameter of an image network)."""
+    from lcssm.models.ncsnv2 import NCSNv2, NCSNv2Config
+    from lcssm.models.toy import EnergyMLP, ScoreMLP
+    from lcssm.models.unet import UNet, UNetConfig
+
+    if spec.arch == "energy_mlp":
+        return EnergyMLP(dim=dim, hidden=spec.hidden, n_hidden=spec.n_hidden, activation=spec.activation)
+    if spec.arch == "score_mlp":
+        return ScoreMLP(dim=dim, hidden=spec.hidden, n_hidden=spec.n_hidden, activation=spec.activation,
+                        time_embed=spec.embedding if time_conditional else None, embed_dim=spec.embed_dim)
+    cls, config_cls = (UNet, UNetConfig) if spec.arch == "unet" else (NCSNv2, NCSNv2Config)
+    try:
+        config = config_cls(**spec.config)
+    except TypeError as e:
+        raise ConfigError(f"model.config does not fit {config_cls.__name__}: {e}") from None
+    return cls(config)
+
+
+def build_score_model(spec, sde: SDE | None, dim: int | None = None) -> ScoreModel:
+    """:class:`ScoreModel` of a ModelSpec under ``sde``."""
+    backbone = build_backbone(spec, dim, time_conditional=sde is not None)
+    return ScoreModel(backbone, sde, c_in=spec.c_in, c_out=spec.c_out)

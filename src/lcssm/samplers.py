@@ -1,0 +1,156 @@
+"""The sampler registry: every sampler of a run by name, with one calling convention and one place for its NFE.
+
+A registered sampler is ``run(score_fn, sde, x, spec, generator, progress) -> (samples, nfe)``: ``x`` is the
+starting tensor (drawn by :func:`start`), ``spec`` a :class:`lcssm.experiments.spec.SamplerSpec`, ``nfe`` the
+number of score evaluations each sample went through. ``fields`` lists the spec fields the sampler reads (they are
+recorded with its samples). The algorithms themselves live in :mod:`lcssm.sampling`; adding a sampler means one
+function here and one registry entry (plus a spec field for each new option).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lcssm.errors import ConfigError
+from lcssm.sampling import (
+    annealed_langevin,
+    geometric_sigmas,
+    langevin,
+    noise_conditional_score,
+    noise_level,
+    ode_sample,
+    pc_sample,
+)
+from lcssm.sde import SDE
+
+__all__ = ["SAMPLERS", "Sampler", "draw", "get_sampler", "start"]
+
+SamplerFn = Callable[..., tuple[Tensor, int]]
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A registered sampler. ``start``: ``prior`` (the SDE's prior at T), ``noise_level`` (N(0, ς_T²I), the largest
+    noise level of annealed Langevin) or ``data`` (the caller's start, e.g. uniform over the data's bounding box).
+    ``needs_sde``: it samples a diffusion model (else a single-noise-scale score ``s(x)``); ``needs_marginal``: it
+    needs the SDE's closed-form marginal."""
+
+    name: str
+    run: SamplerFn
+    start: str
+    needs_sde: bool
+    needs_marginal: bool
+    fields: tuple[str, ...]
+    help: str
+
+
+def _pc(score_fn, sde: SDE, x: Tensor, spec, generator, progress: bool) -> tuple[Tensor, int]:
+    corrector_steps = spec.n_corrector_steps if spec.corrector != "none" else 0
+    out = pc_sample(score_fn, sde, x.shape, n_steps=spec.n_steps, predictor=spec.predictor, corrector=spec.corrector,
+                    snr=spec.snr, n_corrector_steps=corrector_steps, denoise=spec.denoise, t_min=spec.t_min,
+                    generator=generator, x_init=x, progress=progress)
+    per_step = int(spec.predictor != "none") + corrector_steps
+    return out, spec.n_steps * per_step + int(spec.denoise)
+
+
+def _ode(score_fn, sde: SDE, x: Tensor, spec, generator, progress: bool) -> tuple[Tensor, int]:
+    out, nfe = ode_sample(score_fn, sde, x.shape, rtol=spec.rtol, atol=spec.atol, method=spec.method,
+                          denoise=spec.denoise, t_min=spec.t_min, x_init=x, progress=progress)
+    return out, nfe + int(spec.denoise)
+
+
+def _levels(sde: SDE, spec) -> tuple[float, float]:
+    """ς_T and ς_{t_min} (ς = σ_t/α_t), the largest and smallest noise level of annealed Langevin."""
+    return tuple(noise_level(sde, torch.tensor([sde.T, spec.t_min], dtype=torch.float64)).tolist())
+
+
+def _ald(score_fn, sde: SDE, x: Tensor, spec, generator, progress: bool) -> tuple[Tensor, int]:
+    high, low = _levels(sde, spec)
+    step = spec.ald_step_size if spec.ald_step_size is not None else 0.1 * low**2
+    out = annealed_langevin(noise_conditional_score(score_fn, sde), x, geometric_sigmas(high, low, spec.n_steps),
+                            step_size=step, n_steps_each=spec.ald_steps_each, denoise=spec.denoise,
+                            generator=generator, progress=progress)
+    return out, spec.n_steps * spec.ald_steps_each + int(spec.denoise)
+
+
+def _langevin(score_fn, sde: SDE | None, x: Tensor, spec, generator, progress: bool) -> tuple[Tensor, int]:
+    out = langevin(score_fn, x, step_size=spec.langevin_step_size, n_steps=spec.langevin_steps, generator=generator,
+                   progress=progress)
+    return out, spec.langevin_steps
+
+
+_PC_FIELDS = ("n_steps", "predictor", "corrector", "snr", "n_corrector_steps", "t_min", "denoise")
+SAMPLERS: dict[str, Sampler] = {s.name: s for s in (
+    Sampler("pc", _pc, "prior", True, False, _PC_FIELDS, "predictor-corrector sampler of the reverse SDE"),
+    Sampler("ode", _ode, "prior", True, False, ("rtol", "atol", "method", "t_min", "denoise"),
+            "probability-flow ODE, adaptive Runge-Kutta"),
+    Sampler("ald", _ald, "noise_level", True, True, ("n_steps", "ald_steps_each", "ald_step_size", "t_min", "denoise"),
+            "annealed Langevin dynamics over geometric noise levels sigma_t/alpha_t"),
+    Sampler("langevin", _langevin, "data", False, False, ("langevin_steps", "langevin_step_size", "init"),
+            "unadjusted Langevin dynamics of a single-noise-scale score (paper Eq. 31)"),
+)}
+
+
+def get_sampler(name: str, sde: SDE | None) -> Sampler:
+    """The sampler called ``name``, checked against the run's SDE; ConfigError naming the valid choices."""
+    try:
+        sampler = SAMPLERS[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown sampler {name!r}; valid: {', '.join(SAMPLERS)}") from None
+    usable = [s.name for s in SAMPLERS.values() if s.needs_sde == (sde is not None)
+              and (not s.needs_marginal or sde.has_marginal)]
+    if name not in usable:
+        what = "a run without an SDE" if sde is None else f"a run with {sde!r}"
+        raise ConfigError(f"the {name} sampler does not apply to {what}; use {' or '.join(usable)}")
+    return sampler
+
+
+def start(sampler: Sampler, sde: SDE | None, shape: tuple[int, ...], generator: torch.Generator,
+          device: torch.device) -> Tensor:
+    """The starting tensor of a sampler that starts from noise (``prior`` or ``noise_level``)."""
+    if sampler.start == "prior":
+        return sde.prior_sample(shape, generator=generator, device=device)
+    if sampler.start == "noise_level":
+        return sde_level(sde) * torch.randn(shape, generator=generator, device=device)
+    raise ConfigError(f"the {sampler.name} sampler starts from data: pass its start")
+
+
+def sde_level(sde: SDE) -> float:
+    """ς_T = σ_T/α_T, the noise level of the SDE at its end time."""
+    return float(noise_level(sde, torch.tensor([sde.T], dtype=torch.float64)))
+
+
+def draw(score_fn, sde: SDE | None, shape: tuple[int, ...], spec, *, device: torch.device, progress: bool = False,
+         start_fn: Callable[[int, torch.Generator], Tensor] | None = None) -> tuple[Tensor, dict[str, Any]]:
+    """``spec.n_samples`` samples of one example ``shape`` with ``spec``'s sampler, in batches of
+    ``spec.batch_size`` (0 = one batch) that share one generator seeded with ``spec.seed`` (so samples depend on the
+    batch size). ``start_fn(n, generator)`` gives the start of a ``data`` sampler. Returns (float32 samples on the
+    CPU, record: sampler, the fields it read, n, nfe (mean over batches), nfe_per_batch, seconds, non_finite)."""
+    from lcssm.device import make_generator
+
+    sampler = get_sampler(spec.name, sde)
+    n, size = spec.n_samples, spec.batch_size or spec.n_samples
+    if n < 1:
+        raise ConfigError(f"the number of samples must be >= 1, got {n}")
+    generator = make_generator(spec.seed, device)
+    chunks, nfes = [], []
+    began = time.perf_counter()
+    for i in range(0, n, size):
+        b = min(size, n - i)
+        x = start_fn(b, generator).to(device) if sampler.start == "data" else start(sampler, sde, (b, *shape),
+                                                                                     generator, device)
+        out, nfe = sampler.run(score_fn, sde, x, spec, generator, progress)
+        chunks.append(out.float().cpu())
+        nfes.append(int(nfe))
+    samples = torch.cat(chunks)
+    record = {"sampler": sampler.name, **{k: getattr(spec, k) for k in sampler.fields}, "n": n,
+              "batch_size": spec.batch_size, "seed": spec.seed, "nfe": sum(nfes) / len(nfes), "nfe_per_batch": nfes,
+              "seconds": time.perf_counter() - began,
+              "non_finite": int((~torch.isfinite(samples).flatten(1).all(1)).sum())}
+    return samples, record
