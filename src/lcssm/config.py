@@ -9,8 +9,6 @@ run whenever a config is built: from code, from overrides, or from a saved ``con
 
 from __future__ import annotations
 
-import argparse
-import copy
 import dataclasses
 import functools
 import json
@@ -28,18 +26,14 @@ from lcssm.errors import ConfigError
 
 __all__ = [
     "OPTIMIZERS",
-    "TRAIN_PRESETS",
     "TrainConfig",
-    "add_train_args",
     "apply_overrides",
     "check_types",
     "from_dict",
-    "get_preset",
     "invalid",
+    "meta",
     "parse_override",
     "to_jsonable",
-    "train_config_from_args",
-    "train_overrides_from_args",
     "validate",
 ]
 
@@ -49,6 +43,21 @@ OPTIMIZERS = ("adam", "adamw")
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
 _NONE = frozenset({"none", "null"})
+
+
+def meta(help: str, *, flag: str | None = None, commands: tuple[str, ...] = (),
+         choices: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Field metadata from which the command line is generated (:mod:`lcssm.cli.options`): the ``help`` text, the
+    ``flag`` (default ``--field-name``), the ``commands`` that offer it as a flag and the valid ``choices`` (shown in
+    the help). Every field is reachable with ``--set section.field=value`` whatever its ``commands``."""
+    return {"help": help, "flag": flag, "commands": commands, "choices": choices}
+
+
+def _field(default: Any, help: str, **kw: Any) -> Any:
+    return dataclasses.field(default=default, metadata=meta(help, **kw))
+
+
+_RUNS = ("toy", "train")
 
 
 def invalid(key: str, message: str) -> ConfigError:
@@ -78,26 +87,27 @@ class TrainConfig:
     gets no gradient from any score-matching loss (the score is ∇ₓf).
     """
 
-    steps: int = 2000
-    batch_size: int = 512
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    adam_eps: float = 1e-8
-    warmup: int = 0
-    grad_clip: float = 0.0
-    ema_decay: float = 0.999
-    ckpt_every: int = 0
-    keep_last: int = 3
-    log_every: int = 10
-    amp: bool = False
-    compile: bool = False
-    max_nonfinite: int = 5
-    ddp_find_unused: bool = True
-    seed: int = 0
-    device: str = "auto"
+    steps: int = _field(2000, "total optimizer steps (--resume continues to this total)", commands=_RUNS)
+    batch_size: int = _field(512, "global batch size (split over data-parallel ranks)", commands=_RUNS)
+    lr: float = _field(1e-3, "peak learning rate", commands=_RUNS)
+    optimizer: str = _field("adam", "optimizer", choices=OPTIMIZERS)
+    weight_decay: float = _field(0.0, "weight decay (decoupled for adamw)")
+    beta1: float = _field(0.9, "Adam beta1")
+    beta2: float = _field(0.999, "Adam beta2")
+    adam_eps: float = _field(1e-8, "Adam epsilon")
+    warmup: int = _field(0, "linear learning-rate warmup steps", commands=_RUNS)
+    grad_clip: float = _field(0.0, "max global gradient norm (0 = off)", commands=_RUNS)
+    ema_decay: float = _field(0.999, "EMA decay of the weights used for sampling and evaluation (0 = off)",
+                              flag="--ema", commands=_RUNS)
+    ckpt_every: int = _field(0, "steps between checkpoints (0 = final only)", commands=_RUNS)
+    keep_last: int = _field(3, "checkpoints kept", commands=_RUNS)
+    log_every: int = _field(10, "steps between loss.csv / metrics.jsonl records")
+    amp: bool = _field(False, "bf16 autocast on CUDA; ignored on CPU", commands=_RUNS)
+    compile: bool = _field(False, "torch.compile the model", commands=_RUNS)
+    max_nonfinite: int = _field(5, "consecutive non-finite steps that stop the run (exit code 3)")
+    ddp_find_unused: bool = _field(True, "DDP find_unused_parameters (energy models need it)")
+    seed: int = _field(0, "random seed of initialisation, data order and noise", commands=_RUNS)
+    device: str = _field("auto", "auto, cpu, cuda or cuda:N", commands=_RUNS)
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -428,77 +438,6 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, prefix: str = "") -> T:
         raise _qualify(e, prefix) from None
 
 
-# ------------------------------------------------------------------------------------------ argparse glue
-#: (option, TrainConfig field, argparse type, help)
-_TRAIN_OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
-    ("--steps", "steps", int, "total optimizer steps (--resume continues to this total)"),
-    ("--batch-size", "batch_size", int, "global batch size (split over data-parallel ranks)"),
-    ("--lr", "lr", float, "peak learning rate"),
-    ("--ema", "ema_decay", float, "EMA decay of the weights used for sampling/evaluation (0 = off)"),
-    ("--warmup", "warmup", int, "linear learning-rate warmup steps"),
-    ("--grad-clip", "grad_clip", float, "max global gradient norm (0 = off)"),
-    ("--ckpt-every", "ckpt_every", int, "steps between checkpoints (0 = final only)"),
-    ("--keep-last", "keep_last", int, "checkpoints kept"),
-    ("--seed", "seed", int, "random seed"),
-    ("--device", "device", str, "auto, cpu, cuda or cuda:N"),
-)
-
-
-def add_train_args(parser: argparse.ArgumentParser, base: TrainConfig | None = None) -> argparse._ArgumentGroup:
-    """Add the trainer's options to ``parser`` (in a "training" group), with the defaults of ``base`` shown
-    in the help.
-
-    Options that are not given are absent from the parsed namespace (``argparse.SUPPRESS``), so
-    :func:`train_config_from_args` can apply them on top of any preset. ``--resume`` and ``--overwrite``
-    (pass both to :func:`lcssm.train.train`) are always present, False by default; ``--set KEY=VALUE`` is
-    repeatable and collected in ``args.set``.
-    """
-    base = base if base is not None else TrainConfig()
-    g = parser.add_argument_group("training")
-    for option, name, typ, text in _TRAIN_OPTIONS:
-        g.add_argument(option, dest=name, type=typ, default=argparse.SUPPRESS,
-                       help=f"{text} (default: {getattr(base, name)})")
-    g.add_argument("--amp", dest="amp", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                   help=f"bf16 autocast on CUDA; ignored on CPU (default: {base.amp})")
-    g.add_argument("--compile", dest="compile", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                   help=f"torch.compile the model (default: {base.compile})")
-    g.add_argument("--resume", action="store_true", default=False,
-                   help="continue the run in the output directory from its latest good checkpoint, to the same "
-                   "--steps total")
-    g.add_argument("--overwrite", action="store_true", default=False,
-                   help="start afresh in an output directory that holds checkpoints of an earlier run, deleting "
-                   "them (without it such a directory is refused)")
-    g.add_argument("--set", dest="set", action="append", default=argparse.SUPPRESS, metavar="KEY=VALUE",
-                   help="override any config field, e.g. --set train.warmup=100 (repeatable; applied last)")
-    return g
-
-
-_ARG_FIELDS = tuple(name for _, name, _, _ in _TRAIN_OPTIONS) + ("amp", "compile")
-
-
-def train_overrides_from_args(args: argparse.Namespace, prefix: str = "", *, include_set: bool = True) -> list[str]:
-    """The options of :func:`add_train_args` that were given, as ``"{prefix}field=value"`` overrides
-    (followed by the ``--set`` items unchanged when ``include_set``). Use ``prefix="train."`` for a config
-    whose TrainConfig is its ``train`` field, and apply the result with :func:`apply_overrides`."""
-    out = [f"{prefix}{name}={getattr(args, name)}" for name in _ARG_FIELDS if getattr(args, name, None) is not None]
-    if include_set:
-        out += list(getattr(args, "set", None) or [])
-    return out
-
-
-def train_config_from_args(args: argparse.Namespace, base: TrainConfig) -> TrainConfig:
-    """``base`` with the options given on the command line and then the ``--set`` overrides applied.
-
-    ``--set`` keys name TrainConfig fields; a leading ``train.`` is accepted too (the spelling the commands
-    with nested configs use).
-    """
-    sets = []
-    for item in getattr(args, "set", None) or []:
-        key, value = parse_override(item)
-        sets.append(f"{key.removeprefix('train.')}={value}")
-    return apply_overrides(base, train_overrides_from_args(args, include_set=False) + sets)
-
-
 def to_jsonable(value: Any) -> Any:
     """``value`` as plain JSON types (dataclasses -> dicts, tuples -> lists, Paths -> str)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -516,20 +455,3 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Mapping):
         return dict(o)
     raise TypeError(f"config value {o!r} of type {type(o).__name__} is not JSON-serialisable")
-
-
-# ------------------------------------------------------------------------------------------------ presets
-#: named trainer presets; commands with their own presets embed a TrainConfig in them
-TRAIN_PRESETS: dict[str, TrainConfig] = {
-    "default": TrainConfig(),
-    "toy": TrainConfig(steps=3000, batch_size=1000, lr=1e-3, ema_decay=0.0, log_every=50),
-    "debug": TrainConfig(steps=20, batch_size=64, ema_decay=0.0, log_every=1, ckpt_every=10),
-}
-
-
-def get_preset(presets: Mapping[str, T], name: str, what: str = "preset") -> T:
-    """A deep copy of ``presets[name]``; ConfigError naming the valid names otherwise."""
-    try:
-        return copy.deepcopy(presets[name])
-    except (KeyError, TypeError):
-        raise ConfigError(f"unknown {what} {name!r}; valid: {', '.join(presets)}") from None

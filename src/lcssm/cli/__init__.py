@@ -5,16 +5,28 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import typing
 from collections.abc import Sequence
 
 from lcssm.errors import LcssmError
 
 # subcommand modules, in the order they appear in --help
-_MODULES = ("toy", "diffusion", "images", "export", "reproduce", "bench")
+_MODULES = ("runs", "export", "reproduce", "bench")
 
 #: exceptions that mean "bad input": one line on stderr, exit code 2
 USER_ERRORS = (LcssmError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
                PermissionError)
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (and exit code 2), not a usage block."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -29,7 +41,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="lcssm",
         description="Score matching and score-based diffusion models with LCSS.",
     )

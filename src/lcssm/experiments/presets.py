@@ -20,7 +20,7 @@ from lcssm.experiments.spec import (
     meta,
 )
 
-__all__ = ["TOY_PRESETS", "ImagePreset", "image_spec", "point_spec", "preset_train_config", "toy_spec"]
+__all__ = ["TOY_PRESETS", "ImagePreset", "ToyPreset", "image_spec", "point_spec", "preset_train_config", "toy_spec"]
 
 _DIGITS = "digits"
 _ALD_STEP_SIZE = 2e-5  # NCSN's ε for σ_min = 0.01, for presets that do not set step_lr
@@ -49,6 +49,20 @@ def toy_spec(preset: str = "quick") -> RunSpec:
 
 
 TOY_PRESETS = ("quick", "paper")
+
+
+@dataclass
+class ToyPreset:
+    """The preset a toy run starts from."""
+
+    preset: str = dataclasses.field(default="quick", metadata=meta(
+        "quick: ~2 minutes on 2 cores; paper: App. B (batch 10k, 20k steps = 200 epochs of 1M points, Langevin "
+        "eps 0.1)", commands=("toy",), choices=TOY_PRESETS))
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        if self.preset not in TOY_PRESETS:
+            raise ConfigError(f"unknown toy preset {self.preset!r}; valid: {', '.join(TOY_PRESETS)}")
 
 
 # ------------------------------------------------------------------------------------ point diffusion

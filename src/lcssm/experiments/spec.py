@@ -18,8 +18,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from lcssm.config import TrainConfig, check_types, from_dict, to_jsonable
+from lcssm.config import TrainConfig, check_types, from_dict, meta, to_jsonable
+from lcssm.diffusion import CENTERS, WEIGHTINGS
 from lcssm.errors import ConfigError
+from lcssm.objectives import OBJECTIVES
+from lcssm.sampling import CORRECTORS, ODE_METHODS, PREDICTORS
+from lcssm.samplers import SAMPLERS
+from lcssm.sde import SDES
 
 __all__ = [
     "FORMAT",
@@ -31,21 +36,14 @@ __all__ = [
     "SDESpec",
     "SamplerSpec",
     "load_spec",
-    "meta",
 ]
 
 #: the ``format`` of a run spec written by this version; older config.json files have no such key
 FORMAT = "lcssm-run-v2"
 
 
-def meta(help: str, *, flag: str | None = None, commands: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Field metadata: ``help`` text, the command-line ``flag`` (default ``--field-name``) and the ``commands``
-    that offer it as a flag (every field is reachable with ``--set section.field=value`` anyway)."""
-    return {"help": help, "flag": flag, "commands": commands}
-
-
-def _f(default: Any, help: str, *, flag: str | None = None, commands: tuple[str, ...] = ()) -> Any:
-    return field(default=default, metadata=meta(help, flag=flag, commands=commands))
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata=meta(help, **kw))
 
 
 def _check(checks: list[tuple[bool, str, str]]) -> None:
@@ -73,7 +71,7 @@ SCALES = ("none", "zero_one", "minus_one_one")
 class DataSpec:
     """What a run trains on. ``shape`` and ``n_bins`` are filled in from the data when the run is created."""
 
-    kind: str = _f("points", "points (a toy distribution or a point file) or images")
+    kind: str = _f("points", "points (a toy distribution or a point file) or images", choices=DATA_KINDS)
     source: str = _f("checkerboard", "toy distribution, .npy/.csv point file (n, d), 'digits', an image folder or "
                      "an extracted cifar-10-batches-py folder", flag="--data", commands=RUNS)
     shape: tuple[int, ...] = _f((), "shape of one example: (d,) for points, (C, R, R) for images")
@@ -98,8 +96,6 @@ class DataSpec:
 
 
 # ----------------------------------------------------------------------------------------------- objective
-CENTERS = ("marginal", "data", "simulated")
-WEIGHTINGS = ("sigma2", "g2", "none")
 
 
 @dataclass
@@ -108,7 +104,7 @@ class ObjectiveSpec:
     (:func:`lcssm.diffusion.diffusion_loss`). Which of the options an objective takes is recorded in
     :data:`lcssm.objectives.OBJECTIVES`; the others are ignored by it."""
 
-    name: str = _f("lcss", "score-matching objective", flag="--objective", commands=RUNS)
+    name: str = _f("lcss", "score-matching objective", flag="--objective", commands=RUNS, choices=tuple(OBJECTIVES))
     sigma: float | None = _f(None, "fixed noise scale of lcss/dsm (and of the smoothed reference data) for a run "
                              "without an SDE; runs with an SDE use sigma_t", commands=TOY)
     gamma: float = _f(1.0, "LCSS gamma (paper Eq. 21)", commands=RUNS)
@@ -116,16 +112,14 @@ class ObjectiveSpec:
     n_noise: int = _f(1, "LCSS noise draws / SSM, FD-SSM slices per example", commands=RUNS)
     fd_eps: float = _f(0.1, "FD-SSM perturbation size ||v||", commands=RUNS)
     probe: str = _f("rademacher", "SSM / SSM-VR slice distribution: rademacher or gaussian")
-    center: str = _f("marginal", "center of the Stein / denoising kernel", commands=TRAIN)
-    weighting: str = _f("sigma2", "time weighting lambda(t)", commands=TRAIN)
+    center: str = _f("marginal", "center of the Stein / denoising kernel", commands=TRAIN, choices=CENTERS)
+    weighting: str = _f("sigma2", "time weighting lambda(t)", commands=TRAIN, choices=WEIGHTINGS)
     t_min: float = _f(1e-5, "smallest training time: t ~ U(t_min, T)")
     sigma_s: float = _f(0.05, "smoothing std of the simulated center", commands=TRAIN)
     n_sim_steps: int = _f(100, "Euler-Maruyama steps of the simulated center")
     reduce_mean: bool = _f(False, "divide the per-example loss by the dimension (score_sde's reduce_mean)")
 
     def __post_init__(self) -> None:
-        from lcssm.objectives import OBJECTIVES
-
         check_types(self)
         _check([
             _choice(self.name, list(OBJECTIVES), "name"), _choice(self.center, CENTERS, "center"),
@@ -150,7 +144,7 @@ class ObjectiveSpec:
 
 
 # ------------------------------------------------------------------------------------------------------ SDE
-SDE_NAMES = ("ve", "vp", "subvp", "tanh", "none")
+SDE_NAMES = (*SDES, "none")
 _SDE_PARAMS = {"ve": ("sigma_min", "sigma_max"), "vp": ("beta_min", "beta_max"), "subvp": ("beta_min", "beta_max"),
                "tanh": ("beta_min", "beta_max"), "none": ()}
 
@@ -160,7 +154,8 @@ class SDESpec:
     """The forward SDE with every parameter it uses (filled with the SDE's defaults when the run is created), or
     ``none``: a single noise scale (``objective.sigma``), as in density estimation (``lcssm toy``)."""
 
-    name: str = _f("vp", "forward SDE (tanh: non-affine, needs --center simulated)", flag="--sde", commands=TRAIN)
+    name: str = _f("vp", "forward SDE (tanh: non-affine, needs --center simulated)", flag="--sde", commands=TRAIN,
+                   choices=SDE_NAMES[:-1])
     sigma_min: float | None = _f(None, "VE sigma_min (default: the SDE's)", commands=TRAIN)
     sigma_max: float | None = _f(None, "VE sigma_max (default: the SDE's)", commands=TRAIN)
     beta_min: float | None = _f(None, "VP/subVP/tanh beta_min (default: the SDE's)", commands=TRAIN)
@@ -207,7 +202,8 @@ class ModelSpec:
     1/√(α_t² + σ_t²); ``c_out``: ``inv_sigma`` divides the output by σ_t (the network predicts −z).
     """
 
-    arch: str = _f("score_mlp", "backbone: energy_mlp (score = grad f), score_mlp, unet or ncsnv2")
+    arch: str = _f("score_mlp", "backbone: energy_mlp (score = grad f), score_mlp, unet or ncsnv2", flag="--model",
+                   commands=TOY, choices=ARCHS)
     hidden: int = _f(256, "hidden width of an MLP", commands=RUNS)
     n_hidden: int = _f(3, "hidden layers of an MLP")
     activation: str = _f("silu", "activation of an MLP")
@@ -236,33 +232,32 @@ class SamplerSpec:
     """How samples are drawn (:mod:`lcssm.samplers`). Each sampler reads the fields it names in the registry;
     ``n_steps`` is the number of predictor steps of ``pc`` and noise levels of ``ald``."""
 
-    name: str = _f("pc", "sampler", flag="--sampler", commands=(*TRAIN, *SAMPLE))
+    name: str = _f("pc", "sampler: " + "; ".join(f"{s.name}: {s.help}" for s in SAMPLERS.values()), flag="--sampler",
+                   commands=(*TRAIN, *SAMPLE), choices=tuple(SAMPLERS))
     n_samples: int = _f(2000, "number of samples (0 after training: none)", commands=(*RUNS, *SAMPLE))
     n_steps: int = _f(500, "pc: predictor steps; ald: noise levels", commands=(*TRAIN, *SAMPLE))
-    predictor: str = _f("reverse_diffusion", "pc predictor", commands=SAMPLE)
-    corrector: str = _f("langevin", "pc corrector", commands=SAMPLE)
+    predictor: str = _f("reverse_diffusion", "pc predictor", commands=SAMPLE, choices=PREDICTORS)
+    corrector: str = _f("langevin", "pc corrector", commands=SAMPLE, choices=CORRECTORS)
     snr: float = _f(0.05, "pc Langevin corrector signal-to-noise ratio", commands=SAMPLE)
     n_corrector_steps: int = _f(1, "pc corrector steps per predictor step", commands=SAMPLE)
     t_min: float = _f(1e-3, "last time of the reverse process", commands=SAMPLE)
     denoise: bool = _f(True, "finish with one noise-free denoising step (Tweedie)", commands=SAMPLE)
     rtol: float = _f(1e-5, "ode relative tolerance", commands=SAMPLE)
     atol: float = _f(1e-5, "ode absolute tolerance", commands=SAMPLE)
-    method: str = _f("RK45", "ode solver (scipy.integrate.solve_ivp)")
+    method: str = _f("RK45", "ode solver (scipy.integrate.solve_ivp)", choices=ODE_METHODS)
     ald_steps_each: int = _f(5, "ald Langevin steps per noise level", commands=SAMPLE)
     ald_step_size: float | None = _f(None, "ald step size (NCSNv2 step_lr; none = 0.1 * smallest level^2)",
                                      commands=SAMPLE)
     langevin_steps: int = _f(1000, "langevin: steps", commands=TOY)
     langevin_step_size: float = _f(0.003, "langevin: step size eps", commands=TOY)
-    init: str = _f("uniform", "langevin start: uniform over the data's bounding box, or gaussian", commands=TOY)
+    init: str = _f("uniform", "langevin start: uniform over the data's bounding box, or gaussian", commands=TOY,
+                   choices=("uniform", "gaussian"))
     seed: int = _f(0, "sampling seed", flag="--sample-seed", commands=SAMPLE)
     batch_size: int = _f(0, "samples per sampler call (0 = all at once)", flag="--sample-batch-size",
                          commands=SAMPLE)
     after_training: bool = _f(True, "draw n_samples and evaluate them when training ends")
 
     def __post_init__(self) -> None:
-        from lcssm.sampling import CORRECTORS, ODE_METHODS, PREDICTORS
-        from lcssm.samplers import SAMPLERS
-
         check_types(self)
         _check([
             _choice(self.name, list(SAMPLERS), "name"), _choice(self.predictor, PREDICTORS, "predictor"),

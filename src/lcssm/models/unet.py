@@ -19,6 +19,7 @@ network predicts −z for x = x₀ + σz, NCSN++'s VE parametrisation) or with `
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Literal
 
@@ -276,6 +277,11 @@ def _per_sample(value: Tensor | float, batch: int, name: str, like: Tensor) -> T
     return v
 
 
+# builders of the blocks, handed by UNet.__init__ to the encoder and decoder construction
+_MakeRes = Callable[..., _ResBlock]
+_MakeAttn = Callable[[int], SelfAttention2d]
+
+
 class UNet(nn.Module):
     """NCSN++ / DDPM++ score network ``s_θ(x, t)``; see the module docstring for the call contract."""
 
@@ -284,22 +290,8 @@ class UNet(nn.Module):
         if not isinstance(config, UNetConfig):
             raise ConfigError(f"UNet expects a UNetConfig, got {type(config).__name__}")
         self.config = cfg = config
-        nf, act = cfg.nf, cfg.activation
-        n_levels = len(cfg.ch_mult)
-        attn_levels = {cfg.resolutions.index(r) for r in cfg.attn_resolutions}
-
-        # time embedding: features -> Linear(4nf) -> act -> Linear(4nf)
-        temb_dim: int | None = None
-        self.fourier: GaussianFourierEmbedding | None = None
-        if cfg.time_conditional:
-            if cfg.embedding == "fourier":
-                self.fourier = GaussianFourierEmbedding(2 * nf, scale=cfg.fourier_scale)
-            temb_dim = 4 * nf
-            self.temb_mlp = nn.Sequential(
-                linear(2 * nf if cfg.embedding == "fourier" else nf, temb_dim),
-                activation(act),
-                linear(temb_dim, temb_dim),
-            )
+        channels, act = cfg.in_channels, cfg.activation
+        temb_dim = self._build_time_embedding()
 
         def res(c_in: int, c_out: int, **kw: bool) -> _ResBlock:
             return _ResBlock(
@@ -322,14 +314,42 @@ class UNet(nn.Module):
                 impl=cfg.attention_impl,
             )
 
-        channels = cfg.in_channels
-        self.conv_in = conv3x3(channels, nf)
+        self.conv_in = conv3x3(channels, cfg.nf)
+        c, skip_channels = self._build_encoder(res, attn)
+        self.mid = nn.ModuleList([res(c, c), attn(c) if cfg.mid_attention else nn.Identity(), res(c, c)])
+        c = self._build_decoder(c, skip_channels, res, attn)
+        assert not skip_channels
+        self.head = (
+            _OutputHead(c, channels, act=act, init_scale=cfg.init_scale) if cfg.progressive != "output_skip" else None
+        )
+        self.act = activation(act)
 
-        # encoder: per level num_res_blocks blocks (+attention), then a downsampling step
-        self.down_blocks = nn.ModuleList()
-        self.down_attn = nn.ModuleList()
-        self.downsamplers = nn.ModuleList()
-        self.input_pyramid = nn.ModuleList()
+    def _build_time_embedding(self) -> int | None:
+        """time embedding: features -> Linear(4nf) -> act -> Linear(4nf); returns its width (None without one)."""
+        cfg = self.config
+        nf = cfg.nf
+        temb_dim: int | None = None
+        self.fourier: GaussianFourierEmbedding | None = None
+        if cfg.time_conditional:
+            if cfg.embedding == "fourier":
+                self.fourier = GaussianFourierEmbedding(2 * nf, scale=cfg.fourier_scale)
+            temb_dim = 4 * nf
+            self.temb_mlp = nn.Sequential(
+                linear(2 * nf if cfg.embedding == "fourier" else nf, temb_dim),
+                activation(cfg.activation),
+                linear(temb_dim, temb_dim),
+            )
+        return temb_dim
+
+    def _build_encoder(self, res: _MakeRes, attn: _MakeAttn) -> tuple[int, list[int]]:
+        """encoder: per level num_res_blocks blocks (+attention), then a downsampling step; returns the channels
+        at its output and those of every skip connection, in order."""
+        cfg = self.config
+        nf, channels = cfg.nf, cfg.in_channels
+        n_levels = len(cfg.ch_mult)
+        attn_levels = {cfg.resolutions.index(r) for r in cfg.attn_resolutions}
+        self.down_blocks, self.down_attn = nn.ModuleList(), nn.ModuleList()
+        self.downsamplers, self.input_pyramid = nn.ModuleList(), nn.ModuleList()
         skip_channels = [nf]
         c = nf
         pyramid_c = channels
@@ -355,34 +375,33 @@ class UNet(nn.Module):
                 self.input_pyramid.append(_Resample(pyramid_c, c, up=False, with_conv=True))
                 pyramid_c = c
             skip_channels.append(c)
+        return c, skip_channels
 
-        self.mid = nn.ModuleList([res(c, c), attn(c) if cfg.mid_attention else nn.Identity(), res(c, c)])
-
-        # decoder: per level num_res_blocks + 1 blocks on [h, skip], attention once, then upsampling
-        self.up_blocks = nn.ModuleList()
-        self.up_attn = nn.ModuleList()
-        self.upsamplers = nn.ModuleList()
-        self.output_pyramid = nn.ModuleList()
-        for level in reversed(range(n_levels)):
+    def _build_decoder(self, c: int, skip_channels: list[int], res: _MakeRes, attn: _MakeAttn) -> int:
+        """decoder: per level num_res_blocks + 1 blocks on [h, skip], attention once, then upsampling; pops
+        ``skip_channels`` from its end and returns the channels at its output."""
+        cfg = self.config
+        attn_levels = {cfg.resolutions.index(r) for r in cfg.attn_resolutions}
+        self.up_blocks, self.up_attn = nn.ModuleList(), nn.ModuleList()
+        self.upsamplers, self.output_pyramid = nn.ModuleList(), nn.ModuleList()
+        for level in reversed(range(len(cfg.ch_mult))):
             blocks = nn.ModuleList()
             for _ in range(cfg.num_res_blocks + 1):
-                c_out = nf * cfg.ch_mult[level]
+                c_out = cfg.nf * cfg.ch_mult[level]
                 blocks.append(res(c + skip_channels.pop(), c_out))
                 c = c_out
             self.up_blocks.append(blocks)
             self.up_attn.append(attn(c) if level in attn_levels else nn.Identity())
             if cfg.progressive == "output_skip":
-                self.output_pyramid.append(_OutputHead(c, channels, act=act, init_scale=cfg.init_scale))
+                self.output_pyramid.append(
+                    _OutputHead(c, cfg.in_channels, act=cfg.activation, init_scale=cfg.init_scale)
+                )
             if level != 0:
                 if cfg.resblock == "biggan":
                     self.upsamplers.append(res(c, c, up=True))
                 else:
                     self.upsamplers.append(_Resample(c, c, up=True, with_conv=cfg.resample_with_conv))
-        assert not skip_channels
-        self.head = (
-            _OutputHead(c, channels, act=act, init_scale=cfg.init_scale) if cfg.progressive != "output_skip" else None
-        )
-        self.act = activation(act)
+        return c
 
     @property
     def needs_sigma(self) -> bool:

@@ -2,8 +2,10 @@
 signature, and a full training step (zero_grad, loss, backward, Adam step) built from it.
 
 Variants: the six objectives of :mod:`lcssm.objectives` plus LCSS with antithetic pairs and with
-``n_samples = 4``. ``sigma`` is the noise scale of dsm/lcss; fdssm's finite-difference ``eps`` and the
-slice counts are fixed here so that every table states the same setting.
+``n_samples = 4``. Every variant is called through its registered :class:`~lcssm.objectives.Objective`:
+``sigma`` is passed to the objectives that take a noise scale (``needs_sigma``: dsm, lcss) and to no other;
+fdssm's finite-difference ``fd_eps`` and the slice counts are fixed here so that every table states the same
+setting.
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ from lcssm.objectives import get_objective
 
 __all__ = ["LABELS", "VARIANTS", "make_train_step", "partial_exact_sm", "seeded", "variant_loss"]
 
-#: variant name -> (objective, fixed keyword arguments)
+#: variant name -> (objective, fixed keyword options of its function)
 VARIANTS: dict[str, tuple[str, dict]] = {
     "exact_sm": ("exact_sm", {}),
     "ssm": ("ssm", {"n_slices": 1}),
     "ssm_vr": ("ssm_vr", {"n_slices": 1}),
-    "fdssm": ("fdssm", {"eps": 0.1, "n_slices": 1}),
+    "fdssm": ("fdssm", {"fd_eps": 0.1, "n_slices": 1}),
     "dsm": ("dsm", {}),
     "lcss": ("lcss", {}),
     "lcss_antithetic": ("lcss", {"antithetic": True}),
@@ -61,17 +63,15 @@ def variant_loss(
     sqrt_weight: Tensor | None = None,
     **overrides,
 ) -> Tensor:
-    """Per-sample loss (B,) of a variant; ``overrides`` replace its fixed keyword arguments (e.g. ``eps``)."""
+    """Per-sample loss (B,) of a variant; ``overrides`` replace its fixed options (e.g. ``fd_eps``). ``sigma`` is
+    the noise scale of the objectives that take one and is ignored by the others (exact SM, SSM, SSM-VR,
+    FD-SSM evaluate the score at the data points given)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
-    name, kwargs = VARIANTS[variant]
-    kwargs = {**kwargs, **overrides}
-    fn = get_objective(name)
-    if name in ("dsm", "lcss"):
-        return fn(score_fn, x, sigma, generator=generator, sqrt_weight=sqrt_weight, **kwargs)
-    if name == "exact_sm":
-        return fn(score_fn, x, sqrt_weight=sqrt_weight)
-    return fn(score_fn, x, generator=generator, sqrt_weight=sqrt_weight, **kwargs)
+    name, options = VARIANTS[variant]
+    objective = get_objective(name)
+    return objective(score_fn, x, sigma=sigma if objective.needs_sigma else None, generator=generator,
+                     sqrt_weight=sqrt_weight, **{**options, **overrides})
 
 
 def partial_exact_sm(score_fn: Callable[[Tensor], Tensor], x: Tensor, k: int) -> Tensor:
@@ -87,7 +87,6 @@ def partial_exact_sm(score_fn: Callable[[Tensor], Tensor], x: Tensor, k: int) ->
         (g,) = torch.autograd.grad(flat[:, i].sum(), x, create_graph=True, retain_graph=True)
         trace = trace + g.flatten(1)[:, i]
     return trace + 0.5 * flat.pow(2).sum(1)
-
 
 
 def make_train_step(

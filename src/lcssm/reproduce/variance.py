@@ -74,7 +74,7 @@ def _model(d: int, hidden: int, seed: int) -> nn.Module:
 
 
 def _variant_kwargs(variant: str, sigma: float) -> dict:
-    return {"eps": sigma} if variant == "fdssm" else {}
+    return {"fd_eps": sigma} if variant == "fdssm" else {}
 
 
 def gradient_variance(model: nn.Module, x: Tensor, variant: str, sigma: float, draws: int, seed: int
@@ -171,19 +171,30 @@ def run(ctx: Context) -> Report:
     cfg = ctx.pick(SETTINGS)
     report = ctx.report("variance", "Gradient variance and score error at equal wall time", {
         **cfg, "torch_threads": torch.get_num_threads()})
-    from lcssm.plots import plt, save_figure
+    _part_a(ctx, cfg, report)
+    _part_b(ctx, cfg, report)
+    _verdict(cfg, report)
+    return report
 
-    # ---------------------------------------------------------------------------------------- part A
-    report.section("A. Gradient variance over noise draws, fixed parameters")
-    d = cfg["d_var"]
-    gmm = GaussianMixture.random(d, seed=ctx.seed)
-    model = _model(d, cfg["hidden"], ctx.seed)
+
+# -------------------------------------------------------------------------------------------- part A
+def _pretrained_variance_model(ctx: Context, cfg: dict, gmm: GaussianMixture) -> nn.Module:
+    """The score MLP of part A after ``pretrain`` DSM steps (σ = 0.05) on the mixture."""
+    model = _model(cfg["d_var"], cfg["hidden"], ctx.seed)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     g_pre = make_generator(ctx.seed + 5)
     for _ in range(cfg["pretrain"]):
         opt.zero_grad(set_to_none=True)
         variant_loss("dsm", model, gmm.sample(cfg["batch"], g_pre), sigma=0.05, generator=g_pre).mean().backward()
         opt.step()
+    return model
+
+
+def _part_a(ctx: Context, cfg: dict, report: Report) -> None:
+    report.section("A. Gradient variance over noise draws, fixed parameters")
+    d = cfg["d_var"]
+    gmm = GaussianMixture.random(d, seed=ctx.seed)
+    model = _pretrained_variance_model(ctx, cfg, gmm)
     x = gmm.sample(cfg["batch_var"], make_generator(ctx.seed + 6))
     fixed = {v: gradient_variance(model, x, v, 1.0, cfg["draws"], ctx.seed + 10) for v in FIXED_VARIANTS}
     by_sigma = {v: [] for v in SIGMA_VARIANTS}
@@ -205,15 +216,24 @@ def run(ctx: Context) -> Report:
     report.results["gradient_variance"] = {"sigmas": cfg["sigmas"],
                                            **{v: [r[0] for r in by_sigma[v]] for v in SIGMA_VARIANTS},
                                            **{v: fixed[v][0] for v in FIXED_VARIANTS}}
+    path = ctx.out_dir / "gradient_variance.png"
+    _plot_variance(path, cfg["sigmas"], by_sigma, fixed, d)
+    report.figure(path, "Gradient variance against σ (log-log); gray dotted lines: the σ-free SSM and SSM-VR "
+                        "(exact SM has zero variance).")
+
+
+def _plot_variance(path, sigmas: list[float], by_sigma: dict, fixed: dict, d: int) -> None:
+    from lcssm.plots import plt, save_figure
+
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for v in SIGMA_VARIANTS:
         label = LABELS[v] + {"fdssm": " (ε = σ)", "dsm": " (= LCSS, hidden under it)"}.get(v, "")
-        ax.plot(cfg["sigmas"], [r[0] for r in by_sigma[v]], marker="x" if v == "dsm" else "o",
+        ax.plot(sigmas, [r[0] for r in by_sigma[v]], marker="x" if v == "dsm" else "o",
                 ls="--" if v == "dsm" else "-", label=label)
     for v in FIXED_VARIANTS:
         if fixed[v][0] > 0:  # exact SM has none: nothing to draw on a log axis
             ax.axhline(fixed[v][0], ls=":", lw=1, color="gray")
-            ax.annotate(LABELS[v], (min(cfg["sigmas"]), fixed[v][0]), fontsize=7, color="gray",
+            ax.annotate(LABELS[v], (min(sigmas), fixed[v][0]), fontsize=7, color="gray",
                         va="bottom")
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -221,12 +241,11 @@ def run(ctx: Context) -> Report:
     ax.set_ylabel("tr Cov[∇θ loss]")
     ax.set_title(f"gradient variance over noise draws (d = {d})")
     ax.legend(fontsize=8)
-    path = ctx.out_dir / "gradient_variance.png"
     save_figure(fig, path)
-    report.figure(path, "Gradient variance against σ (log-log); gray dotted lines: the σ-free SSM and SSM-VR "
-                        "(exact SM has zero variance).")
 
-    # ---------------------------------------------------------------------------------------- part B
+
+# -------------------------------------------------------------------------------------------- part B
+def _part_b(ctx: Context, cfg: dict, report: Report) -> None:
     report.section("B. Score error against the known score at equal wall time")
     rows, curves = [], {}
     for dim in cfg["dims"]:
@@ -248,8 +267,16 @@ def run(ctx: Context) -> Report:
         f"DSM/LCSS, whose target is the σ-smoothed score: its own error (the floor) is the last column. FD-SSM "
         f"ε = 0.1; one slice / one noise sample unless named."))
     report.results["equal_time_curves"] = {str(k): v for k, v in curves.items()}
-    fig, axes = plt.subplots(1, len(cfg["dims"]), figsize=(4.5 * len(cfg["dims"]), 4), squeeze=False)
-    for ax, dim in zip(axes[0], cfg["dims"]):
+    path = ctx.out_dir / "equal_time.png"
+    _plot_equal_time(path, cfg["dims"], curves)
+    report.figure(path, "Relative score error against wall time spent in training steps, per dimension.")
+
+
+def _plot_equal_time(path, dims: list[int], curves: dict) -> None:
+    from lcssm.plots import plt, save_figure
+
+    fig, axes = plt.subplots(1, len(dims), figsize=(4.5 * len(dims), 4), squeeze=False)
+    for ax, dim in zip(axes[0], dims):
         for v, curve in curves[dim].items():
             if curve:
                 ax.plot([c[0] for c in curve], [c[2] for c in curve], marker="o", label=LABELS[v])
@@ -258,10 +285,10 @@ def run(ctx: Context) -> Report:
         ax.set_ylabel("relative score error")
         ax.set_title(f"d = {dim}")
     axes[0][0].legend(fontsize=7)
-    path = ctx.out_dir / "equal_time.png"
     save_figure(fig, path)
-    report.figure(path, "Relative score error against wall time spent in training steps, per dimension.")
 
+
+def _verdict(cfg: dict, report: Report) -> None:
     slopes = dict(zip(SIGMA_VARIANTS, report.tables["gradient_variance"].rows[-1][1:]))
     small = -2  # the row of the smallest σ
     var_at = {v: report.tables["gradient_variance"].rows[small][1 + i] for i, v in enumerate(SIGMA_VARIANTS)}
@@ -277,4 +304,3 @@ def run(ctx: Context) -> Report:
         f"{var_at['lcss'] / max(var_at['lcss_n4'], 1e-300):.3g} (at 2× and 4× the forward rows).\n"
         "- Lowest score error at equal wall time: " + "; ".join(f"d = {k}: {n} ({e:.3g})" for k, (n, e) in best.items())
         + ".")
-    return report

@@ -1,0 +1,205 @@
+"""``lcssm toy | train | sample | bpd | fid``: thin wrappers over :mod:`lcssm.experiments.pipeline`.
+
+Their flags are generated from the run spec's fields (:mod:`lcssm.cli.options`); ``--set section.field=VALUE``
+reaches every field of the spec (``lcssm train --set objective.t_min=1e-4``), applied after the flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from lcssm.cli.options import CommandOptions, add_options, apply_options, bindings
+from lcssm.errors import ConfigError
+
+
+def _set_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="set", action="append", default=argparse.SUPPRESS, metavar="KEY=VALUE",
+                   help="set any field of the run spec, e.g. --set train.warmup=100 --set objective.t_min=1e-4 "
+                   "(repeatable; applied after the flags; the keys are those of the run's config.json)")
+
+
+def _differences(base: Any, others: dict[str, Any], command: str) -> dict[str, str]:
+    """``{key: "preset NAME: VALUE, ..."}`` for the flags of ``command`` whose value differs in another preset."""
+    from lcssm.cli.options import _default_text, _lookup
+
+    notes: dict[str, list[str]] = {}
+    for name, other in others.items():
+        for b in bindings(base, command):
+            mine, theirs = _lookup(base, b.key)[0], _lookup(other, b.key)[0]
+            if mine != theirs:
+                notes.setdefault(b.key, []).append(f"{name}: {_default_text(theirs)}")
+    return {k: "with --preset " + ", ".join(v) for k, v in notes.items()}
+
+
+def _print(result: dict, message: str) -> int:
+    json.dump(result, sys.stdout, indent=2, default=str)
+    print(f"\n{message}", file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- toy
+def _register_toy(sub: argparse._SubParsersAction) -> None:
+    from lcssm.experiments.presets import TOY_PRESETS, ToyPreset, toy_spec
+
+    p = sub.add_parser(
+        "toy", help="density estimation: an energy/score MLP on 2-D toy data or a point file, Langevin sampling",
+        description="Train a model on a toy distribution or a point file with any objective at one noise scale, "
+        "sample it with Langevin dynamics (paper Eq. 31; App. B) and write config.json, loss.csv, checkpoints/, "
+        "samples.npy, metrics.json and, for 2-D data, samples.png, density.png and loss.png.")
+    base = toy_spec("quick")
+    p.set_defaults(func=_toy, preset_flags=add_options(p, ToyPreset(), "toy"),
+                   spec_flags=add_options(p, base, "toy", notes=_differences(
+                       base, {n: toy_spec(n) for n in TOY_PRESETS if n != "quick"}, "toy")),
+                   command_flags=add_options(p, CommandOptions(out="runs/toy"), "toy"))
+    _set_option(p)
+
+
+def _toy(args: argparse.Namespace) -> int:
+    from lcssm.experiments.pipeline import train_run
+    from lcssm.experiments.presets import ToyPreset, toy_spec
+
+    preset = apply_options(ToyPreset(), args, args.preset_flags)
+    spec = apply_options(toy_spec(preset.preset), args, args.spec_flags, with_set=True)
+    cmd = apply_options(CommandOptions(out="runs/toy"), args, args.command_flags)
+    metrics = train_run(spec, _out(cmd), resume=cmd.resume, overwrite=cmd.overwrite, progress=cmd.progress)
+    return 0 if metrics is None else _print(metrics, f"wrote {cmd.out}")
+
+
+def _out(cmd: CommandOptions) -> str:
+    if not cmd.out:
+        raise ConfigError("--out must name a directory")
+    return cmd.out
+
+
+# ------------------------------------------------------------------------------------------------- train
+def _register_train(sub: argparse._SubParsersAction) -> None:
+    from lcssm.experiments.presets import ImagePreset, image_spec, point_spec
+    from lcssm.models import MODEL_PRESETS
+
+    p = sub.add_parser(
+        "train", help="train a score-based diffusion model on point data (then sample it), or an image model "
+        "(--preset NAME)",
+        description="Train a time-conditional score model with any objective (paper Sec. 3.2): on a toy "
+        "distribution or a point file (then sample it), or with --preset NAME an image network on the bundled "
+        f"digits, an image folder or CIFAR-10 batches (presets: {', '.join(MODEL_PRESETS)}). Writes config.json "
+        "(the whole run spec), loss.csv, metrics.jsonl, checkpoints/, metrics.json and loss.png; point runs also "
+        "samples.npy (and samples.png for 2-D data), image runs grids/step_*.png. Defaults shown are those of "
+        "point data; --preset fills every field from the preset instead, and the flags change it from there.")
+    base = point_spec()
+    examples = {"digits": image_spec(ImagePreset(preset="digits"))}
+    p.set_defaults(func=_train, preset_flags=add_options(p, ImagePreset(), "train", title="image models"),
+                   spec_flags=add_options(p, base, "train", notes=_differences(base, examples, "train")),
+                   command_flags=add_options(p, CommandOptions(out="runs/diffusion"), "train"))
+    _set_option(p)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from lcssm.experiments.pipeline import train_run
+    from lcssm.experiments.presets import ImagePreset, fit_point_model, image_spec, point_spec
+
+    preset = apply_options(ImagePreset(), args, args.preset_flags)
+    if preset.preset is None:
+        given = [b.flag for b in args.preset_flags if hasattr(args, b.dest)]
+        if given:
+            raise ConfigError(f"{given[0]} is an image option; it needs --preset NAME")
+        spec = fit_point_model(apply_options(point_spec(), args, args.spec_flags, with_set=True))
+    else:
+        spec = apply_options(image_spec(preset, getattr(args, "data__source", None)), args, args.spec_flags,
+                             with_set=True)
+    cmd = apply_options(CommandOptions(out="runs/diffusion"), args, args.command_flags)
+    metrics = train_run(spec, _out(cmd), resume=cmd.resume, overwrite=cmd.overwrite, progress=cmd.progress)
+    return 0 if metrics is None else _print(metrics, f"wrote {cmd.out}")
+
+
+# ------------------------------------------------------------------------------------- sample / bpd / fid
+def _sampler_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampler fields given as flags and as ``--set sampler.FIELD=VALUE``, typed."""
+    from lcssm.config import _coerce, _hints, invalid, parse_override
+    from lcssm.experiments.spec import SamplerSpec
+
+    values = {b.key.removeprefix("sampler."): getattr(args, b.dest) for b in args.sampler_flags
+              if hasattr(args, b.dest)}
+    hints = _hints(SamplerSpec)
+    for item in getattr(args, "set", None) or []:
+        key, value = parse_override(item)
+        name = key.removeprefix("sampler.")
+        if not key.startswith("sampler.") or name not in hints:
+            raise invalid(key, f"is not a sampler field; valid: {', '.join('sampler.' + k for k in hints)}")
+        values[name] = _coerce(value, hints[name], key)
+    return values
+
+
+def _register_sample(sub: argparse._SubParsersAction, name: str) -> None:
+    from lcssm.experiments.spec import SamplerSpec
+
+    fid = name == "fid"
+    p = sub.add_parser(
+        name, help="FID / KID / IS of an image run's samples" if fid else "sample a trained run",
+        description=("Draw samples from the newest good checkpoint of an image run and score them against its "
+                     "training images: FID, KID (mean, std over 100 subsets) and IS. Digits runs use lcssm's digits "
+                     "classifier (digits-FID); other runs need the FID Inception-v3 weights file, never downloaded. "
+                     "Writes RUN_DIR/fid_samples_SAMPLER.npz and .png." if fid else
+                     "Draw samples from the EMA model of a run's newest good checkpoint: points to samples.npy (and "
+                     "samples.png for 2-D data) with energy distance to the data, images to samples.npz and a "
+                     "samples.png grid.") + " Options left out keep the run's saved sampler settings; the record "
+                     "(sampler, its settings, NFE, seconds, ...) is appended to RUN_DIR/metrics.json and printed.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by lcssm train or lcssm toy")
+    p.set_defaults(func=_fid if fid else _sample,
+                   sampler_flags=add_options(p, SamplerSpec(), name, default="the run's" + (", 2000 samples for "
+                                                                                           "fid" if fid else "")),
+                   command_flags=add_options(p, CommandOptions(), name))
+    p.add_argument("--set", dest="set", action="append", default=argparse.SUPPRESS, metavar="sampler.FIELD=VALUE",
+                   help="set any sampler field (repeatable)")
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from lcssm.experiments.pipeline import sample_run
+
+    cmd = apply_options(CommandOptions(), args, args.command_flags)
+    record = sample_run(args.run_dir, _sampler_overrides(args), out=cmd.out, device=cmd.device,
+                        progress=cmd.progress)
+    return _print(record, f"wrote {record['file']}" + (f" and {record['grid']}" if "grid" in record else ""))
+
+
+def _fid(args: argparse.Namespace) -> int:
+    from lcssm.experiments.fid import fid_run
+
+    cmd = apply_options(CommandOptions(), args, args.command_flags)
+    record = fid_run(args.run_dir, _sampler_overrides(args), inception_path=cmd.inception, device=cmd.device,
+                     progress=cmd.progress)
+    return _print(record, f"{record['features']} FID {record['fid']:.4g}, KID {record['kid']:.4g}; samples in "
+                  f"{record['file']}")
+
+
+def _register_bpd(sub: argparse._SubParsersAction) -> None:
+    from lcssm.experiments.pipeline import LikelihoodOptions
+
+    p = sub.add_parser(
+        "bpd", help="probability-flow log-likelihood (bits/dim) of a trained diffusion run",
+        description="Negative log-likelihood of held-out data under a run's EMA model through the probability-flow "
+        "ODE (Song et al. 2021, App. D.2): points in nats per point and bits per dimension, images in dequantized "
+        "bits/dim on the test split. Appended to RUN_DIR/metrics.json and printed.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by lcssm train")
+    p.set_defaults(func=_bpd, bpd_flags=add_options(p, LikelihoodOptions(), "bpd"),
+                   command_flags=add_options(p, CommandOptions(), "bpd"))
+
+
+def _bpd(args: argparse.Namespace) -> int:
+    from lcssm.experiments.pipeline import LikelihoodOptions, bpd_run
+
+    cmd = apply_options(CommandOptions(), args, args.command_flags)
+    options = apply_options(LikelihoodOptions(progress=cmd.progress), args, args.bpd_flags)
+    record = bpd_run(args.run_dir, options, device=cmd.device)
+    value = record.get("bpd", record.get("bits_per_dim"))
+    return _print(record, f"{value:.4f} bits/dim on {record['n']} held-out examples ({record['data']})")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    _register_toy(sub)
+    _register_train(sub)
+    _register_sample(sub, "sample")
+    _register_bpd(sub)
+    _register_sample(sub, "fid")
