@@ -23,6 +23,7 @@ from lcssm.errors import ConfigError, DataError
 __all__ = [
     "STREAM_NOISE",
     "STREAM_PERMUTATION",
+    "STREAM_RESEED",
     "STREAM_SAMPLER",
     "BatchFn",
     "per_rank_batch_size",
@@ -33,8 +34,9 @@ __all__ = [
 
 BatchFn = Callable[[int, int, int], Any]
 
-# independent random streams derived from the run seed
-STREAM_NOISE, STREAM_SAMPLER, STREAM_PERMUTATION = 0, 1, 2
+# independent random streams derived from the run seed (STREAM_RESEED: the global RNGs of a resume that cannot
+# restore them)
+STREAM_NOISE, STREAM_SAMPLER, STREAM_PERMUTATION, STREAM_RESEED = 0, 1, 2, 3
 
 
 def step_seed(seed: int, step: int, rank: int = 0, stream: int = 0) -> int:

@@ -292,7 +292,9 @@ def export_ema(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the EMA weights (the model weights for a run without EMA) of the newest good checkpoint as
     safetensors (default ``run_dir/ema.safetensors``), with the run config (JSON) and step in its metadata.
 
-    Load it without lcssm's trainer: ``model.load_state_dict(safetensors.torch.load_file(path))``.
+    The keys are the backbone network's own (without the ``backbone.`` prefix of the run's ScoreModel): load it
+    without lcssm's trainer into the network, ``net.load_state_dict(safetensors.torch.load_file(path))``, and
+    wrap it as the run does (:class:`lcssm.models.precond.ScoreModel`, settings in the metadata's config).
     """
     try:
         from safetensors.torch import save_file
@@ -302,7 +304,8 @@ def export_ema(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if found is None:
         raise CheckpointError(f"no checkpoint in {checkpoint_dir(run_dir)} to export")
     path, state = found
-    weights = _weights(state)
+    # the backbone network's own keys (a run's model is lcssm.models.precond.ScoreModel, which holds it as .backbone)
+    weights = {k.removeprefix("backbone."): v for k, v in _weights(state).items()}
     # safetensors refuses shared or non-contiguous storage: give every tensor its own contiguous copy
     tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in weights.items()}
     metadata = {

@@ -8,7 +8,8 @@ change-of-variables formula (Chen et al. 2018) gives
 integrated jointly with x_t from ``t_min`` to ``T`` (Song et al. 2021, App. D.2). The divergence is either exact
 (d vector-Jacobian products, small d only) or Hutchinson's estimate ``vᵀ(∂F/∂x)v`` with one noise draw v per
 sample held fixed over the whole integration, which makes the result an unbiased estimate of log p. p_T is
-replaced by the SDE's prior (for VE, N(0, σ_max²I) is not p_T exactly: DESIGN.md §5).
+replaced by the SDE's prior (for VE, N(0, σ_max²I) is not p_T exactly: p_T is the data smoothed by
+N(0, σ_max²I), so the estimate carries the prior mismatch, as score_sde's does).
 """
 
 from __future__ import annotations

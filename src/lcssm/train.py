@@ -11,46 +11,56 @@ the model, EMA, optimizer and scheduler state in the checkpoint, a run killed at
 produces bit-identical parameters and the same loss log as an uninterrupted run (on CPU; CUDA kernels may
 be non-deterministic). The global RNGs (python, numpy, torch) are saved and restored too, for models that
 draw from them (e.g. dropout).
+
+The parts live in :mod:`lcssm.batches` (batch functions and :func:`step_seed`, re-exported here),
+:mod:`lcssm.train_blocks` (optimizer, EMA, gradient norm), :mod:`lcssm.train_resume` (resume and fresh start)
+and :mod:`lcssm.train_logs` (log files, diagnostics).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import dataclasses
 import json
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from lcssm import distributed
+from lcssm.batches import STREAM_NOISE, BatchFn, per_rank_batch_size, sampler_batches, step_seed, tensor_batches
 from lcssm.checkpoint import (
     FORMAT,
     checkpoint_path,
     get_rng_state,
-    latest_good_checkpoint,
-    list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
     remove_stale_temporaries,
     save_checkpoint,
-    set_rng_state,
 )
 from lcssm.config import TrainConfig, to_jsonable, validate
-from lcssm.device import autocast, eval_mode, make_generator, seed_everything
+from lcssm.device import autocast, eval_mode, seed_everything
 from lcssm.distributed import DistInfo
-from lcssm.errors import CheckpointError, ConfigError, DataError, LcssmError
+from lcssm.errors import ConfigError, LcssmError
 from lcssm.files import atomic_write_text
+from lcssm.train_blocks import (
+    ema_update,
+    grad_norm,
+    make_ema,
+    make_optimizer,
+    split_loss,
+    to_device,
+    warmup_factor,
+)
+from lcssm.train_logs import TrainLogs, diagnose, progress_bar, window_mean
+from lcssm.train_resume import clear_checkpoints, newest_checkpoint, restore
 
 __all__ = [
     "BatchFn",
@@ -70,10 +80,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LossFn = Callable[[nn.Module, Any, torch.Generator], "Tensor | tuple[Tensor, dict[str, Tensor]]"]
-BatchFn = Callable[[int, int, int], Any]
-
-# independent random streams derived from the run seed
-_STREAM_NOISE, _STREAM_SAMPLER, _STREAM_PERMUTATION = 0, 1, 2
 
 
 class NonFiniteLossError(LcssmError):
@@ -86,78 +92,6 @@ class NonFiniteLossError(LcssmError):
         super().__init__(message)
         self.step = step
         self.checkpoint = checkpoint
-
-
-# ------------------------------------------------------------------------------------------- randomness
-def step_seed(seed: int, step: int, rank: int = 0, stream: int = 0) -> int:
-    """A 63-bit seed that is a pure function of ``(seed, step, rank, stream)``, mixed by NumPy's SeedSequence
-    (no Python ``hash``, which is salted per process): neighbouring steps and ranks get unrelated streams."""
-    words = np.random.SeedSequence([int(seed), int(step), int(rank), int(stream)]).generate_state(2, np.uint32)
-    return (int(words[0]) << 31 | int(words[1]) >> 1) & (2**63 - 1)
-
-
-def _per_rank(batch_size: int, world_size: int) -> int:
-    if batch_size % world_size:
-        raise ConfigError(f"batch_size {batch_size} is not divisible by the world size {world_size}; "
-                          f"use a multiple of {world_size}")
-    return batch_size // world_size
-
-
-# ------------------------------------------------------------------------------------------------ data
-def sampler_batches(sample: Callable[[int, torch.Generator], Tensor], batch_size: int, seed: int) -> BatchFn:
-    """``batch_fn`` drawing fresh points from ``sample(n, generator)`` (e.g. a toy distribution).
-
-    Step k's global batch is ``sample(batch_size, generator seeded from (seed, k))``; rank r of W gets rows
-    ``[r·b, (r+1)·b)`` with ``b = batch_size // W``. The data a step sees therefore does not depend on the
-    number of ranks (each rank draws the global batch, which is cheap for the samplers this is meant for).
-    """
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-
-    def batch_fn(step: int, rank: int = 0, world_size: int = 1) -> Tensor:
-        b = _per_rank(batch_size, world_size)
-        x = sample(batch_size, make_generator(step_seed(seed, step, 0, _STREAM_SAMPLER)))
-        return x[rank * b:(rank + 1) * b]
-
-    return batch_fn
-
-
-class tensor_batches:  # noqa: N801 - used like a function; a class only to hold its permutation cache
-    """``batch_fn`` over a fixed dataset: epochs of random permutations derived from ``(seed, epoch)``.
-
-    The data are read as one endless stream (epoch 0's permutation, then epoch 1's, ...); step k's global
-    batch is positions ``[k·B, (k+1)·B)`` of it and rank r of W takes its r-th slice of ``B // W`` rows, so a
-    step sees the same rows whatever the number of ranks, every point is seen once per epoch, and a batch
-    may straddle two epochs (no point is dropped, and datasets smaller than a batch work).
-    """
-
-    def __init__(self, data: Tensor, batch_size: int, seed: int) -> None:
-        if not isinstance(data, Tensor) or data.dim() < 1 or len(data) == 0:
-            raise DataError(f"tensor_batches needs a non-empty tensor of shape (n, ...), got "
-                            f"{getattr(data, 'shape', type(data).__name__)}")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        self.data, self.batch_size, self.seed = data, batch_size, seed
-        self._perms: dict[int, Tensor] = {}
-
-    def permutation(self, epoch: int) -> Tensor:
-        if epoch not in self._perms:
-            if len(self._perms) >= 2:
-                self._perms.pop(min(self._perms))
-            g = make_generator(step_seed(self.seed, epoch, 0, _STREAM_PERMUTATION))
-            self._perms[epoch] = torch.randperm(len(self.data), generator=g)
-        return self._perms[epoch]
-
-    def __call__(self, step: int, rank: int = 0, world_size: int = 1) -> Tensor:
-        b = _per_rank(self.batch_size, world_size)
-        n = len(self.data)
-        pos = step * self.batch_size + rank * b + torch.arange(b, dtype=torch.int64)
-        epoch, offset = pos // n, pos % n
-        idx = torch.empty(b, dtype=torch.int64)
-        for e in epoch.unique().tolist():
-            sel = epoch == e
-            idx[sel] = self.permutation(int(e))[offset[sel]]
-        return self.data[idx.to(self.data.device)]
 
 
 # ------------------------------------------------------------------------------------------ callbacks
@@ -231,193 +165,31 @@ class TrainResult:
     start_step: int = 0
 
 
-# ------------------------------------------------------------------------------------------- building blocks
-def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ConfigError("the model has no trainable parameters")
-    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
-
-
-def _warmup_factor(warmup: int) -> Callable[[int], float]:
-    """Linear warmup: the i-th step (0-based) uses ``lr·min(1, (i+1)/warmup)``."""
-    return lambda i: 1.0 if warmup <= 0 else min(1.0, (i + 1) / warmup)
-
-
-def _make_ema(model: nn.Module, decay: float) -> nn.Module:
-    if decay == 0:
-        return model
-    ema = copy.deepcopy(model)
-    ema.requires_grad_(False)
-    return ema.eval()
-
-
-@torch.no_grad()
-def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """``θ_ema ← decay·θ_ema + (1 − decay)·θ`` for parameters; buffers (e.g. norm statistics) are copied."""
-    if ema is model:
-        return
-    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
-    for b_ema, b in zip(ema.buffers(), model.buffers()):
-        b_ema.copy_(b)
-
-
-def _grad_norm(params: list[nn.Parameter], clip: float) -> Tensor:
-    """Global L2 norm of the gradients (clipping them to ``clip`` when > 0)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    if clip > 0:
-        return torch.nn.utils.clip_grad_norm_(params, clip)
-    norms = torch._foreach_norm(grads)
-    return torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
-
-
-def _to_device(x: Any, device: torch.device) -> Any:
-    if isinstance(x, Tensor):
-        return x.to(device, non_blocking=True)
-    if isinstance(x, (list, tuple)):
-        return type(x)(_to_device(v, device) for v in x)
-    if isinstance(x, dict):
-        return {k: _to_device(v, device) for k, v in x.items()}
-    return x
-
-
-def _split_loss(out: Any) -> tuple[Tensor, dict[str, Tensor]]:
-    if isinstance(out, tuple):
-        if len(out) != 2 or not isinstance(out[1], dict):
-            raise TypeError("loss_fn must return a per-sample loss tensor or (loss, diagnostics dict)")
-        loss, diag = out
-    else:
-        loss, diag = out, {}
-    if not isinstance(loss, Tensor):
-        raise TypeError(f"loss_fn must return a tensor, got {type(loss).__name__}")
-    return loss, diag
-
-
-def _finite_or_str(v: float) -> float | str:
-    return v if math.isfinite(v) else str(v)
-
-
-def _jsonable_record(rec: dict) -> dict:
-    return {k: _finite_or_str(v) if isinstance(v, float) else v for k, v in rec.items()}
-
-
-def _diagnose(per_sample: Tensor, diag: dict[str, Tensor], limit: int = 8) -> dict[str, Any]:
-    """Where a non-finite loss came from: the bad samples' indices and their diagnostics (e.g. t, sigma,
-    loss terms), plus each diagnostic's range over the batch."""
-    ps = per_sample.detach().float().reshape(-1)
-    bad = (~torch.isfinite(ps)).nonzero().reshape(-1)
-    out: dict[str, Any] = {"n_samples": ps.numel(), "n_nonfinite_samples": int(bad.numel()),
-                           "nonfinite_indices": bad[:limit].tolist()}
-    for name, value in diag.items():
-        if not isinstance(value, Tensor):
-            continue
-        v = value.detach().float().reshape(-1).cpu()
-        entry: dict[str, Any] = {}
-        if v.numel():
-            fin = v[torch.isfinite(v)]
-            entry["min"] = _finite_or_str(float(fin.min())) if fin.numel() else "nan"
-            entry["max"] = _finite_or_str(float(fin.max())) if fin.numel() else "nan"
-            entry["n_nonfinite"] = int(v.numel() - fin.numel())
-        if v.numel() == ps.numel() and bad.numel():
-            entry["at_nonfinite"] = [_finite_or_str(float(x)) for x in v[bad[:limit].cpu()]]
-        out[name] = entry
-    return out
-
-
-# ------------------------------------------------------------------------------------------------- logs
-class _Logs:
-    """Rank 0's files: loss.csv (every step), metrics.jsonl (every log_every steps and events), TensorBoard."""
-
-    def __init__(self, out: Path, start_step: int, losses: list[float], enabled: bool) -> None:
-        self.enabled = enabled
-        self.loss_csv: TextIO | None = None
-        self.metrics: TextIO | None = None
-        self.tb = None
-        if not enabled:
-            return
-        atomic_write_text(out / "loss.csv", "step,loss\n" + "".join(f"{i + 1},{v!r}\n" for i, v in enumerate(losses)))
-        kept = []
-        metrics_path = out / "metrics.jsonl"
-        if start_step and metrics_path.exists():
-            for line in metrics_path.read_text().splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:  # a line cut off by a crash
-                    continue
-                if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= start_step:
-                    kept.append(line + "\n")
-        atomic_write_text(metrics_path, "".join(kept))
-        self.loss_csv = open(out / "loss.csv", "a")  # noqa: SIM115 - closed in close()
-        self.metrics = open(metrics_path, "a")  # noqa: SIM115
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            pass
-        else:
-            self.tb = SummaryWriter(str(out / "tb"), purge_step=start_step + 1 if start_step else None)
-
-    def loss(self, step: int, value: float) -> None:
-        if self.loss_csv is not None:
-            self.loss_csv.write(f"{step},{value!r}\n")
-
-    def record(self, rec: dict) -> None:
-        if self.metrics is not None:
-            self.metrics.write(json.dumps(_jsonable_record(rec)) + "\n")
-            self.metrics.flush()
-        if self.tb is not None and "event" not in rec:
-            for key in ("loss", "grad_norm", "lr", "samples_per_s"):
-                if isinstance(rec.get(key), float):
-                    self.tb.add_scalar(f"train/{key}", rec[key], rec["step"])
-
-    def flush(self) -> None:
-        for f in (self.loss_csv, self.metrics):
-            if f is not None:
-                f.flush()
-                os.fsync(f.fileno())
-
-    def close(self) -> None:
-        for f in (self.loss_csv, self.metrics):
-            if f is not None and not f.closed:
-                f.close()
-        if self.tb is not None:
-            self.tb.close()
-
-
-def _window_mean(values: Sequence[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else math.nan
-
-
-# ------------------------------------------------------------------------------------------------ resume
-def _on_main(info: DistInfo, fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` on rank 0 and hand its result (or its LcssmError) to every rank."""
-    result, error, original = None, None, None
-    if info.is_main:
-        try:
-            result = fn()
-        except LcssmError as e:
-            error, original = (type(e), str(e)), e
-    result, error = distributed.broadcast_object((result, error), info)
-    if original is not None:
-        raise original
-    if error is not None:
-        raise error[0](error[1])
-    return result
-
-
-#: settings that may change on resume without changing what is computed
-_BOOKKEEPING = frozenset({"steps", "ckpt_every", "keep_last", "log_every", "max_nonfinite", "device", "compile"})
-
-
-def _config_changes(old: dict, new: dict) -> list[str]:
-    return [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in new
-            if k in old and old[k] != new[k] and k not in _BOOKKEEPING]
-
-
 # ------------------------------------------------------------------------------------------------- train
+@dataclass
+class _Run:
+    """What one call of :func:`train` works on, shared by its parts: the settings, the training objects and
+    the history, which :func:`_start` may restore from a checkpoint."""
+
+    cfg: TrainConfig
+    info: DistInfo
+    device: torch.device
+    out: Path
+    config: dict
+    raw: nn.Module
+    ema: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    params: list[nn.Parameter]
+    losses: list[float] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)
+    start_step: int = 0
+    elapsed: float = 0.0
+    streak: int = 0
+    last_ckpt: Path | None = None
+    t0: float = 0.0
+
+
 def train(
     model: nn.Module,
     loss_fn: LossFn,
@@ -448,13 +220,36 @@ def train(
     ``overwrite``, which deletes them. Raises :class:`NonFiniteLossError` after ``cfg.max_nonfinite``
     consecutive non-finite steps, CheckpointError when resuming finds only bad checkpoints.
     """
+    run = _setup(model, cfg, out_dir, run_config)
+    _start(run, batch_fn, resume=resume, overwrite=overwrite)
+    logs = TrainLogs(run.out, run.start_step, run.losses, enabled=run.info.is_main)
+    fwd = _wrap(run)
+    bar = progress_bar(run.cfg.steps, run.start_step, progress and run.info.is_main)
+    try:
+        _run_steps(run, fwd, loss_fn, batch_fn, callbacks, logs, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+        if logs.enabled:
+            logs.flush()
+        logs.close()
+
+    seconds = run.elapsed + time.perf_counter() - run.t0 if run.cfg.steps > run.start_step else run.elapsed
+    return TrainResult(model=run.raw, ema_model=run.ema, losses=run.losses, steps=run.cfg.steps,
+                       train_seconds=seconds, final_loss=run.losses[-1] if run.losses else math.nan,
+                       grad_norms=run.grad_norms, checkpoint=run.last_ckpt, start_step=run.start_step)
+
+
+def _setup(model: nn.Module, cfg: TrainConfig, out_dir: str | Path, run_config: dict | None) -> _Run:
+    """Check the arguments, set up the process group and device, seed the global RNGs, and build the EMA,
+    optimizer and scheduler; rank 0 creates ``out_dir`` and removes the temporaries a crash left there."""
     if not isinstance(cfg, TrainConfig):
         raise ConfigError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
     cfg = validate(cfg)
     if run_config is not None and not isinstance(run_config, dict):
         raise ConfigError(f"run_config must be a dict, got {type(run_config).__name__}")
     info, device = distributed.setup(cfg.device)
-    _per_rank(cfg.batch_size, info.world_size)
+    per_rank_batch_size(cfg.batch_size, info.world_size)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"output directory {out} is an existing file")
@@ -464,210 +259,178 @@ def train(
     seed_everything(cfg.seed + info.rank)
     raw = model.to(device)
     raw.train()
-    ema = _make_ema(raw, cfg.ema_decay)
-    optimizer = _make_optimizer(raw, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_factor(cfg.warmup))
+    ema = make_ema(raw, cfg.ema_decay)
+    optimizer = make_optimizer(raw, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_factor(cfg.warmup))
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    losses: list[float] = []
-    grad_norms: list[float] = []
-    start_step, elapsed, streak = 0, 0.0, 0
-    last_ckpt: Path | None = None
-
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out)
-    if resume:
-        def pick() -> str | None:
-            found = latest_good_checkpoint(out)
-            return None if found is None else str(found[0])
+    return _Run(cfg=cfg, info=info, device=device, out=out, config=config, raw=raw, ema=ema, optimizer=optimizer,
+                scheduler=scheduler, params=params)
 
-        chosen = _on_main(info, pick)
+
+def _start(run: _Run, batch_fn: BatchFn, *, resume: bool, overwrite: bool) -> None:
+    """With ``resume``, restore the newest good checkpoint into ``run`` (or start at step 0 when there is
+    none); without, check (or, with ``overwrite``, clear) the run directory for a fresh start. Then rank 0
+    writes ``config.json``."""
+    cfg, info, out = run.cfg, run.info, run.out
+    if resume:
+        chosen = newest_checkpoint(out, info)
         if chosen is None:
             if info.is_main:
                 log.warning("%s has no checkpoint to resume from; starting at step 0", out)
         else:
-            last_ckpt = Path(chosen)
-            state = load_checkpoint(last_ckpt, map_location="cpu")
-            start_step, elapsed, streak = _restore(state, last_ckpt, cfg, info, raw, ema, optimizer, scheduler,
-                                                   batch_fn)
-            losses = [float(v) for v in state["history"]["loss"].tolist()]
-            grad_norms = [float(v) for v in state["history"]["grad_norm"].tolist()]
+            run.last_ckpt = chosen
+            state = load_checkpoint(chosen, map_location="cpu")
+            run.start_step, run.elapsed, run.streak = restore(state, chosen, cfg, info, run.raw, run.ema,
+                                                              run.optimizer, run.scheduler, batch_fn)
+            run.losses = [float(v) for v in state["history"]["loss"].tolist()]
+            run.grad_norms = [float(v) for v in state["history"]["grad_norm"].tolist()]
             if info.is_main:
-                log.info("resuming %s from %s (step %d of %d)", out, last_ckpt, start_step, cfg.steps)
+                log.info("resuming %s from %s (step %d of %d)", out, chosen, run.start_step, cfg.steps)
     else:
-        def check_fresh() -> None:
-            existing = list_checkpoints(out)
-            if existing and not overwrite:
-                raise CheckpointError(f"{out} already holds checkpoints of a run (newest: step {existing[-1][0]}); "
-                                      "pass --resume to continue it, or use another output directory")
-            for _, p in existing:
-                p.unlink(missing_ok=True)
-                p.with_name(p.name + ".sha256").unlink(missing_ok=True)
-
-        _on_main(info, check_fresh)
+        clear_checkpoints(out, info, overwrite)
 
     if info.is_main:
-        atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
-    logs = _Logs(out, start_step, losses, enabled=info.is_main)
+        atomic_write_text(out / "config.json", json.dumps(run.config, indent=2) + "\n")
 
-    fwd: nn.Module = raw
-    if info.enabled:
+
+def _wrap(run: _Run) -> nn.Module:
+    """The module handed to the loss: the model, in DDP under torchrun, compiled when ``cfg.compile``."""
+    fwd: nn.Module = run.raw
+    if run.info.enabled:
         fwd = nn.parallel.DistributedDataParallel(
-            raw, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=cfg.ddp_find_unused)
-    if cfg.compile:
+            run.raw, device_ids=[run.device.index] if run.device.type == "cuda" else None,
+            find_unused_parameters=run.cfg.ddp_find_unused)
+    if run.cfg.compile:
         fwd = torch.compile(fwd)
+    return fwd
 
-    state_view = TrainState(start_step, cfg.steps, raw, ema, optimizer, losses, out, info, device)
-    generator = torch.Generator(device=device)
-    bar = _progress_bar(cfg.steps, start_step, progress and info.is_main)
-    t0 = time.perf_counter()
-    window_t, window_step = t0, start_step
 
-    def save(k: int) -> None:
-        nonlocal last_ckpt
-        rng = distributed.all_gather_object(get_rng_state(), info)
-        if info.is_main:
-            path = checkpoint_path(out, k)
-            logs.flush()
-            save_checkpoint(path, {
-                "format": FORMAT,
-                "step": k,
-                "model": raw.state_dict(),
-                "ema": None if ema is raw else ema.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "train_config": to_jsonable(cfg),
-                "config": config,
-                "rng": rng,
-                "data": {"seed": cfg.seed, "next_step": k,
-                         "state": batch_fn.state_dict() if hasattr(batch_fn, "state_dict") else None},
-                "history": {"loss": torch.tensor(losses, dtype=torch.float64),
-                            "grad_norm": torch.tensor(grad_norms, dtype=torch.float64)},
-                "nonfinite_streak": streak,
-                "elapsed": elapsed + time.perf_counter() - t0,
-                "world_size": info.world_size,
-                "torch_version": str(torch.__version__),
-            })
-            prune_checkpoints(out, cfg.keep_last)
-            last_ckpt = path
-        else:
-            last_ckpt = checkpoint_path(out, k)
-        distributed.barrier(info)
-
-    try:
-        for step in range(start_step, cfg.steps):
-            k = step + 1
-            batch = _to_device(batch_fn(step, info.rank, info.world_size), device)
-            generator.manual_seed(step_seed(cfg.seed, step, info.rank, _STREAM_NOISE))
-            with autocast(device, cfg.amp):
-                per_sample, diag = _split_loss(loss_fn(fwd, batch, generator))
-            loss = per_sample.float().mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # on every rank, even a non-finite loss: DDP's all-reduce needs all of them
-            gnorm = _grad_norm(params, cfg.grad_clip).to(device)
-            ok = torch.isfinite(loss.detach()) & torch.isfinite(gnorm)
-            reduced = distributed.all_reduce_sum(torch.stack([loss.detach(), (~ok).float()]), info)
-            loss_sum, n_bad, gn = torch.cat([reduced, gnorm.reshape(1).float()]).tolist()
-            loss_val = loss_sum / info.world_size
-            lr = scheduler.get_last_lr()[0]
-            if n_bad > 0:
-                optimizer.zero_grad(set_to_none=True)
-                streak += 1
-                if info.is_main:
-                    report = {"step": k, "event": "nonfinite", "loss": loss_val, "grad_norm": gn, "lr": lr,
-                              "streak": streak, "ranks_affected": int(n_bad),
-                              "diagnostics": _diagnose(per_sample, diag)}
-                    logs.record(report)
-                    log.warning("step %d: non-finite loss or gradient (loss=%s, grad_norm=%s), step skipped "
-                                "(%d in a row, stop at %d); diagnostics: %s", k, loss_val, gn, streak,
-                                cfg.max_nonfinite, json.dumps(report["diagnostics"]))
-            else:
-                optimizer.step()
-                _ema_update(ema, raw, cfg.ema_decay)
-                streak = 0
-            scheduler.step()
-            losses.append(loss_val)
-            grad_norms.append(gn)
-            logs.loss(k, loss_val)
-
-            if streak >= cfg.max_nonfinite:
-                where = f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint was written"
-                raise NonFiniteLossError(
-                    f"loss or gradient non-finite for {streak} consecutive steps (steps {k - streak + 1}-{k}; last "
-                    f"loss={loss_val}, grad_norm={gn}); run stopped, {where}; details in {out / 'metrics.jsonl'}",
-                    step=k, checkpoint=last_ckpt)
-
-            if k % cfg.log_every == 0 or k == cfg.steps:
-                now = time.perf_counter()
-                rec = {"step": k, "loss": _window_mean(losses[window_step:k]),
-                       "grad_norm": _window_mean(grad_norms[window_step:k]), "lr": lr,
-                       "seconds": elapsed + now - t0,
-                       "samples_per_s": (k - window_step) * cfg.batch_size / max(now - window_t, 1e-9),
-                       "nonfinite": sum(not math.isfinite(v) for v in losses[window_step:k])}
-                logs.record(rec)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{rec['loss']:.4g}", samples_s=f"{rec['samples_per_s']:.3g}", refresh=False)
-                window_t, window_step = now, k
-            if bar is not None:
-                bar.update(1)
-
-            if info.is_main and callbacks:
-                state_view.step = k
-                with _rng_preserved(device):
-                    for cb in callbacks:
-                        cb(k, state_view)
-            if (cfg.ckpt_every and k % cfg.ckpt_every == 0) or k == cfg.steps:
-                save(k)
-    finally:
+def _run_steps(run: _Run, fwd: nn.Module, loss_fn: LossFn, batch_fn: BatchFn, callbacks: Sequence[Callback],
+               logs: TrainLogs, bar: Any) -> None:
+    """Steps ``start_step + 1 .. cfg.steps``: each trains (:func:`_step`), then logs (every ``log_every``
+    steps and at the last), runs the callbacks (rank 0) and checkpoints (every ``ckpt_every`` steps and at
+    the last)."""
+    cfg, info = run.cfg, run.info
+    state_view = TrainState(run.start_step, cfg.steps, run.raw, run.ema, run.optimizer, run.losses, run.out, info,
+                            run.device)
+    generator = torch.Generator(device=run.device)
+    run.t0 = time.perf_counter()
+    window_t, window_step = run.t0, run.start_step
+    for step in range(run.start_step, cfg.steps):
+        k = step + 1
+        lr = _step(run, step, fwd, loss_fn, batch_fn, generator, logs)
+        if k % cfg.log_every == 0 or k == cfg.steps:
+            window_t, window_step = _log_window(run, k, lr, window_t, window_step, logs, bar)
         if bar is not None:
-            bar.close()
-        if logs.enabled:
-            logs.flush()
-        logs.close()
+            bar.update(1)
 
-    seconds = elapsed + time.perf_counter() - t0 if cfg.steps > start_step else elapsed
-    return TrainResult(model=raw, ema_model=ema, losses=losses, steps=cfg.steps, train_seconds=seconds,
-                       final_loss=losses[-1] if losses else math.nan, grad_norms=grad_norms,
-                       checkpoint=last_ckpt, start_step=start_step)
-
-
-def _progress_bar(total: int, initial: int, enabled: bool):
-    if not enabled or initial >= total:
-        return None
-    from tqdm.auto import tqdm
-
-    # disable=None: tqdm hides itself when stderr is not a terminal
-    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, disable=None)
+        if info.is_main and callbacks:
+            state_view.step = k
+            with _rng_preserved(run.device):
+                for cb in callbacks:
+                    cb(k, state_view)
+        if (cfg.ckpt_every and k % cfg.ckpt_every == 0) or k == cfg.steps:
+            _save(run, k, batch_fn, logs)
 
 
-def _restore(state: dict, path: Path, cfg: TrainConfig, info: DistInfo, raw: nn.Module, ema: nn.Module,
-             optimizer: torch.optim.Optimizer, scheduler: Any, batch_fn: BatchFn) -> tuple[int, float, int]:
-    """Load a checkpoint's states into the training objects; returns (step, elapsed seconds, streak)."""
-    step = int(state["step"])
-    if step > cfg.steps:
-        raise ConfigError(f"steps {cfg.steps} is below the step {step} of {path}, which --resume continues from")
-    try:
-        raw.load_state_dict(state["model"])
-        if ema is not raw:
-            ema.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"{path} does not fit this model/optimizer: {' '.join(str(e).split())}") from None
-    scheduler.load_state_dict(state["scheduler"])
-    if info.is_main:
-        changes = _config_changes(state.get("train_config", {}), dataclasses.asdict(cfg))
-        if changes:
-            log.warning("resuming with changed training settings: %s", "; ".join(changes))
-    rngs = state.get("rng") or []
-    if len(rngs) == info.world_size:
-        set_rng_state(rngs[info.rank])
-    else:
-        seed_everything(step_seed(cfg.seed, step, info.rank, 3) % 2**32)
+def _step(run: _Run, step: int, fwd: nn.Module, loss_fn: LossFn, batch_fn: BatchFn, generator: torch.Generator,
+          logs: TrainLogs) -> float:
+    """Optimizer step ``step + 1`` on this rank; returns the learning rate it used. A non-finite loss or
+    gradient on any rank skips the update on all of them and is reported; :class:`NonFiniteLossError` after
+    ``cfg.max_nonfinite`` such steps in a row."""
+    cfg, info, k = run.cfg, run.info, step + 1
+    batch = to_device(batch_fn(step, info.rank, info.world_size), run.device)
+    generator.manual_seed(step_seed(cfg.seed, step, info.rank, STREAM_NOISE))
+    with autocast(run.device, cfg.amp):
+        per_sample, diag = split_loss(loss_fn(fwd, batch, generator))
+    loss = per_sample.float().mean()
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()  # on every rank, even a non-finite loss: DDP's all-reduce needs all of them
+    gnorm = grad_norm(run.params, cfg.grad_clip).to(run.device)
+    ok = torch.isfinite(loss.detach()) & torch.isfinite(gnorm)
+    reduced = distributed.all_reduce_sum(torch.stack([loss.detach(), (~ok).float()]), info)
+    loss_sum, n_bad, gn = torch.cat([reduced, gnorm.reshape(1).float()]).tolist()
+    loss_val = loss_sum / info.world_size
+    lr = run.scheduler.get_last_lr()[0]
+    if n_bad > 0:
+        run.optimizer.zero_grad(set_to_none=True)
+        run.streak += 1
         if info.is_main:
-            log.warning("%s was written by %d rank(s), this run has %d: global RNGs re-seeded, not restored",
-                        path, len(rngs), info.world_size)
-    data_state = (state.get("data") or {}).get("state")
-    if data_state is not None and hasattr(batch_fn, "load_state_dict"):
-        batch_fn.load_state_dict(data_state)
-    return step, float(state.get("elapsed", 0.0)), int(state.get("nonfinite_streak", 0))
+            report = {"step": k, "event": "nonfinite", "loss": loss_val, "grad_norm": gn, "lr": lr,
+                      "streak": run.streak, "ranks_affected": int(n_bad),
+                      "diagnostics": diagnose(per_sample, diag)}
+            logs.record(report)
+            log.warning("step %d: non-finite loss or gradient (loss=%s, grad_norm=%s), step skipped "
+                        "(%d in a row, stop at %d); diagnostics: %s", k, loss_val, gn, run.streak,
+                        cfg.max_nonfinite, json.dumps(report["diagnostics"]))
+    else:
+        run.optimizer.step()
+        ema_update(run.ema, run.raw, cfg.ema_decay)
+        run.streak = 0
+    run.scheduler.step()
+    run.losses.append(loss_val)
+    run.grad_norms.append(gn)
+    logs.loss(k, loss_val)
+
+    if run.streak >= cfg.max_nonfinite:
+        streak, last_ckpt = run.streak, run.last_ckpt
+        where = f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint was written"
+        raise NonFiniteLossError(
+            f"loss or gradient non-finite for {streak} consecutive steps (steps {k - streak + 1}-{k}; last "
+            f"loss={loss_val}, grad_norm={gn}); run stopped, {where}; details in {run.out / 'metrics.jsonl'}",
+            step=k, checkpoint=last_ckpt)
+    return lr
+
+
+def _log_window(run: _Run, k: int, lr: float, window_t: float, window_step: int, logs: TrainLogs,
+                bar: Any) -> tuple[float, int]:
+    """Record steps ``window_step + 1 .. k`` (mean loss and gradient norm, throughput) in metrics.jsonl,
+    TensorBoard and the bar; returns the start ``(time, step)`` of the next window."""
+    losses = run.losses
+    now = time.perf_counter()
+    rec = {"step": k, "loss": window_mean(losses[window_step:k]),
+           "grad_norm": window_mean(run.grad_norms[window_step:k]), "lr": lr,
+           "seconds": run.elapsed + now - run.t0,
+           "samples_per_s": (k - window_step) * run.cfg.batch_size / max(now - window_t, 1e-9),
+           "nonfinite": sum(not math.isfinite(v) for v in losses[window_step:k])}
+    logs.record(rec)
+    if bar is not None:
+        bar.set_postfix(loss=f"{rec['loss']:.4g}", samples_s=f"{rec['samples_per_s']:.3g}", refresh=False)
+    return now, k
+
+
+def _save(run: _Run, k: int, batch_fn: BatchFn, logs: TrainLogs) -> None:
+    """Checkpoint step ``k``: every rank's global RNG states are gathered, rank 0 writes the file (after
+    flushing the logs) and prunes old ones, and all ranks wait for it."""
+    cfg, info = run.cfg, run.info
+    rng = distributed.all_gather_object(get_rng_state(), info)
+    if info.is_main:
+        path = checkpoint_path(run.out, k)
+        logs.flush()
+        save_checkpoint(path, {
+            "format": FORMAT,
+            "step": k,
+            "model": run.raw.state_dict(),
+            "ema": None if run.ema is run.raw else run.ema.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "train_config": to_jsonable(cfg),
+            "config": run.config,
+            "rng": rng,
+            "data": {"seed": cfg.seed, "next_step": k,
+                     "state": batch_fn.state_dict() if hasattr(batch_fn, "state_dict") else None},
+            "history": {"loss": torch.tensor(run.losses, dtype=torch.float64),
+                        "grad_norm": torch.tensor(run.grad_norms, dtype=torch.float64)},
+            "nonfinite_streak": run.streak,
+            "elapsed": run.elapsed + time.perf_counter() - run.t0,
+            "world_size": info.world_size,
+            "torch_version": str(torch.__version__),
+        })
+        prune_checkpoints(run.out, cfg.keep_last)
+        run.last_ckpt = path
+    else:
+        run.last_ckpt = checkpoint_path(run.out, k)
+    distributed.barrier(info)

@@ -167,7 +167,7 @@ class SelfAttention2d(nn.Module):
     - ``"math"`` (default): explicit matmul + softmax. Twice differentiable everywhere (needed by exact SM,
       SSM and SSM-VR), memory O((HW)²) per head.
     - ``"sdpa"``: :func:`torch.nn.functional.scaled_dot_product_attention`. Faster on GPU, but its fused
-      kernels have no double backward (on CPU it fails even for the default kernel, DESIGN.md §5): use it
+      kernels have no double backward (on CPU it fails even for the default kernel): use it
       only with first-order objectives (dsm, lcss, fdssm), or wrap the call in
       ``torch.nn.attention.sdpa_kernel(SDPBackend.MATH)``.
     """

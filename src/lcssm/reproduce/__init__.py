@@ -63,6 +63,8 @@ TARGETS: dict[str, Target] = {
         Target("table2", "table2", "ms per training step of exact SM, SSM, SSM-VR, FD-SSM, DSM, LCSS on the "
                "checkerboard MLP and an NCSNv2 network (paper Table 2)"),
         Target("fig7", "fig7", "LCSS gamma ablation (0.5, 1, 2, 10) on digits: sample grids, BPD (paper Fig. 7)"),
+        Target("digits", "digits", "LCSS, DSM, SSM-VR and FD-SSM on the digits image preset: s/step, test bits/dim, "
+               "digits-FID/KID of PC and ODE samples, sample grids (docs/DIGITS.md)"),
         Target("equivalence", "equivalence", "LCSS vs DSM: loss identity and gradient difference for VE / VP / "
                "subVP and centers marginal / data; the data-center bias"),
         Target("variance", "variance", "gradient variance of each objective as sigma shrinks; score error "

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from lcssm.device import make_generator, resolve_device
 from lcssm.diffusion import diffusion_loss
 from lcssm.models import ScoreMLP, build_model
+from lcssm.models.precond import ScoreModel
 from lcssm.reproduce.report import Table, machine_info
 from lcssm.reproduce.steps import LABELS, make_train_step, seeded
 from lcssm.reproduce.timing import TimingStats, cuda_peak_memory, graph_memory, paired_ratio, time_round_robin
@@ -54,42 +55,24 @@ SIZES = {
 
 
 # ------------------------------------------------------------------------------------------- models
-class _TimeMLP(nn.Module):
-    """Time-conditional score MLP ``s(x, t)`` used through the diffusion loss like the U-Net."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.net = ScoreMLP(dim=dim, hidden=hidden, n_hidden=3, activation="silu", time_embed="sinusoidal")
-
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.net(x, t)
-
-
 def _setup(kind: str, cfg: dict, seed: int, device: torch.device, *, dim: int | None = None,
-           image_size: int | None = None) -> tuple[nn.Module, Callable, Tensor, VESDE]:
-    """(model, score_model(model) -> (x, t) -> s, a data batch, the SDE)."""
+           image_size: int | None = None) -> tuple[ScoreModel, Tensor, VESDE]:
+    """(score model ``s(x, t)``, a data batch, the SDE): a time-conditional score MLP or the U-Net preset, each
+    wrapped in :class:`~lcssm.models.precond.ScoreModel` (no input/output scaling), which hands the U-Net σ_t."""
     g = make_generator(seed)
+    sde = VESDE(sigma_min=0.01, sigma_max=10.0)
     if kind == "mlp":
         d = dim or cfg["mlp_dim"]
-        sde = VESDE(sigma_min=0.01, sigma_max=10.0)
         with seeded(seed):
-            model = _TimeMLP(d, cfg["mlp_hidden"]).to(device)
+            backbone = ScoreMLP(dim=d, hidden=cfg["mlp_hidden"], n_hidden=3, activation="silu",
+                                time_embed="sinusoidal")
         x = torch.randn(cfg["mlp_batch"], d, generator=g).to(device)
-
-        def wrap(m: nn.Module) -> Callable:
-            return lambda xt, t: m(xt, t)
-
-        return model, wrap, x, sde
-    sde = VESDE(sigma_min=0.01, sigma_max=10.0)
+        return ScoreModel(backbone, sde).to(device), x, sde
     image_size = image_size or cfg["unet_size"]
     with seeded(seed):
-        model = build_model(cfg["unet"], image_size=image_size, nf=cfg["unet_nf"]).to(device)
+        backbone = build_model(cfg["unet"], image_size=image_size, nf=cfg["unet_nf"])
     x = (torch.rand(cfg["unet_batch"], 1, image_size, image_size, generator=g) * 2 - 1).to(device)
-
-    def wrap(m: nn.Module) -> Callable:
-        return lambda xt, t: m(xt, t, sigma=sde.marginal_coefficients(t)[1])
-
-    return model, wrap, x, sde
+    return ScoreModel(backbone, sde).to(device), x, sde
 
 
 def _loss_fn(variant: str, score_model: Callable, sde: VESDE, x: Tensor) -> Callable[[torch.Generator], Tensor]:
@@ -105,11 +88,11 @@ def _loss_fn(variant: str, score_model: Callable, sde: VESDE, x: Tensor) -> Call
 
 
 def _steps(kind: str, cfg: dict, variants: Sequence[str], seed: int, device: torch.device, **setup_kw) -> dict:
-    base, wrap, x, sde = _setup(kind, cfg, seed, device, **setup_kw)
+    base, x, sde = _setup(kind, cfg, seed, device, **setup_kw)
     out = {}
     for v in variants:
         m = copy.deepcopy(base)
-        out[v] = make_train_step(m, _loss_fn(v, wrap(m), sde, x), lr=1e-4, seed=seed, device=device)
+        out[v] = make_train_step(m, _loss_fn(v, m, sde, x), lr=1e-4, seed=seed, device=device)
     return out
 
 
@@ -131,11 +114,11 @@ def step_ratios(kind: str, cfg: dict, seed: int, device: torch.device) -> dict:
 
 
 def memory(kind: str, cfg: dict, seed: int, device: torch.device) -> dict[str, dict[str, float | None]]:
-    base, wrap, x, sde = _setup(kind, cfg, seed, device)
+    base, x, sde = _setup(kind, cfg, seed, device)
     out = {}
     for v in OBJECTIVES + ("bare",):
         m = copy.deepcopy(base)
-        fn = _loss_fn(v, wrap(m), sde, x)
+        fn = _loss_fn(v, m, sde, x)
         g = make_generator(seed, device)
         saved = graph_memory(lambda fn=fn, g=g: fn(g).mean())
 
@@ -168,9 +151,8 @@ def sampler_overhead(kind: str, cfg: dict, seed: int, device: torch.device) -> d
     seconds / (NFE × one evaluation)."""
     from lcssm.sampling import ode_sample, pc_sample
 
-    model, wrap, x, sde = _setup(kind, cfg, seed, device)
-    model.eval()
-    score = wrap(model)
+    model, x, sde = _setup(kind, cfg, seed, device)
+    score = model.eval()
     shape = (cfg["sample_batch"], *x.shape[1:])
     xb = torch.randn(shape, generator=make_generator(seed)).to(device)
     tb = torch.full((shape[0],), 0.5, device=device)

@@ -66,13 +66,22 @@ def _flat_grad(net: nn.Module) -> Tensor:
                       for p in net.parameters()])
 
 
-def _loss_and_grad(net: nn.Module, sde: SDE, x0: Tensor, t: Tensor, z: Tensor, objective: str, center: str,
-                   weighting: str, **kw) -> tuple[Tensor, Tensor]:
+def _loss_and_grad(net: nn.Module, sde: SDE, x0: Tensor, t: Tensor, noise_seed: int, objective: str, center: str,
+                   weighting: str, **options) -> tuple[Tensor, Tensor]:
+    """Per-sample loss and flat parameter gradient of ``diffusion_loss`` at the given ``t``, its noise drawn from
+    a generator seeded with ``noise_seed`` (the objectives take no noise argument: the same seed is the same z,
+    see :func:`_noise`)."""
     net.zero_grad(set_to_none=True)
     loss = diffusion_loss(lambda x, tt: net(x, tt), sde, x0, objective=objective, center=center,
-                          weighting=weighting, t=t, z=z, **kw)
+                          weighting=weighting, t=t, generator=make_generator(noise_seed), **options)
     loss.mean().backward()
     return loss.detach(), _flat_grad(net)
+
+
+def _noise(x0: Tensor, noise_seed: int) -> Tensor:
+    """The z that dsm and lcss (one sample) draw from a fresh generator seeded with ``noise_seed`` when ``t`` is
+    given: their first and only draw, ``randn`` of x0's shape in x0's dtype."""
+    return torch.randn(x0.shape, generator=make_generator(noise_seed), dtype=x0.dtype)
 
 
 def _rel(a: Tensor, b: Tensor) -> float:
@@ -80,13 +89,13 @@ def _rel(a: Tensor, b: Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
 
 
-def _draw(net_name: str, batch: int, sde: SDE, seed: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+def _draw(net_name: str, batch: int, seed: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, int]:
+    """(x0, t, noise seed) of one draw."""
     g = make_generator(seed)
     x0 = _data(net_name, batch, g).to(dtype)
     t = (1e-5 + (1 - 1e-5) * torch.rand(batch, generator=g)).to(dtype)
     t[0] = 1e-5  # always include the smallest σ_t, where a 1/σ² would be largest
-    z = torch.randn(x0.shape, generator=g).to(dtype)
-    return x0, t, z
+    return x0, t, seed + 7919
 
 
 def identity_check(net: nn.Module, net_name: str, sde: SDE, center: str, weighting: str, dtype: torch.dtype,
@@ -94,9 +103,10 @@ def identity_check(net: nn.Module, net_name: str, sde: SDE, center: str, weighti
     """Residual of ``dsm − lcss = ½(√λ/σ)²‖z‖²`` (relative to the largest per-sample loss, i.e. in units of
     the round-off of the computation) and the relative gradient difference, for one draw of (x0, t, z)."""
     net = net.to(dtype)
-    x0, t, z = _draw(net_name, batch, sde, seed, dtype)
-    l_dsm, g_dsm = _loss_and_grad(net, sde, x0, t, z, "dsm", center, weighting)
-    l_lcss, g_lcss = _loss_and_grad(net, sde, x0, t, z, "lcss", center, weighting)
+    x0, t, noise = _draw(net_name, batch, seed, dtype)
+    l_dsm, g_dsm = _loss_and_grad(net, sde, x0, t, noise, "dsm", center, weighting)
+    l_lcss, g_lcss = _loss_and_grad(net, sde, x0, t, noise, "lcss", center, weighting)
+    z = _noise(x0, noise)
     _, std = sde.marginal(x0, t)
     if weighting == "sigma2":
         ratio = torch.ones_like(std)
@@ -113,15 +123,14 @@ def identity_check(net: nn.Module, net_name: str, sde: SDE, center: str, weighti
 def divergence_check(net: nn.Module, net_name: str, sde: SDE, batch: int, seed: int) -> dict[str, float]:
     """Relative gradient difference to DSM (marginal center, same t and z) of the variants that are not DSM."""
     net = net.to(torch.float64)
-    x0, t, z = _draw(net_name, batch, sde, seed, torch.float64)
-    _, g_dsm = _loss_and_grad(net, sde, x0, t, z, "dsm", "marginal", "sigma2")
+    x0, t, noise = _draw(net_name, batch, seed, torch.float64)
+    _, g_dsm = _loss_and_grad(net, sde, x0, t, noise, "dsm", "marginal", "sigma2")
     out = {}
     for key, kw in (("gamma=0.5", {"gamma": 0.5}), ("gamma=2", {"gamma": 2.0}), ("gamma=10", {"gamma": 10.0}),
                     ("antithetic", {"antithetic": True})):
-        out[key] = _rel(_loss_and_grad(net, sde, x0, t, z, "lcss", "marginal", "sigma2", **kw)[1], g_dsm)
-    out["center=data"] = _rel(_loss_and_grad(net, sde, x0, t, z, "lcss", "data", "sigma2")[1], g_dsm)
-    z2 = torch.randn(z.shape, generator=make_generator(seed + 1)).to(z)
-    out["dsm fresh z"] = _rel(_loss_and_grad(net, sde, x0, t, z2, "dsm", "marginal", "sigma2")[1], g_dsm)
+        out[key] = _rel(_loss_and_grad(net, sde, x0, t, noise, "lcss", "marginal", "sigma2", **kw)[1], g_dsm)
+    out["center=data"] = _rel(_loss_and_grad(net, sde, x0, t, noise, "lcss", "data", "sigma2")[1], g_dsm)
+    out["dsm fresh z"] = _rel(_loss_and_grad(net, sde, x0, t, noise + 1, "dsm", "marginal", "sigma2")[1], g_dsm)
     return out
 
 
@@ -156,8 +165,27 @@ def run(ctx: Context) -> Report:
     sdes = {name: get_sde(name) for name in SDE_NAMES}
     nets = _networks(ctx.seed)
     batch = {"MLP (2-D)": cfg["batch_mlp"], "U-Net tiny (8x8)": cfg["batch_unet"]}
-    R = cfg["repeats"]
+    worst = _identity_section(ctx, cfg, report, sdes, nets, batch)
+    _unweighted_section(ctx, report, sdes, nets["MLP (2-D)"], batch["MLP (2-D)"])
+    _divergence_section(ctx, cfg, report, sdes, nets, batch)
+    weighted = _bias_section(ctx, cfg, report, sdes)
+    f64 = worst.get(("f64", "marginal"), math.nan)
+    report.section("Verdict")
+    report.text(
+        f"- For γ = 1 and a shared center, LCSS and DSM have the same parameter gradient to float precision "
+        f"(worst relative difference {f64:.1e} in float64, {worst.get(('f32', 'marginal'), math.nan):.1e} in "
+        "float32): any speed or quality difference between them in the paper cannot come from the objective.\n"
+        "- LCSS differs from DSM only through γ ≠ 1 (a rescaled minimiser), variance reduction (antithetic pairs, "
+        "more samples), or the data center, which for VP/subVP trains toward the score of a different "
+        f"distribution (λ-weighted relative score error VP {weighted['vp']:.3g}, subVP {weighted['subvp']:.3g}; "
+        f"VE {weighted['ve']:.1g}).")
+    return report
 
+
+def _identity_section(ctx: Context, cfg: dict, report: Report, sdes: dict[str, SDE], nets: dict[str, nn.Module],
+                      batch: dict[str, int]) -> dict[tuple[str, str], float]:
+    """Section 1; returns the worst gradient difference per (precision, center)."""
+    R = cfg["repeats"]
     report.section("1. The identity dsm − lcss = ½‖z‖²·λ/σ_t² (γ = 1, same t and z)")
     rows, worst = [], {}
     for net_name, net in nets.items():
@@ -182,13 +210,15 @@ def run(ctx: Context) -> Report:
         f"unit round-offs are 6.0e-08 and 1.1e-16. Inputs: checkerboard points (MLP), training digits (U-Net; "
         f"uniform noise images if scikit-learn is absent)."))
     report.results["worst_grad_diff"] = {f"{k[0]}_{k[1]}": v for k, v in worst.items()}
+    return worst
 
+
+def _unweighted_section(ctx: Context, report: Report, sdes: dict[str, SDE], mlp: nn.Module, batch: int) -> None:
     rows = []
-    mlp = nets["MLP (2-D)"]
     for sde_name, sde in sdes.items():
         row = [sde_name]
         for dtype in (torch.float32, torch.float64):
-            res = identity_check(mlp, "MLP (2-D)", sde, "marginal", "none", dtype, batch["MLP (2-D)"], ctx.seed)
+            res = identity_check(mlp, "MLP (2-D)", sde, "marginal", "none", dtype, batch, ctx.seed)
             row += [res["loss"], res["grad"]]
         row += [res["min_sigma"], res["max_loss"]]
         rows.append(row)
@@ -202,6 +232,10 @@ def run(ctx: Context) -> Report:
         "~1e7 times larger. This is DSM's 'σ → 0 dilemma' (paper Sec. 2.3) and equally LCSS's; λ = σ_t² removes "
         "it for both."))
 
+
+def _divergence_section(ctx: Context, cfg: dict, report: Report, sdes: dict[str, SDE], nets: dict[str, nn.Module],
+                        batch: dict[str, int]) -> None:
+    R = cfg["repeats"]
     report.section("2. Where LCSS is not DSM")
     rows = []
     for net_name, net in nets.items():
@@ -220,6 +254,9 @@ def run(ctx: Context) -> Report:
         "minimiser to γ·∇log p_t (it minimises γ·sᵀz/σ + ½‖s‖² pointwise), a systematic difference; antithetic "
         "pairs change only the noise."))
 
+
+def _bias_section(ctx: Context, cfg: dict, report: Report, sdes: dict[str, SDE]) -> dict[str, float]:
+    """Section 3; returns the λ-weighted relative score error of the data center per SDE."""
     report.section("3. Bias of the data center (closed form, checkerboard)")
     n_t = cfg["t_grid"]
     ts = [1e-3 + (1 - 1e-3) * i / (n_t - 1) for i in range(n_t)]
@@ -235,9 +272,8 @@ def run(ctx: Context) -> Report:
             den += b["sigma"] ** 2 * b["ref"]
         curves[sde_name] = rel
         weighted[sde_name] = num / den
-    show_t = [0.01, 0.1, 0.3, 0.5, 0.7, 1.0]
     rows = []
-    for t in show_t:
+    for t in (0.01, 0.1, 0.3, 0.5, 0.7, 1.0):
         row = [t]
         for sde in sdes.values():
             b = data_center_bias(sde, t, cfg["bias_points"], ctx.seed + 7)
@@ -251,7 +287,14 @@ def run(ctx: Context) -> Report:
         f"marginal the sampler integrates. Last row: average over {n_t} t in [1e-3, 1] weighted by λ = σ_t², the "
         "weighting of the loss. VE is exactly unbiased (α_t = 1); for subVP, α_t² + σ_t² ≠ 1 as well."))
     report.results["data_center_bias_curves"] = {"t": ts, **curves}
+    path = ctx.out_dir / "data_center_bias.png"
+    _plot_bias(path, ts, curves)
+    report.figure(path, "Relative error of the score learned with the data center against ∇log p_t, over t "
+                        "(VE is 0 and drawn at the 1e-12 floor).")
+    return weighted
 
+
+def _plot_bias(path, ts: list[float], curves: dict[str, list[float]]) -> None:
     from lcssm.plots import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -262,19 +305,4 @@ def run(ctx: Context) -> Report:
     ax.set_ylabel("relative score error of the data center")
     ax.set_title("LCSS with the data center vs the marginal score (checkerboard)")
     ax.legend()
-    path = ctx.out_dir / "data_center_bias.png"
     save_figure(fig, path)
-    report.figure(path, "Relative error of the score learned with the data center against ∇log p_t, over t "
-                        "(VE is 0 and drawn at the 1e-12 floor).")
-
-    f64 = worst.get(("f64", "marginal"), math.nan)
-    report.section("Verdict")
-    report.text(
-        f"- For γ = 1 and a shared center, LCSS and DSM have the same parameter gradient to float precision "
-        f"(worst relative difference {f64:.1e} in float64, {worst.get(('f32', 'marginal'), math.nan):.1e} in "
-        "float32): any speed or quality difference between them in the paper cannot come from the objective.\n"
-        "- LCSS differs from DSM only through γ ≠ 1 (a rescaled minimiser), variance reduction (antithetic pairs, "
-        "more samples), or the data center, which for VP/subVP trains toward the score of a different "
-        f"distribution (λ-weighted relative score error VP {weighted['vp']:.3g}, subVP {weighted['subvp']:.3g}; "
-        f"VE {weighted['ve']:.1g}).")
-    return report

@@ -8,31 +8,33 @@ features to the test set, mean top-class probability), bits/dim on test digits (
 ratio of its score norm to γ = 1's. Pointwise, γ·sᵀz/σ + ½‖s‖² is minimised by s = γ·E[−z/σ | x′] =
 γ·∇log p_t(x′): γ rescales the learned score, which the ratio measures.
 
-Built directly on the trainer, :func:`lcssm.diffusion.diffusion_loss`, :func:`lcssm.sampling.pc_sample` and
-:func:`lcssm.likelihood.bits_per_dim`. The digits data are the grey levels k/16 mapped to [−1, 1]; bits/dim
+Each γ is one run of the pipeline: the ``digits`` preset's spec (:func:`lcssm.experiments.presets.image_spec`) with
+γ and this target's training settings, trained by :func:`lcssm.experiments.pipeline.train_run`, sampled with the
+sampler registry (:func:`lcssm.samplers.draw`) and measured by :func:`lcssm.experiments.pipeline.bpd_run`. The
+digits data are the grey levels k/16 mapped to [−1, 1]; bits/dim
 dequantizes the 17 levels uniformly (n_bins = 17), which matches the training data up to the 16-vs-17 spacing —
 the same for every γ, so the comparison across γ is fair while the absolute value is an upper bound.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from lcssm.device import make_generator
 from lcssm.errors import DataError
 from lcssm.reproduce import Context, TargetUnavailable
 from lcssm.reproduce.report import Report, Table
-from lcssm.reproduce.steps import seeded
 
 if TYPE_CHECKING:
+    from lcssm.experiments.pipeline import Run
+    from lcssm.models.precond import ScoreModel
     from lcssm.sde import SDE
-    from lcssm.train import TrainResult
 
 GAMMAS = (0.5, 1.0, 2.0, 10.0)
 SETTINGS = {
@@ -51,50 +53,44 @@ def _imports():
     try:
         from lcssm.data.digits import load_digits
         from lcssm.features import digits_features
-        from lcssm.likelihood import bits_per_dim
-        from lcssm.sampling import pc_sample
 
         load_digits("test")  # needs scikit-learn
     except ImportError as e:
         raise TargetUnavailable(f"fig7 needs the digits pipeline pieces ({e})") from e
     except DataError as e:
         raise TargetUnavailable(f"fig7 needs the digits data ({e})") from e
-    return load_digits, digits_features, bits_per_dim, pc_sample
+    return load_digits, digits_features
 
 
-def _score_model(model: nn.Module, sde: SDE) -> Callable[[Tensor, Tensor], Tensor]:
-    return lambda x, t: model(x, t, sigma=sde.marginal_coefficients(t)[1])
+def gamma_spec(gamma: float, cfg: dict, ctx: Context):
+    """The RunSpec of one γ: the digits preset at width ``nf`` trained with LCSS(γ) and this size's settings (no
+    periodic grids), its PC sampler at ``pc_steps`` steps down to t = 1e-3, seeded with ``seed + 3``."""
+    from lcssm.config import TrainConfig
+    from lcssm.experiments.presets import ImagePreset, image_spec
+
+    spec = image_spec(ImagePreset(preset="digits", nf=cfg["nf"]))
+    train = TrainConfig(steps=cfg["steps"], batch_size=cfg["batch"], lr=cfg["lr"], warmup=cfg["warmup"],
+                        grad_clip=1.0, ema_decay=cfg["ema"], log_every=max(1, cfg["steps"] // 20), seed=ctx.seed,
+                        device=str(ctx.device))
+    sampler = dataclasses.replace(spec.sampler, name="pc", n_samples=cfg["n_samples"], n_steps=cfg["pc_steps"],
+                                  predictor="reverse_diffusion", corrector="langevin", snr=0.16, n_corrector_steps=1,
+                                  t_min=1e-3, denoise=True, seed=ctx.seed + 3, batch_size=0)
+    return dataclasses.replace(spec, objective=dataclasses.replace(spec.objective, name="lcss", gamma=gamma),
+                               train=train, sampler=sampler, grids=dataclasses.replace(spec.grids, every=0))
 
 
-def train_gamma(gamma: float, cfg: dict, ctx: Context, data: Tensor, out_dir: Path
-                ) -> tuple[nn.Module, SDE, TrainResult]:
-    """Train the digits U-Net with LCSS(γ); returns the EMA model (eval mode), the SDE and the train result."""
-    from lcssm.diffusion import diffusion_loss
-    from lcssm.models import build_model
-    from lcssm.models.presets import get_preset
-    from lcssm.sde import VESDE
-    from lcssm.train import TrainConfig, tensor_batches, train
+def train_gamma(gamma: float, cfg: dict, ctx: Context, out_dir: Path) -> tuple[Run, dict[str, Any]]:
+    """Train the digits U-Net with LCSS(γ) in ``out_dir``; returns the opened run (its EMA model) and the train
+    record."""
+    from lcssm.experiments.pipeline import open_run, train_run
 
-    preset = get_preset("digits")
-    sde = VESDE(sigma_min=preset.training["sigma_min"], sigma_max=preset.training["sigma_max"])
-    with seeded(ctx.seed):
-        model = build_model("digits", nf=cfg["nf"])
-
-    def loss_fn(m: nn.Module, x: Tensor, g: torch.Generator) -> Tensor:
-        return diffusion_loss(_score_model(m, sde), sde, x, objective="lcss", gamma=gamma, generator=g)
-
-    tcfg = TrainConfig(steps=cfg["steps"], batch_size=cfg["batch"], lr=cfg["lr"], warmup=cfg["warmup"],
-                       grad_clip=1.0, ema_decay=cfg["ema"], log_every=max(1, cfg["steps"] // 20), seed=ctx.seed,
-                       device=str(ctx.device))
-    result = train(model, loss_fn, tensor_batches(data, cfg["batch"], ctx.seed), tcfg, out_dir,
-                   run_config={"target": "fig7", "gamma": gamma, **cfg}, progress=ctx.progress, overwrite=True)
-    return result.ema_model.eval(), sde, result
+    records = train_run(gamma_spec(gamma, cfg, ctx), out_dir, overwrite=True, progress=ctx.progress)
+    return open_run(out_dir, ctx.device), records["train"]
 
 
-def score_norm(model: nn.Module, sde: SDE, x0: Tensor, seed: int) -> list[float]:
+def score_norm(model: ScoreModel, sde: SDE, x0: Tensor, seed: int) -> list[float]:
     """Mean ‖s_θ(x_t, t)‖ over test images x0 at each of NORM_TIMES (same noise for every model)."""
     out = []
-    score = _score_model(model, sde)
     dev = next(model.parameters()).device
     for i, t in enumerate(NORM_TIMES):
         g = make_generator(seed + i)
@@ -102,45 +98,48 @@ def score_norm(model: nn.Module, sde: SDE, x0: Tensor, seed: int) -> list[float]
         mean, std = sde.marginal(x0, tt)
         xt = mean + std.view(-1, 1, 1, 1) * torch.randn(x0.shape, generator=g)
         with torch.no_grad():
-            s = score(xt.to(dev), tt.to(dev))
+            s = model(xt.to(dev), tt.to(dev))
         out.append(float(s.flatten(1).norm(dim=1).mean()))
     return out
 
 
-def run(ctx: Context) -> Report:
-    load_digits, digits_features, bits_per_dim, pc_sample = _imports()
-    from lcssm.experiments.images import tile_images
+def measure_gamma(gamma: float, cfg: dict, ctx: Context, test_x: Tensor, test_feats: Tensor
+                  ) -> tuple[dict[str, Any], Tensor]:
+    """Train one γ and measure it: (its metrics, its first 64 samples clamped to [−1, 1])."""
+    from lcssm.experiments.pipeline import LikelihoodOptions, bpd_run
+    from lcssm.features import digits_features
     from lcssm.metrics import fid_from_features
-    from lcssm.plots import plt, save_figure
+    from lcssm.samplers import draw
+
+    run_dir = ctx.out_dir / "runs" / f"gamma_{gamma:g}"
+    run, tr = train_gamma(gamma, cfg, ctx, run_dir)
+    samples, _ = draw(run.score_fn, run.sde, run.spec.data.shape, run.spec.sampler, device=run.device)
+    finite = torch.isfinite(samples).flatten(1).all(1)
+    clamped = samples[finite].clamp(-1, 1)
+    feats, probs = digits_features(clamped) if len(clamped) >= 2 else (None, None)
+    fd = fid_from_features(feats, test_feats) if feats is not None else math.nan
+    bpd = bpd_run(run_dir, LikelihoodOptions(n=cfg["bpd_images"], rtol=cfg["bpd_tol"], atol=cfg["bpd_tol"],
+                                             seed=ctx.seed + 5), device=run.device)
+    norms = score_norm(run.model, run.sde, test_x[: cfg["norm_images"]], ctx.seed + 9)
+    result = {"fd": fd, "confidence": float(probs.max(1).values.mean()) if probs is not None else math.nan,
+              "bpd": bpd["bpd"], "bpd_se": bpd["bpd_se"], "nfe": bpd["nfe"], "norms": norms,
+              "non_finite": int((~finite).sum()), "sample_std": float(clamped.std()),
+              "final_loss": tr["final_loss"]}
+    return result, clamped[:64]
+
+
+def run(ctx: Context) -> Report:
+    load_digits, digits_features = _imports()
+    from lcssm.plots import plt, save_figure, tile_images
 
     cfg = ctx.pick(SETTINGS)
     report = ctx.report("fig7", "LCSS γ ablation on digits (paper Fig. 7)",
                         {**cfg, "gammas": list(GAMMAS), "torch_threads": torch.get_num_threads()})
-    train_x = load_digits("train")
     test_x = load_digits("test")
     test_feats, _ = digits_features(test_x)
-    dev = ctx.device
     results, grids = {}, {}
     for gamma in GAMMAS:
-        model, sde, tr = train_gamma(gamma, cfg, ctx, train_x, ctx.out_dir / "runs" / f"gamma_{gamma:g}")
-        g = make_generator(ctx.seed + 3, dev)
-        samples = pc_sample(_score_model(model, sde), sde, (cfg["n_samples"], 1, 8, 8), n_steps=cfg["pc_steps"],
-                            predictor="reverse_diffusion", corrector="langevin", snr=0.16, generator=g,
-                            device=dev).cpu()
-        finite = torch.isfinite(samples).flatten(1).all(1)
-        clamped = samples[finite].clamp(-1, 1)
-        feats, probs = digits_features(clamped) if len(clamped) >= 2 else (None, None)
-        fd = fid_from_features(feats, test_feats) if feats is not None else math.nan
-        levels = torch.round((test_x[: cfg["bpd_images"]] + 1) * 8).long()
-        bpd, nfe = bits_per_dim(_score_model(model, sde), sde, levels.to(dev), n_bins=17, scale="minus_one_one",
-                                generator=make_generator(ctx.seed + 5, dev), rtol=cfg["bpd_tol"],
-                                atol=cfg["bpd_tol"])
-        norms = score_norm(model, sde, test_x[: cfg["norm_images"]], ctx.seed + 9)
-        results[gamma] = {"fd": fd, "confidence": float(probs.max(1).values.mean()) if probs is not None else math.nan,
-                          "bpd": float(bpd.mean()), "bpd_se": float(bpd.std() / math.sqrt(len(bpd))), "nfe": nfe,
-                          "norms": norms, "non_finite": int((~finite).sum()),
-                          "sample_std": float(clamped.std()), "final_loss": tr.final_loss}
-        grids[gamma] = clamped[:64]
+        results[gamma], grids[gamma] = measure_gamma(gamma, cfg, ctx, test_x, test_feats)
     data_std = float(test_x.std())
     rows = []
     for gamma, r in results.items():

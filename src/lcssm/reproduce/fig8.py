@@ -39,11 +39,12 @@ def stability(losses: list[float]) -> dict[str, float | int]:
 def run(ctx: Context) -> Report:
     runs = toy_runs(ctx)
     cfg0 = runs["lcss"]["config"]
+    sigma = cfg0.objective.sigma
     d = 2
-    const = d / (2 * cfg0.sigma**2)
+    const = d / (2 * sigma**2)
     report = ctx.report("fig8", "Training-loss curves on the checkerboard (paper Fig. 8)", {
         "preset": ctx.pick(SIZES)["preset"], "steps": cfg0.train.steps, "batch": cfg0.train.batch_size,
-        "sigma": cfg0.sigma, "torch_threads": torch.get_num_threads(),
+        "sigma": sigma, "torch_threads": torch.get_num_threads(),
         "runs": str(runs["lcss"]["dir"].parent)})
     from lcssm.plots import plt, save_figure
 
@@ -90,7 +91,7 @@ def run(ctx: Context) -> Report:
         "fit the unsmoothed density, whose optimal J_SM is lower."))
     report.results["stability"] = {LABELS[o]: stability(runs[o]["losses"]) for o in OBJECTIVES}
     dsm, lcss = rows[OBJECTIVES.index("dsm")], rows[OBJECTIVES.index("lcss")]
-    const_std = math.sqrt(d / 2) / (cfg0.sigma**2 * math.sqrt(cfg0.train.batch_size))
+    const_std = math.sqrt(d / 2) / (sigma**2 * math.sqrt(cfg0.train.batch_size))
     report.section("Verdict")
     report.text(
         f"- DSM's curve is LCSS's plus the constant {const:.0f}: the last-10% means differ by "

@@ -39,7 +39,7 @@ def _figure(path, runs: dict, sigma: float) -> None:
         r = runs[obj]
         dens = samples = None
         if r["model"] is not None:
-            dens = density_grid(r["model"].log_density, BOUNDS)[2]
+            dens = density_grid(r["model"].backbone.log_density, BOUNDS)[2]
             sp = r["dir"] / "samples.npy"
             samples = np.load(sp) if sp.exists() else None
         panels.append((LABELS[obj], dens, samples))
@@ -66,11 +66,13 @@ def run(ctx: Context) -> Report:
     s = ctx.pick(SIZES)
     runs = toy_runs(ctx)
     cfg0 = runs["lcss"]["config"]
-    settings = {"preset": s["preset"], "steps": cfg0.train.steps, "batch": cfg0.train.batch_size,
-                "lr": cfg0.train.lr, "model": f"{cfg0.model} MLP 2→{cfg0.hidden}→{cfg0.hidden}→1, {cfg0.activation}",
-                "sigma": cfg0.sigma, "fd_eps": cfg0.fd_eps, "langevin_init": cfg0.init,
-                "langevin_steps": cfg0.langevin_steps, "langevin_eps": cfg0.langevin_step_size,
-                "n_samples": cfg0.n_samples, "score_points": s["score_points"],
+    obj0, model0, sampler0, train0 = cfg0.objective, cfg0.model, cfg0.sampler, cfg0.train
+    settings = {"preset": s["preset"], "steps": train0.steps, "batch": train0.batch_size, "lr": train0.lr,
+                "model": f"{model0.arch.replace('_mlp', '')} MLP 2→"
+                         + "→".join([str(model0.hidden)] * model0.n_hidden) + f"→1, {model0.activation}",
+                "sigma": obj0.sigma, "fd_eps": obj0.fd_eps, "langevin_init": sampler0.init,
+                "langevin_steps": sampler0.langevin_steps, "langevin_eps": sampler0.langevin_step_size,
+                "n_samples": sampler0.n_samples, "score_points": s["score_points"],
                 "torch_threads": torch.get_num_threads()}
     report = ctx.report("table1", "Checkerboard density estimation: SSM, FD-SSM, DSM, LCSS (paper Table 1)",
                         settings)
@@ -89,18 +91,18 @@ def run(ctx: Context) -> Report:
     report.table("density", Table(
         ["objective", "status", "energy distance ↓", "in-support fraction ↑", "rel. score error ↓", "score MSE ↓",
          "non-finite samples", "train s", "final loss (mean of last 100 steps)"], rows,
-        f"Energy distance of {cfg0.n_samples} Langevin samples (ε = {cfg0.langevin_step_size}, "
-        f"{cfg0.langevin_steps} steps from uniform on [−4, 4]²) to fresh σ-smoothed data (σ = {cfg0.sigma}); two "
-        f"independent data sets are {floor:.3g} apart (the floor). In-support ceiling for σ = {cfg0.sigma}: "
+        f"Energy distance of {sampler0.n_samples} Langevin samples (ε = {sampler0.langevin_step_size}, "
+        f"{sampler0.langevin_steps} steps from uniform on [−4, 4]²) to fresh σ-smoothed data (σ = {obj0.sigma}); two "
+        f"independent data sets are {floor:.3g} apart (the floor). In-support ceiling for σ = {obj0.sigma}: "
         f"{ceiling:.4f} for a model of the σ-smoothed density (DSM, LCSS); SSM and FD-SSM model the unsmoothed "
         f"checkerboard, whose ceiling is 1. Score error: E‖∇ₓf_θ − ∇log p_σ‖² (MSE) and its ratio to E‖∇log p_σ‖² at "
         f"{s['score_points']} points x ~ p_σ, against the exact smoothed-checkerboard score. SSM/FD-SSM target the "
         "unsmoothed density, whose score is singular at the square edges, so part of their error is that "
         "difference. Losses are not comparable across objectives (DSM carries the constant d/(2σ²) = "
-        f"{2 / (2 * cfg0.sigma**2):.0f})."))
+        f"{2 / (2 * obj0.sigma**2):.0f})."))
 
     path = ctx.out_dir / "table1_densities.png"
-    _figure(path, runs, cfg0.sigma)
+    _figure(path, runs, obj0.sigma)
     report.figure(path, "Top: learned densities exp f_θ (normalised on the grid, common colour scale with the "
                         "σ-smoothed truth). Bottom: Langevin samples.")
 
@@ -110,7 +112,7 @@ def run(ctx: Context) -> Report:
         report.text(
             f"Same seed, same batches, same noise draws: DSM and LCSS (γ = 1) have identical gradients (see "
             f"`equivalence`), so the two runs differ only by floating-point rounding, amplified over "
-            f"{cfg0.train.steps} steps: relative parameter difference ‖θ_DSM − θ_LCSS‖ / ‖θ_LCSS‖ = {pd:.3g}. "
+            f"{train0.steps} steps: relative parameter difference ‖θ_DSM − θ_LCSS‖ / ‖θ_LCSS‖ = {pd:.3g}. "
             "Differences between their rows above are of the size of run-to-run noise.")
         report.results["dsm_lcss_param_diff"] = pd
     else:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from lcssm.device import make_generator
 from lcssm.diffusion import diffusion_loss, time_conditional
 from lcssm.models import EnergyMLP, build_model, count_parameters
+from lcssm.models.precond import ScoreModel
 from lcssm.reproduce import Context
 from lcssm.reproduce.report import Report, Table
 from lcssm.reproduce.steps import LABELS, make_train_step, partial_exact_sm, seeded, variant_loss
@@ -76,12 +77,11 @@ def image_steps(cfg: dict, seed: int, device: torch.device) -> tuple[dict, dict,
     preset = get_preset(IMAGE_PRESET)
     sde = VESDE(sigma_min=preset.training["sigma_min"], sigma_max=preset.training["sigma_max"])
     with seeded(seed):
-        base = build_model(IMAGE_PRESET, nf=cfg["image_nf"], image_size=cfg["image_size"]).to(device)
+        # score(x, t) = NCSNv2(x) / σ_t: the network gets the SDE's marginal std from the ScoreModel wrapper
+        base = ScoreModel(build_model(IMAGE_PRESET, nf=cfg["image_nf"], image_size=cfg["image_size"]), sde)
+    base = base.to(device)
     size, batch = cfg["image_size"], cfg["image_batch"]
     x = torch.rand(batch, 3, size, size, generator=make_generator(seed)).to(device)
-
-    def score_model(m: nn.Module):
-        return lambda xt, t: m(xt, sde.marginal(xt, t)[1])
 
     steps = {}
     for v in OBJECTIVES:
@@ -89,7 +89,7 @@ def image_steps(cfg: dict, seed: int, device: torch.device) -> tuple[dict, dict,
             continue
         model = copy.deepcopy(base)
         steps[v] = make_train_step(
-            model, lambda g, m=model, v=v: diffusion_loss(score_model(m), sde, x, objective=v, generator=g),
+            model, lambda g, m=model, v=v: diffusion_loss(m, sde, x, objective=v, generator=g),
             lr=1e-4, seed=seed, device=device)
     extrap = {}
     for k in (1, 3):
@@ -99,7 +99,7 @@ def image_steps(cfg: dict, seed: int, device: torch.device) -> tuple[dict, dict,
             t = 1e-5 + (1 - 1e-5) * torch.rand(batch, generator=g, device=device)
             mean, std = sde.marginal(x, t)
             xt = mean + std.view(-1, 1, 1, 1) * torch.randn(x.shape, generator=g, device=device)
-            return partial_exact_sm(time_conditional(score_model(m), t), xt, k) * std**2
+            return partial_exact_sm(time_conditional(m, t), xt, k) * std**2
 
         extrap[k] = make_train_step(model, loss, lr=1e-4, seed=seed, device=device)
     model = copy.deepcopy(base)
@@ -107,8 +107,8 @@ def image_steps(cfg: dict, seed: int, device: torch.device) -> tuple[dict, dict,
         model, lambda g, m=model: _bare(lambda y: m(y, torch.ones(len(y), device=device)), x), lr=1e-4, seed=seed,
         device=device)
     info = {"parameters": count_parameters(base), "d": 3 * size * size, "batch": batch,
-            "architecture": f"NCSNv2 ({IMAGE_PRESET} stages: ch_mult {base.config.ch_mult}, dilations "
-                            f"{base.config.dilations}), nf = {cfg['image_nf']}, {size}x{size}x3"}
+            "architecture": f"NCSNv2 ({IMAGE_PRESET} stages: ch_mult {base.backbone.config.ch_mult}, dilations "
+                            f"{base.backbone.config.dilations}), nf = {cfg['image_nf']}, {size}x{size}x3"}
     return steps, extrap, info
 
 

@@ -1,5 +1,6 @@
 """The four checkerboard runs behind ``table1`` and ``fig8`` (paper App. B): SSM, FD-SSM, DSM and LCSS on the
-energy MLP, same seed, steps, batch and Langevin sampler, through :func:`lcssm.experiments.toy.run_toy`.
+energy MLP, same seed, steps, batch and Langevin sampler: each a :func:`lcssm.experiments.presets.toy_spec` run
+trained, sampled and evaluated by :func:`lcssm.experiments.pipeline.train_run`.
 
 Sizes: ``full`` is the toy ``paper`` preset (batch 10k, 20k steps = 200 epochs of 1M points, Langevin ε = 0.1,
 1000 steps), ``quick`` the toy ``quick`` preset shortened to fit a few minutes for all four runs on 2 cores,
@@ -8,7 +9,6 @@ Sizes: ``full`` is the toy ``paper`` preset (batch 10k, 20k steps = 200 epochs o
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import shutil
@@ -33,16 +33,19 @@ SIZES = {
 
 
 def toy_config(ctx: Context, objective: str):
-    """The ToyConfig of one run: the size's preset with its overrides, this objective and seed."""
-    from lcssm.experiments.toy import TOY_PRESETS
+    """The :class:`~lcssm.experiments.spec.RunSpec` of one run: the size's toy preset with its overrides, this
+    objective and seed, the checkerboard and the energy MLP."""
+    from lcssm.config import apply_overrides
+    from lcssm.experiments.presets import toy_spec
 
     s = ctx.pick(SIZES)
-    cfg = copy.deepcopy(TOY_PRESETS[s["preset"]])
-    changes = {k: s[k] for k in ("hidden", "n_samples", "langevin_steps") if s[k] is not None}
-    cfg = dataclasses.replace(cfg, objective=objective, data="checkerboard", model="energy", **changes)
-    train = {k: s[k] for k in ("steps", "batch_size") if s[k] is not None}
-    cfg.train = dataclasses.replace(cfg.train, seed=ctx.seed, device=str(ctx.device), **train)
-    return cfg
+    spec = toy_spec(s["preset"])
+    overrides = [f"objective.name={objective}", "data.source=checkerboard", "model.arch=energy_mlp",
+                 f"train.seed={ctx.seed}", f"train.device={ctx.device}"]
+    keys = {"hidden": "model.hidden", "n_samples": "sampler.n_samples", "langevin_steps": "sampler.langevin_steps",
+            "steps": "train.steps", "batch_size": "train.batch_size"}
+    overrides += [f"{key}={s[name]}" for name, key in keys.items() if s[name] is not None]
+    return apply_overrides(spec, overrides)
 
 
 def _losses(run_dir: Path) -> list[float]:
@@ -81,35 +84,46 @@ def score_error(model: torch.nn.Module, sigma: float, n: int, seed: int) -> dict
 
 
 def toy_runs(ctx: Context, runs_dir: Path | None = None) -> dict[str, dict]:
-    """Run (or fetch from ``ctx.cache``) the four runs; returns per objective: ``dir``, ``config``,
-    ``metrics`` (run_toy's plus the score error), ``losses``, ``model`` (None if diverged) and ``diverged``
-    (None or a message naming the step)."""
+    """Run (or fetch from ``ctx.cache``) the four runs; returns per objective: ``dir``, ``config`` (the RunSpec),
+    ``metrics`` (train_run's train and sample records in one dict, plus the score error), ``losses``, ``model``
+    (the EMA :class:`~lcssm.models.precond.ScoreModel` on the CPU, None if diverged) and ``diverged`` (None or a
+    message naming the step)."""
     key = ("toy_runs", ctx.size, ctx.seed, str(ctx.device))
     if key in ctx.cache:
         return ctx.cache[key]
-    from lcssm.checkpoint import load_run
-    from lcssm.experiments.toy import build_model, run_toy
+    from lcssm.experiments.pipeline import open_run, train_run
     from lcssm.train import NonFiniteLossError
 
     root = runs_dir or ctx.out_dir / "runs"
     out: dict[str, dict] = {}
     for objective in OBJECTIVES:
-        cfg = toy_config(ctx, objective)
+        spec = toy_config(ctx, objective)
         run_dir = root / objective
         if run_dir.exists():
             shutil.rmtree(run_dir)  # the trainer refuses to start over a previous run's checkpoints
-        entry = {"dir": run_dir, "config": cfg, "diverged": None, "model": None, "metrics": {}}
+        entry = {"dir": run_dir, "config": spec, "diverged": None, "model": None, "metrics": {}}
         try:
-            entry["metrics"] = run_toy(cfg, run_dir, progress=ctx.progress)
-            _, model = load_run(run_dir, model_factory=lambda _c, cfg=cfg: build_model(cfg, 2))
+            records = train_run(spec, run_dir, progress=ctx.progress)
+            entry["metrics"] = _flat_metrics(records)
+            model = open_run(run_dir, "cpu").model
             entry["model"] = model
-            entry["metrics"].update(score_error(model, cfg.sigma, ctx.pick(SIZES)["score_points"], ctx.seed + 17))
+            entry["metrics"].update(score_error(model, spec.objective.sigma, ctx.pick(SIZES)["score_points"],
+                                                ctx.seed + 17))
         except NonFiniteLossError as e:
             entry["diverged"] = f"diverged at step {e.step}"
         entry["losses"] = _losses(run_dir)
         out[objective] = entry
     ctx.cache[key] = out
     return out
+
+
+def _flat_metrics(records: dict) -> dict:
+    """train_run's ``{"train": ..., "sample": ...}`` as one dict: the train record, then the sample record (its
+    ``seconds`` as ``sample_seconds``)."""
+    sample = dict(records.get("sample", {}))
+    if "seconds" in sample:
+        sample["sample_seconds"] = sample.pop("seconds")
+    return {**records["train"], **sample}
 
 
 def smoothed_mean(y: list[float], window: int) -> np.ndarray:
