@@ -41,7 +41,8 @@ def _measure(root: str, size: int, cache: str | None, epoch: bool, queue) -> Non
     import torch
 
     from lcssm.data.images import ImageFolder
-    from lcssm.experiments.images import ImageBatches, ImageData
+    from lcssm.data.levels import ImageData
+    from lcssm.experiments.images import ImageBatches
 
     torch.set_num_threads(1)
     anon0, file0 = _rss_mib()

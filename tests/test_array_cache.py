@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import warnings
@@ -17,14 +18,10 @@ from lcssm.data import images as images_module
 from lcssm.data.array_cache import cache_file, load_or_build
 from lcssm.data.images import ImageFolder
 from lcssm.errors import DataError
-from lcssm.experiments.images import (
-    ImageBatches,
-    ImageData,
-    ImageRunConfig,
-    feature_extractor,
-    image_quality,
-    load_split,
-)
+from lcssm.data.levels import ImageData
+from lcssm.experiments.fid import feature_extractor, image_quality
+from lcssm.experiments.images import ImageBatches, load_split
+from lcssm.experiments.presets import ImagePreset, image_spec
 
 
 def _folder(root: Path, n: int = 5, corrupt: bool = True) -> Path:
@@ -159,9 +156,9 @@ def test_cache_file_names_depend_on_the_key_only():
 # ------------------------------------------------------------------------- splits that index into the source
 def test_an_indexed_split_batches_like_its_copy(tmp_path):
     root = _folder(tmp_path / "imgs", n=9, corrupt=False)
-    cfg = ImageRunConfig(preset="tiny", data_dir=str(root), resolution=8, channels=3, holdout=0.3,
-                         cache_dir=str(tmp_path / "cache"))
-    train = load_split(cfg, "train")
+    spec = image_spec(ImagePreset(preset="tiny", resolution=8, channels=3), str(root))
+    data = dataclasses.replace(spec.data, holdout=0.3, cache_dir=str(tmp_path / "cache"))
+    train = load_split(data, "train")
     assert train.index is not None and len(train) == 6 and len(train.levels) == 9
     copy = ImageData(train.as_uint8(), 256, "copy")
     assert torch.equal(copy.levels, train.levels[train.index])
@@ -174,9 +171,9 @@ def test_an_indexed_split_batches_like_its_copy(tmp_path):
 
 
 def test_image_quality_of_a_split_in_chunks_equals_the_whole():
-    cfg = ImageRunConfig()
-    _, features = feature_extractor(cfg, device="cpu")
-    test, train = load_split(cfg, "test"), load_split(cfg, "train")
+    digits = image_spec(ImagePreset(preset="digits")).data
+    _, features = feature_extractor(digits, device="cpu")
+    test, train = load_split(digits, "test"), load_split(digits, "train")
     images = test.as_uint8()[:300]
     whole = image_quality(images, train.as_uint8(), features, kid_subset_size=100, seed=1)
     chunked = image_quality(images, train, features, kid_subset_size=100, seed=1, chunk_size=37)
@@ -187,7 +184,7 @@ def test_image_quality_of_a_split_in_chunks_equals_the_whole():
 # ------------------------------------------------------------------------------------------------- CLI
 def test_cli_strict_and_cache_dir(tmp_path, capsys):
     root = _folder(tmp_path / "imgs", n=6)
-    common = ["train", "--preset", "tiny", "--data-dir", str(root), "--resolution", "8", "--steps", "1",
+    common = ["train", "--preset", "tiny", "--data", str(root), "--resolution", "8", "--steps", "1",
               "--batch-size", "4", "--sample-every", "0", "--no-progress"]
     assert main([*common, "--strict", "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err.strip()
@@ -196,7 +193,14 @@ def test_cli_strict_and_cache_dir(tmp_path, capsys):
         assert main([*common, "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "b")]) == 0
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
     config = json.loads((tmp_path / "b" / "config.json").read_text())
-    assert config["cache_dir"] == str(tmp_path / "cache") and config["strict"] is False
-    assert main(["train", "--cache-dir", str(tmp_path), "--out", str(tmp_path / "c")]) == 2
-    assert "--cache-dir is an image option" in capsys.readouterr().err
+    assert config["data"]["cache_dir"] == str(tmp_path / "cache") and config["data"]["strict"] is False
+    assert config["data"]["source"] == str(root) and config["data"]["shape"] == [1, 8, 8]  # the tiny preset: 1 channel
+    # an image option without --preset is refused (a point run would ignore it); --steps 1 --n-samples 0 keep
+    # the point run short should it start anyway
+    capsys.readouterr()
+    assert main(["train", "--cache-dir", str(tmp_path), "--steps", "1", "--n-samples", "0", "--no-progress",
+                 "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--cache-dir" in err and "image option" in err
+    assert not (tmp_path / "c").exists()
 

@@ -89,7 +89,7 @@ def test_torchrun_ranks_share_one_image_cache(tmp_path):
     cache = tmp_path / "cache"
     run = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "lcssm", "train",
-         "--preset", "tiny", "--data-dir", str(folder), "--resolution", "8", "--cache-dir", str(cache), "--steps",
+         "--preset", "tiny", "--data", str(folder), "--resolution", "8", "--cache-dir", str(cache), "--steps",
          "2", "--batch-size", "4", "--sample-every", "0", "--out", str(tmp_path / "run"), "--no-progress"],
         env=ENV, capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stdout + run.stderr

@@ -101,16 +101,21 @@ def test_errors():
         _loss(VPSDE(), weighting="lambda")
     with pytest.raises(ConfigError, match="unknown objective"):
         _loss(VPSDE(), objective="sm")
-    with pytest.raises(ConfigError, match="eps"):
-        _loss(VPSDE(), eps=0.0)
+    with pytest.raises(ConfigError, match="t_min"):
+        _loss(VPSDE(), t_min=0.0)
+    with pytest.raises(ConfigError, match="t_min"):
+        _loss(VPSDE(), t_min=1.0)
     with pytest.raises(ConfigError, match="sigma_s"):
         _loss(VPSDE(), center="simulated", sigma_s=0.0)
 
 
 def test_fdssm_perturbation_passes_as_fd_eps():
-    """diffusion_loss's own ``eps`` is the smallest time; FD-SSM's step goes through as ``fd_eps``."""
+    """diffusion_loss's smallest time is ``t_min``; FD-SSM's step goes through by fdssm's own name ``fd_eps``, and
+    an option the objective does not take is refused, naming the ones it does."""
     a = _loss(VPSDE(), objective="fdssm", fd_eps=0.5)
     b = _loss(VPSDE(), objective="fdssm", fd_eps=0.01)
     assert a.shape == (16,) and torch.isfinite(a).all() and not torch.allclose(a, b)
-    with pytest.raises(ConfigError, match="fd_eps applies to fdssm only"):
+    with pytest.raises(ConfigError, match="lcss takes no option 'fd_eps'; its options: gamma, antithetic, n_samples"):
         _loss(VPSDE(), objective="lcss", fd_eps=0.1)
+    with pytest.raises(ConfigError, match="fdssm takes no option 'eps'"):
+        _loss(VPSDE(), objective="fdssm", eps=0.1)

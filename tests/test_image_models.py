@@ -15,7 +15,7 @@ import torch
 from torch.autograd import gradgradcheck
 
 from lcssm.errors import ConfigError
-from lcssm.experiments.images import preset_train_config
+from lcssm.experiments.presets import preset_train_config
 from lcssm.models.layers import InstanceNormPlus2d, SelfAttention2d, num_groups
 from lcssm.models.ncsnv2 import NCSNv2, NCSNv2Config
 from lcssm.models.presets import (
@@ -40,7 +40,8 @@ TINY_NCSNV2 = NCSNv2Config(in_channels=2, image_size=8, nf=4, ch_mult=(1, 2, 2),
 
 
 def _call(model, x, t, sigma):
-    return model(x, sigma) if isinstance(model, NCSNv2) else model(x, t, sigma=sigma)
+    """The one backbone contract of lcssm.models.precond: ``backbone(x, t, sigma)`` (NCSNv2 ignores t)."""
+    return model(x, t, sigma)
 
 
 def _inputs(model, batch=2, size=None, dtype=torch.float32, seed=0):
@@ -169,7 +170,7 @@ def test_every_parameter_of_every_preset_gets_a_gradient(name):
     x, t, sigma = _inputs(model, size=max(8, model.config.downsampling_factor))
     _call(model.train(), x, t, sigma).square().mean().backward()
     assert [n for n, p in model.named_parameters() if p.grad is None] == []
-    assert preset_train_config(name).ddp_find_unused is False
+    assert preset_train_config(get_preset(name)).ddp_find_unused is False
 
 
 def test_full_size_parameter_counts_on_meta_device():
@@ -259,7 +260,9 @@ def test_bad_inputs_raise_precise_errors():
     with pytest.raises(ValueError, match="t of shape"):
         TINY["tiny"](torch.randn(2, 1, 8, 8))
     with pytest.raises(ValueError, match="divisible by 2"):
-        TINY["ncsnv2"](torch.randn(2, 2, 9, 9), 1.0)
+        TINY["ncsnv2"](torch.randn(2, 2, 9, 9), sigma=1.0)
+    with pytest.raises(ValueError, match="NCSNv2 needs sigma"):  # t alone (the second argument) is not enough
+        TINY["ncsnv2"](torch.randn(2, 2, 8, 8), torch.rand(2))
     assert TINY["tiny_full"].needs_sigma and TINY["ncsnv2"].needs_sigma and not TINY["tiny"].needs_sigma
 
 
@@ -280,10 +283,12 @@ def test_ncsnv2_output_is_net_over_sigma():
     model = TINY["ncsnv2"].eval()
     x, _, _ = _inputs(model)
     sigma = torch.tensor([0.5, 20.0])
-    s = model(x, sigma)
-    torch.testing.assert_close(s * sigma.view(-1, 1, 1, 1), model(x, 1.0), rtol=1e-5, atol=1e-6)
+    s = model(x, sigma=sigma)
+    torch.testing.assert_close(s * sigma.view(-1, 1, 1, 1), model(x, sigma=1.0), rtol=1e-5, atol=1e-6)
     # per-sample: each row uses its own sigma
-    torch.testing.assert_close(s[1:], model(x[1:], 20.0))
+    torch.testing.assert_close(s[1:], model(x[1:], sigma=20.0))
+    # t is unused (the backbone contract passes it to every network)
+    torch.testing.assert_close(model(x, torch.tensor([0.1, 0.9]), sigma), s)
 
 
 @pytest.mark.parametrize("name", ["tiny", "tiny_full", "tiny_residual_ddpm"])

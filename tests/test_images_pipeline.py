@@ -1,8 +1,10 @@
-"""The image pipeline (lcssm.experiments.images, ``lcssm fid``): train -> sample -> bpd -> fid on the digits with the
-``tiny`` preset, resume, image folders, NCSNv2 + annealed Langevin, and the bad-input paths."""
+"""The image pipeline (lcssm.experiments.pipeline on the ``images`` kind, ``lcssm fid``): train -> sample -> bpd ->
+fid on the digits with the ``tiny`` preset, resume, image folders, NCSNv2 + annealed Langevin, and the bad-input
+paths."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -11,52 +13,50 @@ import pytest
 import torch
 from PIL import Image
 
+from lcssm.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
 from lcssm.cli import main
 from lcssm.config import apply_overrides
 from lcssm.data.digits import load_digits
+from lcssm.data.levels import ImageData, levels_to_float, to_uint8
 from lcssm.device import make_generator
 from lcssm.diffusion import diffusion_loss
 from lcssm.errors import CheckpointError, ConfigError, DataError
-from lcssm.experiments.images import (
-    ImageBatches,
-    ImageData,
-    ImageRunConfig,
-    bpd_image_run,
-    build_sde,
-    feature_extractor,
-    image_quality,
-    is_image_run,
-    levels_to_float,
-    load_image_run,
-    load_split,
-    make_loss,
-    noise_conditional,
-    open_image_run,
-    sample_image_run,
-    save_image_grid,
-    tile_images,
-    to_uint8,
-    train_image,
-)
+from lcssm.experiments import pipeline
+from lcssm.experiments.fid import feature_extractor, image_quality
+from lcssm.experiments.images import ImageBatches, load_split
+from lcssm.experiments.pipeline import LikelihoodOptions, bpd_run, make_loss, open_run, sample_run, train_run
+from lcssm.experiments.presets import ImagePreset, image_spec
+from lcssm.experiments.spec import FORMAT, RunSpec, load_spec
 from lcssm.features import digits_features
+from lcssm.files import read_metrics
 from lcssm.metrics import fid_from_features, inception_score, kid
-from lcssm.sde import VESDE
+from lcssm.models import NCSNv2, UNet, get_preset
+from lcssm.plots import save_image_grid, tile_images
+from lcssm.samplers import get_sampler
+from lcssm.sampling import noise_conditional_score
+from lcssm.sde import VESDE, TanhSDE
 
 LOOSE = {"rtol": 1e-2, "atol": 1e-2}  # ODE tolerances: the files and plumbing are under test, not accuracy
 
 
-def tiny_config(**kw) -> ImageRunConfig:
+def tiny_spec(preset: ImagePreset | None = None, source: str | None = None, sets: tuple[str, ...] = (),
+              **train) -> RunSpec:
     """The ``tiny`` preset for a handful of steps, checkpoints and grids every 2 steps."""
-    train = kw.pop("train", {})
-    cfg = ImageRunConfig(preset="tiny", sample_every=2, n_grid=4, grid_steps=2, **kw)
-    sets = {"steps": 4, "batch_size": 8, "ckpt_every": 2, "log_every": 1, "ema_decay": 0.5, **train}
-    return apply_overrides(cfg, [f"train.{k}={v}" for k, v in sets.items()])
+    spec = image_spec(preset or ImagePreset(preset="tiny"), source)
+    train = {"steps": 4, "batch_size": 8, "ckpt_every": 2, "log_every": 1, "ema_decay": 0.5, **train}
+    return apply_overrides(spec, ["grids.every=2", "grids.n=4", "grids.steps=2",
+                                  *[f"train.{k}={v}" for k, v in train.items()], *sets])
+
+
+def digits_levels(spec: RunSpec) -> RunSpec:
+    """``spec`` as its run saves it: the digits' 17 grey levels filled in."""
+    return dataclasses.replace(spec, data=dataclasses.replace(spec.data, n_bins=17))
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny") / "run"
-    result = train_image(tiny_config(), out, progress=False)
+    result = train_run(tiny_spec(), out, progress=False)
     return out, result
 
 
@@ -68,17 +68,34 @@ def _png_folder(path, n=6, size=(12, 10)):
     return path
 
 
+def _capture_training(monkeypatch) -> list:
+    """Record every TrainResult the pipeline's trainer returns (train_run itself returns only the records)."""
+    results = []
+
+    def train(*args, **kwargs):
+        results.append(real(*args, **kwargs))
+        return results[-1]
+
+    real = pipeline.train
+    monkeypatch.setattr(pipeline, "train", train)
+    return results
+
+
 # ----------------------------------------------------------------------------------------------- round trip
 def test_round_trip_writes_the_documented_files(tiny_run, capsys):
     run_dir, result = tiny_run
-    assert is_image_run(run_dir)
+    assert set(result) == {"train"}  # image presets do not sample after training
+    assert result["train"]["steps"] == 4 and math.isfinite(result["train"]["final_loss"])
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["kind"] == "image" and config["preset"] == "tiny" and config["train"]["steps"] == 4
+    assert config["format"] == FORMAT and config["data"]["kind"] == "images" and config["preset"] == "tiny"
+    assert config["train"]["steps"] == 4 and config["data"]["source"] == "digits"
     for step in (2, 4):
         grid = Image.open(run_dir / "grids" / f"step_{step:07d}.png")
         assert grid.size == (2 * 33 + 1, 2 * 33 + 1)  # 4 images of 8x8 enlarged to 32, 2x2 with 1-pixel gaps
+    before = read_metrics(run_dir)  # other tests of this module may sample the same run
+    n_before = {k: len(before.get(k, [])) for k in ("sample", "bpd", "fid")}
 
-    pc = sample_image_run(run_dir, sampler="pc", n=6, n_steps=3, batch_size=4)
+    pc = sample_run(run_dir, {"name": "pc", "n_samples": 6, "n_steps": 3, "batch_size": 4})
     with np.load(run_dir / "samples.npz") as f:
         images, samples = f["images"], f["samples"]
     assert images.dtype == np.uint8 and images.shape == (6, 1, 8, 8)
@@ -87,23 +104,24 @@ def test_round_trip_writes_the_documented_files(tiny_run, capsys):
     assert (run_dir / "samples.png").is_file()
     # tiny: Euler-Maruyama predictor, no corrector, + one denoising evaluation
     assert pc["nfe"] == 3 + 1 and pc["nfe_per_batch"] == [4, 4] and pc["step"] == 4
+    assert pc["sampler"] == "pc" and pc["n"] == 6 and pc["n_steps"] == 3 and pc["predictor"] == "euler_maruyama"
 
-    corrected = sample_image_run(run_dir, sampler="pc", n=2, n_steps=3, corrector="langevin", n_corrector_steps=2,
-                                 out=run_dir / "corrected.npz")
+    corrected = sample_run(run_dir, {"name": "pc", "n_samples": 2, "n_steps": 3, "corrector": "langevin",
+                                     "n_corrector_steps": 2}, out=run_dir / "corrected.npz")
     assert corrected["nfe"] == 3 * (1 + 2) + 1 and corrected["corrector"] == "langevin"
     assert (run_dir / "corrected.png").is_file()
-    with pytest.raises(ConfigError, match="unknown sampler option"):
-        sample_image_run(run_dir, n=2, n_steps=2, corrector_snr=0.1)
+    with pytest.raises(ConfigError, match="sampler.corrector_snr is not a sampler option"):
+        sample_run(run_dir, {"n_samples": 2, "n_steps": 2, "corrector_snr": 0.1})
 
-    ode = sample_image_run(run_dir, sampler="ode", n=3, **LOOSE)
-    assert ode["nfe"] > 1 and ode["non_finite"] == 0
+    ode = sample_run(run_dir, {"name": "ode", "n_samples": 3, **LOOSE})
+    assert ode["nfe"] > 1 and ode["non_finite"] == 0 and ode["rtol"] == 1e-2
 
-    bpd = bpd_image_run(run_dir, n=3, batch_size=2, **LOOSE)
+    bpd = bpd_run(run_dir, LikelihoodOptions(n=3, batch_size=2, **LOOSE))
     assert bpd["n"] == 3 and bpd["n_bins"] == 17 and bpd["scale"] == "minus_one_one"
     assert math.isfinite(bpd["bpd"]) and math.isfinite(bpd["bpd_se"]) and bpd["data"] == "digits (test)"
 
     capsys.readouterr()
-    assert main(["fid", str(run_dir), "--n", "12", "--steps", "2", "--no-progress"]) == 0
+    assert main(["fid", str(run_dir), "--n-samples", "12", "--n-steps", "2", "--no-progress"]) == 0
     fid = json.loads(capsys.readouterr().out)
     for key in ("fid", "kid", "kid_std", "is", "is_std"):
         assert math.isfinite(fid[key]), key
@@ -112,31 +130,42 @@ def test_round_trip_writes_the_documented_files(tiny_run, capsys):
     assert (run_dir / "fid_samples_pc.npz").is_file() and (run_dir / "fid_samples_pc.png").is_file()
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert [len(metrics[k]) for k in ("sample", "bpd", "fid")] == [3, 1, 1]
-    assert [r["sampler"] for r in metrics["sample"]] == ["pc", "pc", "ode"]
+    assert [len(metrics[k]) - n_before[k] for k in ("sample", "bpd", "fid")] == [3, 1, 1]
+    assert [r["sampler"] for r in metrics["sample"][n_before["sample"]:]] == ["pc", "pc", "ode"]
+    assert len(metrics["train"]) == 1 and metrics["train"][0]["steps"] == 4
 
 
 def test_loaded_score_is_the_ema_network_at_the_marginal_std(tiny_run):
-    run_dir, result = tiny_run
-    cfg, sde, score_fn, model = load_image_run(run_dir, device="cpu")
-    assert cfg == tiny_config() and not model.training
+    run_dir, _ = tiny_run
+    run = open_run(run_dir, device="cpu")
+    # the spec the run saved (compared as JSON, the form config.json holds; == is test_spec_round_trips_...)
+    assert run.spec.to_dict() == digits_levels(tiny_spec()).to_dict()
+    assert not run.model.training and run.step == 4
+    state = load_checkpoint(checkpoint_path(run_dir, 4))
+    ema = UNet(get_preset("tiny").model)
+    ema.load_state_dict({k.removeprefix("backbone."): v for k, v in state["ema"].items()})
+    assert any(not torch.equal(state["ema"][k], state["model"][k]) for k in state["ema"])  # EMA 0.5: not the model
     x, t = torch.randn(5, 1, 8, 8), torch.rand(5)
-    std = torch.sqrt(-torch.expm1(-sde.integrated_beta(t)))  # VP marginal std, written out
+    std = torch.sqrt(-torch.expm1(-run.sde.integrated_beta(t)))  # VP marginal std, written out
     with torch.no_grad():
-        torch.testing.assert_close(score_fn(x, t), result.ema_model.eval()(x, t, sigma=std))
+        torch.testing.assert_close(run.score_fn(x, t), ema.eval()(x, t, sigma=std))
 
 
 # ---------------------------------------------------------------------------------------------------- resume
-def test_resume_matches_an_uninterrupted_run(tmp_path):
-    cfg = tiny_config(random_flip=True, train={"steps": 4})
-    straight = train_image(cfg, tmp_path / "a", progress=False)
-    train_image(apply_overrides(cfg, ["train.steps=2"]), tmp_path / "b", progress=False)
-    resumed = train_image(cfg, tmp_path / "b", resume=True, progress=False)
+def test_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    results = _capture_training(monkeypatch)
+    spec = tiny_spec(sets=("data.random_flip=true",), steps=4)
+    assert spec.data.random_flip
+    train_run(spec, tmp_path / "a", progress=False)
+    train_run(apply_overrides(spec, ["train.steps=2"]), tmp_path / "b", progress=False)
+    train_run(spec, tmp_path / "b", resume=True, progress=False)
+    straight, _, resumed = results
     assert resumed.start_step == 2
     assert straight.losses == resumed.losses
     for a, b in zip(straight.ema_model.state_dict().values(), resumed.ema_model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert sorted(p.name for p in (tmp_path / "b" / "grids").iterdir()) == ["step_0000002.png", "step_0000004.png"]
+    assert [s for s, _ in list_checkpoints(tmp_path / "b")] == [2, 4]
 
 
 def test_flipped_batches_are_pure_rank_independent_and_half_mirrored():
@@ -161,64 +190,68 @@ def test_flipped_batches_are_pure_rank_independent_and_half_mirrored():
 # ---------------------------------------------------------------------------------------------- bad input
 def test_run_dirs_without_a_checkpoint_are_refused(tmp_path, capsys):
     with pytest.raises(CheckpointError, match="does not exist"):
-        open_image_run(tmp_path / "missing")
+        open_run(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="no checkpoint"):
-        sample_image_run(tmp_path / "empty")
+        sample_run(tmp_path / "empty")
     with pytest.raises(CheckpointError, match="no checkpoint"):
-        bpd_image_run(tmp_path / "empty")
+        bpd_run(tmp_path / "empty")
     assert main(["fid", str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "no checkpoint" in err
 
 
 def test_paper_presets_need_a_data_dir(tmp_path):
-    with pytest.raises(ConfigError, match="ncsnpp_deep_cifar10.*cifar10.*data_dir"):
-        ImageRunConfig(preset="ncsnpp_deep_cifar10")
-    cfg = ImageRunConfig(preset="ncsnpp_deep_cifar10", data_dir=str(tmp_path / "nowhere"))
-    assert cfg.train.steps == 950_001 and cfg.train.batch_size == 128 and cfg.train.ema_decay == 0.999
+    with pytest.raises(ConfigError, match="ncsnpp_deep_cifar10.*cifar10.*--data"):
+        image_spec(ImagePreset(preset="ncsnpp_deep_cifar10"))
+    spec = image_spec(ImagePreset(preset="ncsnpp_deep_cifar10"), str(tmp_path / "nowhere"))
+    assert spec.train.steps == 950_001 and spec.train.batch_size == 128 and spec.train.ema_decay == 0.999
     with pytest.raises(DataError, match="does not exist"):
-        train_image(cfg, tmp_path / "run", progress=False)
+        train_run(spec, tmp_path / "run", progress=False)
 
 
-@pytest.mark.parametrize("kw,match", [
-    ({"preset": "cifar"}, "unknown model preset 'cifar'"),
-    ({"objective": "lcsss"}, "unknown objective"),
-    ({"center": "middle"}, "center must be one of marginal, data, simulated"),
-    ({"weighting": "sigma"}, "weighting must be one of"),
-    ({"gamma": 0.0}, "gamma must be > 0"),
-    ({"resolution": 16}, "digits are 1x8x8"),
-    ({"channels": 2, "data_dir": "x"}, "channels must be 1"),
-    ({"preset": "tiny", "data_dir": "x", "resolution": 7}, "image_size=7 is not divisible"),
-    ({"holdout": 1.0}, "holdout"),
+@pytest.mark.parametrize("preset,source,sets,match", [
+    ({"preset": "cifar"}, None, [], "unknown model preset 'cifar'"),
+    ({}, None, ["objective.name=lcsss"], "objective.name must be one of .*lcss"),
+    ({}, None, ["objective.center=middle"], "objective.center must be one of marginal, data, simulated"),
+    ({}, None, ["objective.weighting=sigma"], "objective.weighting must be one of"),
+    ({}, None, ["objective.gamma=0"], "objective.gamma must be > 0"),
+    ({"resolution": 16}, None, [], "digits are 1x8x8"),
+    ({"channels": 2}, "x", [], "channels must be 1 or 3"),
+    ({"resolution": 7}, "x", [], "image_size=7 is not divisible"),
+    ({}, None, ["data.holdout=1.0"], r"data.holdout must lie in \[0, 1\)"),
 ])
-def test_bad_configs_name_the_field(kw, match):
+def test_bad_configs_name_the_field(preset, source, sets, match):
     with pytest.raises(ConfigError, match=match):
-        ImageRunConfig(**kw)
+        apply_overrides(image_spec(ImagePreset(**{"preset": "tiny", **preset}), source), sets)
 
 
-def test_config_round_trips_through_json():
-    cfg = tiny_config(objective="ssm_vr", gamma=2.0, nf=16)
-    assert ImageRunConfig.from_dict(json.loads(json.dumps({"command": "train", "kind": "image",
-                                                           **cfg.to_dict()}))) == cfg
+def test_spec_round_trips_through_json():
+    spec = tiny_spec(ImagePreset(preset="tiny", nf=16), sets=("objective.name=ssm_vr", "objective.gamma=2.0"))
+    assert spec.model.config["nf"] == 16 and spec.objective.name == "ssm_vr"
+    text = json.dumps(spec.to_dict())
+    assert load_spec(json.loads(text)).to_dict() == spec.to_dict()
+    assert load_spec(json.loads(text)) == spec
 
 
 # ------------------------------------------------------------------------------------------- image folders
 def test_image_folder_trains_at_resolution_8_and_holds_images_out(tmp_path, monkeypatch, capsys):
     folder = _png_folder(tmp_path / "imgs", n=6)
-    cfg = tiny_config(data_dir=str(folder), resolution=8, channels=3, train={"steps": 2})
-    assert [len(load_split(cfg, s)) for s in ("train", "test")] == [5, 1]
-    train_image(cfg, tmp_path / "run", progress=False)
-    _, _, _, model = load_image_run(tmp_path / "run", device="cpu")
-    assert model.config.in_channels == 3 and model.config.image_size == 8
-    bpd = bpd_image_run(tmp_path / "run", **LOOSE)
+    spec = tiny_spec(ImagePreset(preset="tiny", resolution=8, channels=3), str(folder), steps=2)
+    assert spec.data.shape == (3, 8, 8)
+    assert [len(load_split(spec.data, s)) for s in ("train", "test")] == [5, 1]
+    train_run(spec, tmp_path / "run", progress=False)
+    run = open_run(tmp_path / "run", device="cpu")
+    assert run.model.backbone.config.in_channels == 3 and run.model.backbone.config.image_size == 8
+    assert run.spec.data.n_bins == 256
+    bpd = bpd_run(tmp_path / "run", LikelihoodOptions(**LOOSE))
     assert bpd["n"] == 1 and bpd["n_bins"] == 256 and math.isfinite(bpd["bpd"])
     other = _png_folder(tmp_path / "other", n=3, size=(20, 20))
-    assert bpd_image_run(tmp_path / "run", data_dir=other, **LOOSE)["n"] == 3  # another folder: all of it
+    assert bpd_run(tmp_path / "run", LikelihoodOptions(data=str(other), **LOOSE))["n"] == 3  # another folder: all
     # FID of a non-digits run needs the Inception weights: one line naming the file, exit code 2
     monkeypatch.delenv("LCSSM_INCEPTION_WEIGHTS", raising=False)
     capsys.readouterr()
-    assert main(["fid", str(tmp_path / "run"), "--n", "4", "--steps", "2"]) == 2
+    assert main(["fid", str(tmp_path / "run"), "--n-samples", "4", "--n-steps", "2"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "pt_inception-2015-12-05-6726825d.pth" in err
     assert not (tmp_path / "run" / "fid_samples_pc.npz").exists()  # failed before sampling
@@ -226,20 +259,28 @@ def test_image_folder_trains_at_resolution_8_and_holds_images_out(tmp_path, monk
 
 def test_ncsnv2_trains_on_the_marginal_std_and_samples_with_annealed_langevin(tmp_path):
     folder = _png_folder(tmp_path / "imgs", n=6)
-    cfg = ImageRunConfig(preset="ncsnv2_cifar10", data_dir=str(folder), resolution=8, nf=8, sample_every=0)
-    cfg = apply_overrides(cfg, ["train.steps=2", "train.batch_size=4", "train.ema_decay=0"])
-    train_image(cfg, tmp_path / "run", progress=False)
-    run = open_image_run(tmp_path / "run", device="cpu")
+    spec = image_spec(ImagePreset(preset="ncsnv2_cifar10", resolution=8, nf=8), str(folder))
+    spec = apply_overrides(spec, ["train.steps=2", "train.batch_size=4", "train.ema_decay=0", "grids.every=0"])
+    train_run(spec, tmp_path / "run", progress=False)
+    run = open_run(tmp_path / "run", device="cpu")
+    assert isinstance(run.model.backbone, NCSNv2) and isinstance(run.sde, VESDE)
     x, t = torch.rand(3, 3, 8, 8), torch.rand(3)
     with torch.no_grad():
-        torch.testing.assert_close(run.score_fn(x, t), run.model(x, run.sde.sigma(t)))
-    out = sample_image_run(tmp_path / "run", sampler="ald", n=3, n_steps=4)
+        torch.testing.assert_close(run.score_fn(x, t), run.model.backbone(x, sigma=run.sde.sigma(t)))
+    out = sample_run(tmp_path / "run", {"name": "ald", "n_samples": 3, "n_steps": 4})
     assert out["nfe"] == 4 * 5 + 1 and out["non_finite"] == 0  # 4 levels x ncsnv2's 5 steps each + denoising
+    assert out["ald_steps_each"] == 5 and out["ald_step_size"] == get_preset("ncsnv2_cifar10").sampling["step_lr"]
 
 
-def test_annealed_langevin_is_refused_for_vp_runs(tiny_run):
-    with pytest.raises(ConfigError, match="needs a VE SDE"):
-        sample_image_run(tiny_run[0], sampler="ald", n=2, n_steps=2)
+def test_annealed_langevin_walks_the_noise_levels_of_a_vp_run(tiny_run):
+    """ald is no longer VE-only: it walks ς = σ_t/α_t of any SDE with a closed-form marginal, and is refused for
+    an SDE without one; an image run refuses the single-noise-scale Langevin sampler."""
+    out = sample_run(tiny_run[0], {"name": "ald", "n_samples": 2, "n_steps": 2}, out=tiny_run[0] / "ald.npz")
+    assert out["nfe"] == 2 * 5 + 1 and out["non_finite"] == 0
+    with pytest.raises(ConfigError, match="ald sampler does not apply to a run with"):
+        get_sampler("ald", TanhSDE())
+    with pytest.raises(ConfigError, match="langevin sampler does not apply to a run with"):
+        sample_run(tiny_run[0], {"name": "langevin", "n_samples": 2})
 
 
 # ------------------------------------------------------------------------------------------------ formulas
@@ -252,16 +293,17 @@ def test_noise_conditional_score_asks_for_the_time_of_each_sigma():
         return x
 
     t = torch.tensor([0.0, 0.25, 0.5, 0.999, 1.0], dtype=torch.float64)
-    noise_conditional(score_fn, sde)(torch.zeros(5, 1, dtype=torch.float64), sde.sigma(t))
+    noise_conditional_score(score_fn, sde)(torch.zeros(5, 1, dtype=torch.float64), sde.sigma(t))
     torch.testing.assert_close(seen["t"], t)
 
 
 def test_reduce_mean_divides_the_loss_by_the_dimension(tmp_path):
-    cfg = ImageRunConfig(preset="ddpmpp_deep_cifar10", data_dir=str(tmp_path))  # the only reduce_mean preset here
-    sde = build_sde(cfg)
-    net = lambda x, t, sigma=None: torch.tanh(x) * (1 + t.view(-1, 1, 1, 1))  # noqa: E731
+    spec = image_spec(ImagePreset(preset="ddpmpp_deep_cifar10"), str(tmp_path))  # the only reduce_mean preset here
+    assert spec.objective.reduce_mean
+    sde = spec.sde.build()
+    net = lambda x, t: torch.tanh(x) * (1 + t.view(-1, 1, 1, 1))  # noqa: E731
     x0 = torch.rand(4, 3, 4, 4) * 2 - 1
-    loss, diag = make_loss(cfg, sde, sigma_input=False)(net, x0, torch.Generator().manual_seed(1))
+    loss, diag = make_loss(spec, sde)(net, x0, torch.Generator().manual_seed(1))
     g = torch.Generator().manual_seed(1)
     t = 1e-5 + (1 - 1e-5) * torch.rand(4, generator=g)
     expected = diffusion_loss(net, sde, x0, objective="lcss", t=t, generator=g) / x0[0].numel()
@@ -270,9 +312,10 @@ def test_reduce_mean_divides_the_loss_by_the_dimension(tmp_path):
 
 
 def test_levels_match_the_digits_and_8_bit_conversion():
+    digits = image_spec(ImagePreset(preset="tiny")).data
     for scale in ("zero_one", "minus_one_one"):
         for split in ("train", "test"):
-            data = load_split(ImageRunConfig(), split)
+            data = load_split(digits, split)
             assert data.n_bins == 17 and data.levels.dtype == torch.uint8 and int(data.levels.max()) == 16
             torch.testing.assert_close(data.as_float(scale), load_digits(split, scale=scale), rtol=0, atol=1e-6)
     x = torch.tensor([-1.0, -0.999, 0.0, 1.0, 3.0, float("nan")])
@@ -283,10 +326,10 @@ def test_levels_match_the_digits_and_8_bit_conversion():
 
 
 def test_image_quality_scores_8_bit_images_in_the_digits_classifier_features():
-    cfg = ImageRunConfig()
-    _, features = feature_extractor(cfg, device="cpu")
-    test = load_split(cfg, "test").as_uint8()[:200]
-    train = load_split(cfg, "train").as_uint8()[:300]
+    digits = image_spec(ImagePreset(preset="digits")).data
+    _, features = feature_extractor(digits, device="cpu")
+    test = load_split(digits, "test").as_uint8()[:200]
+    train = load_split(digits, "train").as_uint8()[:300]
     assert (test.float() / 127.5 - 1 - load_digits("test")[:200]).abs().max() <= 1 / 255 + 1e-6  # half an 8-bit step
     got = image_quality(test, train, features, kid_subset_size=100, seed=3)
     f_s, p_s = digits_features(test.float() / 127.5 - 1)
@@ -321,9 +364,11 @@ def test_cli_round_trip_on_digits(tmp_path, capsys):
     assert main(["train", "--preset", "tiny", "--steps", "3", "--batch-size", "8", "--sample-every", "3",
                  "--n-grid", "4", "--grid-steps", "2", "--out", run, "--no-progress"]) == 0
     assert (tmp_path / "run" / "grids" / "step_0000003.png").is_file()
-    assert main(["sample", run, "--sampler", "pc", "--n", "4", "--steps", "2", "--no-progress"]) == 0
+    assert main(["sample", run, "--sampler", "pc", "--n-samples", "4", "--n-steps", "2", "--no-progress"]) == 0
     assert np.load(tmp_path / "run" / "samples.npz")["images"].shape == (4, 1, 8, 8)
     assert main(["bpd", run, "--n", "2", "--rtol", "1e-2", "--atol", "1e-2", "--no-progress"]) == 0
-    assert main(["fid", run, "--n", "8", "--steps", "2", "--no-progress"]) == 0
+    assert main(["fid", run, "--n-samples", "8", "--n-steps", "2", "--no-progress"]) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert all(math.isfinite(metrics[k][-1][m]) for k, m in (("bpd", "bpd"), ("fid", "fid"), ("fid", "kid")))
+    assert metrics["sample"][-1]["n"] == 4 and metrics["sample"][-1]["n_steps"] == 2
+    assert metrics["bpd"][-1]["n"] == 2 and metrics["bpd"][-1]["rtol"] == 1e-2 and metrics["fid"][-1]["n"] == 8

@@ -56,7 +56,7 @@ def test_gaussian_flow_reference_is_the_analytic_density_up_to_the_prior():
 @pytest.mark.parametrize("sde", SDES, ids=IDS)
 def test_exact_trace_matches_analytic_log_density(sde):
     x = points()
-    logp, nfe = log_likelihood(gaussian_data_score(sde, MU, COV), sde, x, exact_trace=True, eps=EPS,
+    logp, nfe = log_likelihood(gaussian_data_score(sde, MU, COV), sde, x, exact_trace=True, t_min=EPS,
                                rtol=1e-7, atol=1e-7)
     _, ref, _ = gaussian_flow(sde, x)
     assert logp.shape == (200,) and nfe > 10
@@ -68,7 +68,7 @@ def test_rademacher_hutchinson_error_is_its_exact_value(sde):
     """With a fixed probe v over the integration the estimate is exact + vᵀMv − tr M; for Rademacher v in 2-D
     that error is ±2M₁₂, with a fair sign."""
     x = points()
-    logp, _ = log_likelihood(gaussian_data_score(sde, MU, COV), sde, x, hutchinson="rademacher", eps=EPS,
+    logp, _ = log_likelihood(gaussian_data_score(sde, MU, COV), sde, x, hutchinson="rademacher", t_min=EPS,
                              generator=gen(1))
     _, ref, m = gaussian_flow(sde, x)
     err = logp - ref
@@ -82,7 +82,7 @@ def test_gaussian_hutchinson_within_its_error_bar(sde):
     """err = vᵀMv − tr M, v ~ N(0, I): mean 0, variance 2‖M‖²_F; its sample variance has variance (κ4 + 2κ2²)/n with
     κ4 = 48 Σλ⁴ over M's eigenvalues λ."""
     x = points()
-    logp, _ = log_likelihood(gaussian_data_score(sde, MU, COV), sde, x, hutchinson="gaussian", eps=EPS,
+    logp, _ = log_likelihood(gaussian_data_score(sde, MU, COV), sde, x, hutchinson="gaussian", t_min=EPS,
                              generator=gen(2))
     _, ref, m = gaussian_flow(sde, x)
     err, n = logp - ref, x.shape[0]
@@ -138,5 +138,5 @@ def test_bad_inputs():
         dequantize(torch.tensor([[0, 1]]), scale="unit")
     with pytest.raises(ConfigError, match="hutchinson"):
         log_likelihood(lambda x, t: -x, VPSDE(), torch.zeros(2, 2), hutchinson="sphere")
-    with pytest.raises(ConfigError, match="eps"):
-        log_likelihood(lambda x, t: -x, VPSDE(), torch.zeros(2, 2), eps=0.0)
+    with pytest.raises(ConfigError, match="t_min"):
+        log_likelihood(lambda x, t: -x, VPSDE(), torch.zeros(2, 2), t_min=0.0)

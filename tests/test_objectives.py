@@ -98,8 +98,8 @@ def test_sliced_given_probe_matches_formula(linear):
 def test_fdssm_is_unbiased_for_linear_score(linear):
     """For s = Ax + b the central difference is exact: E[d·uᵀAu/‖u‖²] = tr A for any ε."""
     score, _, x, j_sm = linear
-    for eps in (0.5, 0.01):
-        mean, se = _mc(lambda y, **kw: fdssm(score, y, **kw), x, 20_000, eps=eps)
+    for fd_eps in (0.5, 0.01):
+        mean, se = _mc(lambda y, **kw: fdssm(score, y, **kw), x, 20_000, fd_eps=fd_eps)
         assert torch.all((mean - j_sm).abs() < 4 * se + 1e-9)
 
 
@@ -107,7 +107,7 @@ def test_fdssm_approaches_exact_sm_on_nonlinear_score():
     """With many slices and a small ε, FD-SSM estimates tr ∇s + ½‖s‖² of a nonlinear score."""
     x = torch.tensor([[0.3, -0.2, 0.5], [1.0, 0.4, -0.8]], dtype=torch.float64)
     want = exact_sm(nonlinear_score, x).detach()
-    mean, se = _mc(lambda y, **kw: fdssm(nonlinear_score, y, **kw), x, 40_000, eps=1e-3)
+    mean, se = _mc(lambda y, **kw: fdssm(nonlinear_score, y, **kw), x, 40_000, fd_eps=1e-3)
     assert torch.all((mean - want).abs() < 4 * se + 1e-5)
 
 
@@ -219,7 +219,8 @@ def test_every_objective_returns_per_sample_loss(name):
     score = lambda y: conv(y)
     x = torch.randn(5, 2, 3, 3)
     fn = get_objective(name)
-    out = fn(score, x, 0.5) if name in ("dsm", "lcss") else fn(score, x)
+    assert fn.name == name and fn.needs_sigma == (name in ("dsm", "lcss"))
+    out = fn(score, x, sigma=0.5) if fn.needs_sigma else fn(score, x)
     assert out.shape == (5,) and torch.isfinite(out).all()
     out.sum().backward()
     assert conv.weight.grad is not None and torch.isfinite(conv.weight.grad).all()
@@ -230,12 +231,35 @@ def test_generator_makes_objectives_reproducible():
     x = torch.randn(4, D, dtype=torch.float64)
     for name in ("ssm", "ssm_vr", "fdssm", "dsm", "lcss"):
         fn = get_objective(name)
-        args = (0.3,) if name in ("dsm", "lcss") else ()
-        a = fn(model, x, *args, generator=torch.Generator().manual_seed(3))
-        b = fn(model, x, *args, generator=torch.Generator().manual_seed(3))
-        c = fn(model, x, *args, generator=torch.Generator().manual_seed(4))
+        kw = {"sigma": 0.3} if fn.needs_sigma else {}
+        a = fn(model, x, **kw, generator=torch.Generator().manual_seed(3))
+        b = fn(model, x, **kw, generator=torch.Generator().manual_seed(3))
+        c = fn(model, x, **kw, generator=torch.Generator().manual_seed(4))
         torch.testing.assert_close(a, b)
         assert not torch.allclose(a, c)
+
+
+def test_objective_calling_contract():
+    """One convention: sigma by keyword, required by the noise objectives and refused by the others; options by
+    the function's own keyword names (unknown ones are a ConfigError naming the valid ones)."""
+    model = _MLPScore()
+    x = torch.randn(4, D, dtype=torch.float64)
+    assert set(OBJECTIVES) == {"exact_sm", "ssm", "ssm_vr", "fdssm", "dsm", "lcss"}
+    assert [n for n, o in OBJECTIVES.items() if o.needs_sigma] == ["dsm", "lcss"]
+    with pytest.raises(ConfigError, match="lcss needs a noise scale sigma"):
+        get_objective("lcss")(model, x)
+    with pytest.raises(ConfigError, match="ssm takes no sigma"):
+        get_objective("ssm")(model, x, sigma=0.3)
+    with pytest.raises(ConfigError, match="lcss takes no option 'fd_eps'; its options: gamma, antithetic, n_samples"):
+        get_objective("lcss")(model, x, sigma=0.3, fd_eps=0.1)
+    with pytest.raises(ConfigError, match="dsm takes no option 'gamma'; its options: none"):
+        get_objective("dsm")(model, x, sigma=0.3, gamma=2.0)
+    # options pass through unchanged to the plain function
+    torch.testing.assert_close(get_objective("lcss")(model, x, sigma=0.3, gamma=2.0, n_samples=2,
+                                                     generator=torch.Generator().manual_seed(0)),
+                               lcss(model, x, 0.3, gamma=2.0, n_samples=2, generator=torch.Generator().manual_seed(0)))
+    torch.testing.assert_close(get_objective("fdssm")(model, x, fd_eps=0.2, generator=torch.Generator().manual_seed(0)),
+                               fdssm(model, x, fd_eps=0.2, generator=torch.Generator().manual_seed(0)))
 
 
 def test_unknown_objective_lists_valid_names():
@@ -267,5 +291,5 @@ def test_bad_shapes_and_counts_rejected():
         dsm(lambda y: y[:, :2], x, 0.1)
     with pytest.raises(ValueError, match="shape"):
         exact_sm(lambda y: y, torch.randn(4))
-    with pytest.raises(ValueError, match="eps"):
-        fdssm(lambda y: y, x, eps=0.0)
+    with pytest.raises(ValueError, match="fd_eps"):
+        fdssm(lambda y: y, x, fd_eps=0.0)

@@ -123,7 +123,7 @@ def denoised_law(sde, mean_eps: torch.Tensor, cov_eps: torch.Tensor, eps: float)
 def test_pc_sampler_reproduces_gaussian_data(sde, predictor, corrector):
     eps, n = 1e-3, 4000
     x = pc_sample(gaussian_data_score(sde, MU, COV), sde, (n, 2), n_steps=100, predictor=predictor,
-                  corrector=corrector, eps=eps, generator=gen(), dtype=torch.float64)
+                  corrector=corrector, t_min=eps, generator=gen(), dtype=torch.float64)
     m, c = gaussian_data_marginal(sde, MU, COV, torch.tensor([eps], dtype=torch.float64))
     mean, cov = denoised_law(sde, m[0], c[0], eps)
     assert_moments(x, mean, cov)
@@ -134,11 +134,11 @@ def test_pc_sampler_stopped_early_matches_p_eps_or_its_tweedie_law(denoise):
     """Stopping at eps = 0.2, where Tweedie's denoiser visibly shrinks the covariance (to α²S C⁻¹S)."""
     sde, eps, n = VPSDE(), 0.2, 4000
     score = gaussian_data_score(sde, MU, COV)
-    x = pc_sample(score, sde, (n, 2), n_steps=60, eps=eps, denoise=denoise, generator=gen(5), dtype=torch.float64)
+    x = pc_sample(score, sde, (n, 2), n_steps=60, t_min=eps, denoise=denoise, generator=gen(5), dtype=torch.float64)
     m, c = gaussian_data_marginal(sde, MU, COV, torch.tensor([eps], dtype=torch.float64))
     mean, cov = denoised_law(sde, m[0], c[0], eps) if denoise else (m[0], c[0])
     assert_moments(x, mean, cov)
-    x2 = pc_sample(score, sde, (n, 2), n_steps=60, eps=eps, denoise=denoise, generator=gen(5), dtype=torch.float64)
+    x2 = pc_sample(score, sde, (n, 2), n_steps=60, t_min=eps, denoise=denoise, generator=gen(5), dtype=torch.float64)
     assert torch.equal(x, x2)
 
 
@@ -152,7 +152,7 @@ def test_langevin_corrector_stationary_variance():
         alpha, sigma = sde.marginal_coefficients(t)
         return -(x - alpha[:, None] * MU) / (alpha**2 * s2 + sigma**2)[:, None]
 
-    x = pc_sample(score, sde, (n, 2), n_steps=2, predictor="none", snr=snr, n_corrector_steps=100, eps=eps,
+    x = pc_sample(score, sde, (n, 2), n_steps=2, predictor="none", snr=snr, n_corrector_steps=100, t_min=eps,
                   denoise=False, generator=gen(6), dtype=torch.float64)
     m, c = gaussian_data_marginal(sde, MU, s2 * torch.eye(2, dtype=torch.float64),
                                   torch.tensor([eps], dtype=torch.float64))
@@ -164,7 +164,7 @@ def test_ode_sampler_reproduces_gaussian_data(sde):
     """The probability-flow map of Gaussian data is x_eps = m_eps + C_eps^½ C_T^-½ (x_T − m_T); started from the
     prior N(0, p²I) rather than p_T (for VE they differ by O(1/σ_max), DESIGN.md §5) its output law is known."""
     eps, n = 1e-3, 3000
-    x, nfe = ode_sample(gaussian_data_score(sde, MU, COV), sde, (n, 2), eps=eps, generator=gen(),
+    x, nfe = ode_sample(gaussian_data_score(sde, MU, COV), sde, (n, 2), t_min=eps, generator=gen(),
                         dtype=torch.float64)
     assert 10 < nfe < 1000
     t = torch.tensor([eps, sde.T], dtype=torch.float64)
@@ -206,8 +206,8 @@ def test_pc_sample_bad_inputs():
         pc_sample(score, sde, (4, 2), n_steps=2, corrector="ald")
     with pytest.raises(ConfigError, match="both"):
         pc_sample(score, sde, (4, 2), n_steps=2, predictor="none", corrector="none")
-    with pytest.raises(ConfigError, match="eps"):
-        pc_sample(score, sde, (4, 2), n_steps=2, eps=1.5)
+    with pytest.raises(ConfigError, match="t_min"):
+        pc_sample(score, sde, (4, 2), n_steps=2, t_min=1.5)
     with pytest.raises(ConfigError, match="method"):
         ode_sample(score, sde, (4, 2), method="rk4")
 

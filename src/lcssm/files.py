@@ -103,5 +103,5 @@ def append_metrics(run_dir: str | os.PathLike, kind: str, record: dict[str, Any]
     return metrics
 
 
-__all__ = ["METRICS_FILE", "append_metrics", "atomic_save_npy", "atomic_save_npz", "atomic_write_bytes", "atomic_write_text", "read_metrics",
-           "replace_synced", "temporary_path"]
+__all__ = ["METRICS_FILE", "append_metrics", "atomic_save_npy", "atomic_save_npz", "atomic_write_bytes",
+           "atomic_write_text", "read_metrics", "replace_synced", "temporary_path"]

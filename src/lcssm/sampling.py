@@ -23,8 +23,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lcssm.errors import ConfigError
-from lcssm.tensors import bcast
 from lcssm.sde import SDE, ScoreFn
+from lcssm.tensors import bcast
 
 __all__ = [
     "CORRECTORS",

@@ -116,8 +116,8 @@ def add_options(parser: argparse.ArgumentParser, obj: Any, command: str, *, titl
         if b.type is bool:
             group.add_argument(b.flag, action=argparse.BooleanOptionalAction, **kwargs)
         else:
-            group.add_argument(b.flag, type=_parser_type(b.type, b.key), metavar="NAME" if choices else _metavar(b.type),
-                               **kwargs)
+            metavar = "NAME" if choices else _metavar(b.type)
+            group.add_argument(b.flag, type=_parser_type(b.type, b.key), metavar=metavar, **kwargs)
     return found
 
 

@@ -22,8 +22,8 @@ from lcssm.config import TrainConfig, check_types, from_dict, meta, to_jsonable
 from lcssm.diffusion import CENTERS, WEIGHTINGS
 from lcssm.errors import ConfigError
 from lcssm.objectives import OBJECTIVES
-from lcssm.sampling import CORRECTORS, ODE_METHODS, PREDICTORS
 from lcssm.samplers import SAMPLERS
+from lcssm.sampling import CORRECTORS, ODE_METHODS, PREDICTORS
 from lcssm.sde import SDES
 
 __all__ = [
@@ -183,7 +183,8 @@ class SDESpec:
 
         if self.name == "none":
             return None
-        return get_sde(self.name, **{k: getattr(self, k) for k in _SDE_PARAMS[self.name] if getattr(self, k) is not None})
+        params = {k: getattr(self, k) for k in _SDE_PARAMS[self.name] if getattr(self, k) is not None}
+        return get_sde(self.name, **params)
 
 
 # ---------------------------------------------------------------------------------------------------- model
@@ -216,6 +217,7 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         check_types(self)
+        self.config = to_jsonable(self.config)  # as saved: tuples become lists, so a loaded spec compares equal
         _check([
             _choice(self.arch, ARCHS, "arch"), _choice(self.c_in, C_IN, "c_in"), _choice(self.c_out, C_OUT, "c_out"),
             _choice(self.embedding, ("sinusoidal", "fourier"), "embedding"),
