@@ -17,8 +17,8 @@ from lcssm.cli import main
 from lcssm.data import images as images_module
 from lcssm.data.array_cache import cache_file, load_or_build
 from lcssm.data.images import ImageFolder
-from lcssm.errors import DataError
 from lcssm.data.levels import ImageData
+from lcssm.errors import DataError
 from lcssm.experiments.fid import feature_extractor, image_quality
 from lcssm.experiments.images import ImageBatches, load_split
 from lcssm.experiments.presets import ImagePreset, image_spec

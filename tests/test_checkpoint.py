@@ -203,7 +203,38 @@ def test_export_writes_ema_safetensors_loadable_without_the_trainer(tmp_path, ca
     assert meta["step"] == "4" and '"hidden": 8' in meta["config"]
     assert meta["format"] == ("lcssm-ema" if ema else "lcssm-model")
     other = tmp_path / "elsewhere" / "w.safetensors"
-    assert main(["export", str(run), "--out", str(other)]) == 0 and other.is_file()
+    assert main(["export", str(run), "--file", str(other)]) == 0 and other.is_file()
+
+
+def test_export_of_a_pipeline_run_has_the_backbone_keys(tmp_path, capsys):
+    """A run's model is a ScoreModel holding the network as ``backbone``; the export is the network's own state
+    dict, loadable strictly into the backbone built from the spec in its metadata."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from lcssm.config import apply_overrides
+    from lcssm.experiments.pipeline import train_run
+    from lcssm.experiments.presets import toy_spec
+    from lcssm.experiments.spec import load_spec
+    from lcssm.models.precond import build_backbone
+
+    run = tmp_path / "run"
+    spec = apply_overrides(toy_spec(), ["train.steps=2", "train.batch_size=16", "train.ema_decay=0.5",
+                                        "train.device=cpu", "model.hidden=8", "sampler.n_samples=0"])
+    train_run(spec, run, progress=False)
+    assert main(["export", str(run)]) == 0
+    state = load_checkpoint(checkpoint_path(run, 2))
+    assert state["ema"] and all(k.startswith("backbone.") for k in state["ema"])
+    exported = load_file(run / "ema.safetensors")
+    assert set(exported) == {k.removeprefix("backbone.") for k in state["ema"]}
+    with safe_open(str(run / "ema.safetensors"), "pt") as f:
+        saved = load_spec(json.loads(f.metadata()["config"]))
+    net = build_backbone(saved.model, saved.data.shape[0], time_conditional=False)
+    net.load_state_dict(exported)  # strict
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, state["ema"]["backbone." + k]), k
 
 
 def test_load_run_gives_config_and_ema_weights(tmp_path):
@@ -234,7 +265,7 @@ def test_export_bad_inputs_exit_2_with_one_line(tmp_path, capsys, setup, match):
         if setup == "corrupt":
             checkpoint_path(run, 4).write_bytes(b"not a checkpoint")
         else:
-            argv += ["--out", str(tmp_path)]
+            argv += ["--file", str(tmp_path)]
     capsys.readouterr()
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()

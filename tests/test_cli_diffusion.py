@@ -10,7 +10,7 @@ import pytest
 
 from lcssm.cli import main
 
-TINY = ["--steps", "30", "--batch-size", "128", "--hidden", "32", "--n-samples", "200", "--set", "sample.n_steps=20",
+TINY = ["--steps", "30", "--batch-size", "128", "--hidden", "32", "--n-samples", "200", "--set", "sampler.n_steps=20",
         "--no-progress"]
 
 
@@ -36,23 +36,30 @@ def test_train_writes_the_documented_files(run_dir):
     assert pc["n"] == 200 and pc["nfe"] == 20 * 2 + 1
     assert np.isfinite(pc["energy_distance"]) and np.isfinite(pc["energy_distance_floor"])
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["sde"] == "vp" and config["dim"] == 2 and config["sample"]["n_steps"] == 20
+    assert config["format"] == "lcssm-run-v2" and config["command"] == "train"
+    assert config["sde"]["name"] == "vp" and config["data"]["shape"] == [2] and config["sampler"]["n_steps"] == 20
+    assert config["data"]["source"] == "8gaussians" and config["objective"]["name"] == "lcss"
+    assert config["model"]["hidden"] == 32 and config["train"]["steps"] == 30
 
 
 @pytest.mark.parametrize(("sampler", "extra"), [
     ("ode", ["--rtol", "1e-3", "--atol", "1e-3"]),
-    ("ald", ["--steps", "5", "--ald-steps-each", "2"]),
-    ("pc", ["--predictor", "euler_maruyama", "--corrector", "none", "--batch-size", "30"]),
+    ("ald", ["--n-steps", "5", "--ald-steps-each", "2"]),
+    ("pc", ["--predictor", "euler_maruyama", "--corrector", "none", "--sample-batch-size", "30"]),
 ])
 def test_sample_each_sampler(run_dir, tmp_path, capsys, sampler, extra):
     dest = tmp_path / f"{sampler}.npy"
-    argv = ["sample", str(run_dir), "--sampler", sampler, "--n", "64", "--seed", "1", "--out", str(dest),
-            "--no-progress", *extra]
+    argv = ["sample", str(run_dir), "--sampler", sampler, "--n-samples", "64", "--sample-seed", "1",
+            "--file", str(dest), "--no-progress", *extra]
     assert main(argv) == 0
     info = json.loads(capsys.readouterr().out)
     x = np.load(dest)
     assert x.shape == (64, 2) and x.dtype == np.float32 and np.isfinite(x).all()
-    assert info["sampler"] == sampler and info["nfe"] > 0
+    assert info["sampler"] == sampler and info["nfe"] > 0 and info["seed"] == 1 and info["file"] == str(dest)
+    if sampler == "ald":
+        assert info["n_steps"] == 5 and info["ald_steps_each"] == 2 and info["nfe"] == 5 * 2 + 1
+    if sampler == "pc":  # one predictor step, no corrector, in batches of 30
+        assert info["corrector"] == "none" and info["batch_size"] == 30 and info["nfe"] == 20 + 1
     last = json.loads((run_dir / "metrics.json").read_text())["sample"][-1]
     assert last["sampler"] == sampler and last["n"] == 64
     assert main(argv) == 0  # same seed, same samples
@@ -60,10 +67,11 @@ def test_sample_each_sampler(run_dir, tmp_path, capsys, sampler, extra):
 
 
 def test_bpd_writes_finite_likelihood(run_dir, capsys):
-    assert main(["bpd", str(run_dir), "--n", "40", "--batch", "20", "--rtol", "1e-4", "--atol", "1e-4",
-                 "--no-progress"]) == 0
+    assert main(["bpd", str(run_dir), "--n", "40", "--batch-size", "20", "--rtol", "1e-4", "--atol", "1e-4",
+                 "--t-min", "1e-4", "--no-progress"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["n"] == 40 and info["trace"] == "exact" and info["non_finite"] == 0
+    assert info["t_min"] == 1e-4 and info["nfe"] > 0 and "eps" not in info and "nfe_mean" not in info
     assert np.isclose(info["bits_per_dim"], info["nll_nats"] / (2 * np.log(2)))
     assert json.loads((run_dir / "metrics.json").read_text())["bpd"][-1]["n"] == 40
 
@@ -73,7 +81,10 @@ def test_nonaffine_sde_on_a_point_file(tmp_path):
     np.save(tmp_path / "pts.npy", np.random.default_rng(0).normal(size=(300, 3)).astype(np.float32))
     out = tmp_path / "run"
     assert main(["train", "--data", str(tmp_path / "pts.npy"), "--sde", "tanh", "--center", "simulated",
-                 "--out", str(out), *TINY, "--set", "n_sim_steps=20"]) == 0
+                 "--out", str(out), *TINY, "--set", "objective.n_sim_steps=20"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["objective"]["n_sim_steps"] == 20 and config["data"]["shape"] == [3]
+    assert (config["model"]["c_in"], config["model"]["c_out"]) == ("none", "none")  # no closed-form sigma_t
     assert np.load(out / "samples.npy").shape == (200, 3)
     assert not (out / "samples.png").exists() and (out / "loss.png").exists()
 
@@ -84,35 +95,85 @@ def _exit_2(capsys, argv, match):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith(f"lcssm {argv[0]}: error: "), err
     assert re.search(match, err), err
+
+
+def _parser_error(command: str, message: str) -> str:
+    """The one line of a parser error: ``lcssm CMD: error: MESSAGE (see lcssm CMD --help)``."""
+    return f"^lcssm {command}: error: {re.escape(message)} \\(see lcssm {command} --help\\)$"
 
 
 @pytest.mark.parametrize(("argv", "match"), [
     (["--center", "simulated", "--objective", "dsm"], "dsm needs"),
     (["--sde", "tanh"], "no closed-form marginal; use --center simulated"),
-    (["--sde", "vpp"], "unknown SDE 'vpp'; valid: ve, vp, subvp, tanh"),
-    (["--sde", "ve", "--beta-max", "3"], "bad parameters for SDE 've'"),
-    (["--objective", "lcsss"], "unknown objective 'lcsss'"),
-    (["--center", "mid"], "unknown center 'mid'"),
-    (["--sampler", "ddim"], "unknown sampler 'ddim'; valid: pc, ode, ald"),
-    (["--preset", "digits", "--sde", "ve"], "--sde applies to point data, not to --preset digits"),
-    (["--data-dir", "imgs"], "--data-dir is an image option; it needs --preset NAME"),
-    (["--sde", "tanh", "--center", "simulated", "--sampler", "ald"], "annealed Langevin needs"),
+    (["--sde", "vpp"], "--sde: .*must be one of ve, vp, subvp, tanh.*, got 'vpp'"),
+    (["--sde", "ve", "--beta-max", "3"], "--beta-max: sde.beta_max does not apply to the 've' SDE"),
+    (["--objective", "lcsss"], "--objective: .*must be one of exact_sm, .*, got 'lcsss'"),
+    (["--center", "mid"], "--center: .*must be one of marginal, data, simulated, got 'mid'"),
+    (["--sampler", "ddim"], "--sampler: .*must be one of pc, ode, ald, langevin, got 'ddim'"),
+    (["--resolution", "16"], "--resolution is an image option; it needs --preset NAME"),
+    (["--nf", "8"], "--nf is an image option; it needs --preset NAME"),
+    (["--steps", "x"], _parser_error("train", "argument --steps: train.steps expects an int, got 'x'")),
+    (["--sde", "tanh", "--center", "simulated", "--sampler", "ald"], "the ald sampler does not apply to a run with "
+                                                                     "TanhSDE"),
+    (["--sampler", "langevin"], "the langevin sampler does not apply to a run with VPSDE"),
     (["--data", "missing.npy"], "does not exist"),
-    (["--set", "sample.snr=0"], "snr must be > 0"),
+    (["--set", "sampler.snr=0"], "sampler.snr must be > 0"),
+    (["--set", "sample.snr=0"], "unknown config key 'sample'; valid keys: .*sampler"),  # the old section name
+    (["--set", "center=data"], "unknown config key 'center'"),  # now objective.center
+    (["--set", "objective.sigma=0.1"], "objective.sigma applies to runs without an SDE"),
 ])
 def test_train_bad_inputs_exit_2_with_one_line(tmp_path, capsys, argv, match):
     _exit_2(capsys, ["train", "--out", str(tmp_path / "r"), *TINY, *argv], match)
     assert not (tmp_path / "r" / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("argv", [["--holdout", "0.1"], ["--random-flip"], ["--strict"], ["--cache-dir", "c"],
+                                  ["--sample-every", "5"], ["--n-grid", "4"], ["--grid-steps", "3"]])
+def test_image_options_need_a_preset(tmp_path, capsys, argv):
+    """Options of image data and image training are refused for point data, not silently ignored."""
+    _exit_2(capsys, ["train", "--out", str(tmp_path / "r"), *TINY, *argv],
+            f"{argv[0]} is an image option; it needs --preset NAME")
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
 def test_sample_and_bpd_bad_inputs_exit_2_with_one_line(run_dir, tmp_path, capsys):
-    _exit_2(capsys, ["sample", str(run_dir), "--sampler", "ddim", "--no-progress"], "unknown sampler 'ddim'")
-    _exit_2(capsys, ["sample", str(run_dir), "--n", "0", "--no-progress"], "--n must be >= 1")
+    _exit_2(capsys, ["sample", str(run_dir), "--sampler", "ddim", "--no-progress"],
+            "must be one of pc, ode, ald, langevin, got 'ddim'")
+    _exit_2(capsys, ["sample", str(run_dir), "--sampler", "langevin", "--no-progress"],
+            "the langevin sampler does not apply to a run with VPSDE")
+    _exit_2(capsys, ["sample", str(run_dir), "--n-samples", "0", "--no-progress"], "samples must be >= 1, got 0")
+    _exit_2(capsys, ["sample", str(run_dir), "--n-samples", "-1", "--no-progress"], "n_samples must be >= 0")
+    _exit_2(capsys, ["sample", str(run_dir), "--t-min", "2", "--no-progress"], "t_min must lie in \\(0, 1\\)")
+    _exit_2(capsys, ["sample", str(run_dir), "--set", "sampler.snr=0", "--no-progress"], "snr must be > 0")
+    _exit_2(capsys, ["sample", str(run_dir), "--set", "train.lr=0.1"], "train.lr is not a sampler field")
+    _exit_2(capsys, ["sample", str(run_dir), "--n-steps", "x"],
+            _parser_error("sample", "argument --n-steps: n_steps expects an int, got 'x'"))
+    _exit_2(capsys, ["fid", str(run_dir)], "is a points run; FID applies to image runs")
     _exit_2(capsys, ["sample", str(tmp_path / "nowhere")], "does not exist")
     (tmp_path / "empty").mkdir()
     _exit_2(capsys, ["sample", str(tmp_path / "empty")], "no checkpoint")
     _exit_2(capsys, ["bpd", str(tmp_path / "empty")], "no checkpoint")
     _exit_2(capsys, ["bpd", str(run_dir), "--trace", "hutch"], "unknown trace 'hutch'")
+    _exit_2(capsys, ["bpd", str(run_dir), "--n", "1"], "--n: n must be >= 2")
+    _exit_2(capsys, ["bpd", str(run_dir), "--t-min", "0"], "--t-min: t_min must be > 0")
     np.save(tmp_path / "pts3.npy", np.zeros((10, 3), dtype=np.float32))
     _exit_2(capsys, ["bpd", str(run_dir), "--data", str(tmp_path / "pts3.npy")], "dimension 3, the model 2")
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--data-dir", "imgs"],  # now --data, shared with point runs
+    ["train", "--sigma", "0.1"],  # a toy option
+    ["train", "--n-step", "5"],  # no abbreviations
+    ["sample", "RUN", "--n", "5"],  # now --n-samples
+    ["sample", "RUN", "--steps", "5"],  # now --n-steps
+    ["sample", "RUN", "--eps", "1e-3"],  # now --t-min
+    ["bpd", "RUN", "--batch", "20"],  # now --batch-size
+])
+def test_unknown_flags_exit_2_with_one_line(tmp_path, capsys, argv):
+    unknown = " ".join(argv[-2:])
+    argv = [str(tmp_path / "r") if a == "RUN" else a for a in argv]
+    if argv[0] == "train":
+        argv += ["--out", str(tmp_path / "r"), *TINY]
+    _exit_2(capsys, argv, _parser_error(argv[0], f"unrecognized arguments: {unknown}"))

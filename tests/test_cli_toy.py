@@ -74,7 +74,6 @@ PARSER = r"^lcssm toy: error: {} \(see lcssm toy --help\)$"
     (["--sigma", "-0.5"], "sigma must be > 0"),
     (["--sigma", "abc"], PARSER.format("argument --sigma: objective.sigma expects float or none, got 'abc'")),
     (["--steps", "2.5"], PARSER.format("argument --steps: train.steps expects an int, got '2.5'")),
-    (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     (["--n-noise", "0"], "n_noise must be >= 1"),
     (["--steps", "-1"], "steps"),
     (["--batch-size", "0"], "batch_size"),
@@ -97,6 +96,18 @@ def test_toy_bad_inputs_exit_2_with_one_line(tmp_path, capsys, argv, match):
     assert err.startswith("lcssm toy: error: "), err
     assert re.search(match, err), err
     assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("argv", [["--no-such-flag"], ["--langevin-step", "0.1"],  # no abbreviations
+                                  ["--model", "score_mlp", "--sampler", "ode"]])  # a train/sample option
+def test_toy_unknown_flags_exit_2_with_one_line(tmp_path, capsys, argv):
+    with pytest.raises(SystemExit) as e:
+        raise SystemExit(main(["toy", "--out", str(tmp_path / "r"), *TINY, *argv]))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    flags = " ".join(argv[-2:] if len(argv) > 1 else argv)
+    assert re.fullmatch(PARSER.format(re.escape(f"unrecognized arguments: {flags}")), err), err
 
 
 @pytest.mark.parametrize("content", ["1,2\n3,x\n", "1,2,3\n4,5\n", "", "1,nan\n2,3\n"])

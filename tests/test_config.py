@@ -1,4 +1,5 @@
-"""Config dataclasses: key=value overrides with type coercion, validation hooks, presets, argparse glue."""
+"""Config dataclasses: key=value overrides with type coercion, validation hooks, the run presets and the command
+line generated from dataclass fields (lcssm.cli.options)."""
 
 from __future__ import annotations
 
@@ -11,20 +12,21 @@ from typing import Literal
 
 import pytest
 
+from lcssm.cli import Parser, main
+from lcssm.cli.options import Binding, CommandOptions, add_options, apply_options, bindings
 from lcssm.config import (
-    TRAIN_PRESETS,
     TrainConfig,
-    add_train_args,
     apply_overrides,
+    check_types,
     from_dict,
-    get_preset,
     invalid,
+    meta,
     parse_override,
-    train_config_from_args,
-    train_overrides_from_args,
     validate,
 )
 from lcssm.errors import ConfigError
+from lcssm.experiments.presets import TOY_PRESETS, ToyPreset, point_spec, toy_spec
+from lcssm.experiments.spec import RunSpec
 
 
 @dataclass
@@ -174,48 +176,178 @@ def test_from_dict_round_trips_through_json_and_rejects_bad_keys():
         from_dict(RunConfig, {"train": {"steps": -1}})
 
 
-def test_presets_by_name():
-    cfg = get_preset(TRAIN_PRESETS, "toy")
-    assert cfg == TRAIN_PRESETS["toy"] and cfg is not TRAIN_PRESETS["toy"]
-    with pytest.raises(ConfigError, match="unknown preset 'tiny'; valid: default, toy, debug"):
-        get_preset(TRAIN_PRESETS, "tiny")
+def test_toy_presets_by_name():
+    """Each call builds a fresh spec (no shared state between runs); paper is App. B; unknown names list the valid."""
+    quick = toy_spec("quick")
+    assert quick == toy_spec() and quick is not toy_spec("quick") and quick.train is not toy_spec("quick").train
+    assert TOY_PRESETS == ("quick", "paper") and quick.preset == "quick" and quick.command == "toy"
+    paper = toy_spec("paper")
+    assert (paper.train.steps, paper.train.batch_size, paper.sampler.langevin_step_size) == (20_000, 10_000, 0.1)
+    assert dataclasses.replace(paper, preset="quick", train=quick.train, sampler=quick.sampler) == quick
+    for make in (toy_spec, lambda name: ToyPreset(preset=name)):
+        with pytest.raises(ConfigError, match="unknown toy preset 'tiny'; valid: quick, paper"):
+            make("tiny")
 
 
-def _parser(base: TrainConfig) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser()
-    add_train_args(p, base)
-    return p
+def test_overrides_on_a_run_spec_reach_every_section_and_rerun_its_checks():
+    spec = apply_overrides(point_spec(), ["train.steps=4", "sampler.n_steps=20", "objective.center=data",
+                                          "sde.beta_max=10", "model.hidden=32", "grids.every=2"])
+    assert (spec.train.steps, spec.sampler.n_steps, spec.objective.center) == (4, 20, "data")
+    assert (spec.sde.beta_max, spec.model.hidden, spec.grids.every) == (10.0, 32, 2)
+    assert spec.sde.beta_min is None and point_spec().train.steps == 2000  # others untouched, input unchanged
+    with pytest.raises(ConfigError, match=r"^sampler\.snr must be > 0"):  # a section's own check, qualified
+        apply_overrides(spec, ["sampler.snr=0"])
+    with pytest.raises(ConfigError, match="has no closed-form marginal; use --center simulated"):  # across sections
+        apply_overrides(spec, ["sde.name=tanh"])
+    assert apply_overrides(spec, ["sde.name=tanh", "objective.center=simulated"]).sde.name == "tanh"
+    with pytest.raises(ConfigError, match="does not apply to the 've' SDE"):
+        apply_overrides(spec, ["sde.name=ve"])  # beta_max=10 was set above
+    with pytest.raises(ConfigError, match="objective lcss without an SDE needs objective.sigma"):
+        apply_overrides(toy_spec(), ["objective.sigma=none"])
+    with pytest.raises(ConfigError, match="objective.sigma applies to runs without an SDE"):
+        apply_overrides(point_spec(), ["objective.sigma=0.1"])
+    with pytest.raises(ConfigError, match="unknown config key 'sample'; valid keys: .*sampler"):
+        apply_overrides(point_spec(), ["sample.n_steps=20"])
+    with pytest.raises(ConfigError, match="format must be 'lcssm-run-v2'"):
+        RunSpec(format="v1")
 
 
-def test_train_args_apply_on_top_of_any_base():
-    base = TrainConfig(steps=100, lr=0.01, warmup=7, amp=True)
-    p = _parser(TrainConfig())
-    args = p.parse_args(["--steps", "5", "--ema", "0.5", "--no-amp", "--grad-clip", "2", "--set", "warmup=3",
-                         "--set", "train.keep_last=9", "--resume"])
-    cfg = train_config_from_args(args, base)
-    assert (cfg.steps, cfg.ema_decay, cfg.amp, cfg.grad_clip, cfg.warmup, cfg.keep_last) == (5, 0.5, False, 2.0, 3, 9)
-    assert cfg.lr == 0.01  # not given: the base's value, not the parser's default
-    assert args.resume is True and args.overwrite is False
-    assert p.parse_args([]).resume is False and p.parse_args(["--overwrite"]).overwrite is True
-    assert train_overrides_from_args(args, "train.")[:2] == ["train.steps=5", "train.ema_decay=0.5"]
-    assert train_config_from_args(p.parse_args([]), base) == base
+# ---------------------------------------------------------------------------------- generated command line
+def _f(default, help, **kw):
+    return field(default=default, metadata=meta(help, **kw))
 
 
-def test_train_args_help_shows_the_base_defaults():
-    text = " ".join(_parser(TrainConfig(steps=1234, ckpt_every=55)).format_help().split())
+@dataclass
+class Section:
+    steps: int = _f(10, "number of steps", commands=("run",))
+    rate: float = _f(0.5, "the rate", flag="--lr", commands=("run",))
+    amp: bool = _f(False, "mixed precision", commands=("run", "other"))
+    mode: str = _f("fast", "how", commands=("run",), choices=("fast", "exact"))
+    note: str | None = _f(None, "a note", commands=("run",))
+    depth: int = _f(3, "only for --set and the other command", commands=("other",))
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        if self.steps < 0:
+            raise invalid("steps", f"must be >= 0, got {self.steps}")
+        if self.mode not in ("fast", "exact"):
+            raise invalid("mode", f"must be one of fast, exact, got {self.mode!r}")
+
+
+@dataclass
+class Options:
+    section: Section = field(default_factory=Section)
+    seed: int = _f(0, "random seed", flag="--sample-seed", commands=("run",))
+    hidden: int = 8  # no metadata: never a flag
+
+
+def _cli(obj, command="run", **kw):
+    p = Parser(prog="prog run")
+    found = add_options(p, obj, command, **kw)
+    p.add_argument("--set", dest="set", action="append", default=argparse.SUPPRESS)
+    return p, found
+
+
+def test_bindings_one_flag_per_field_for_the_command():
+    found = bindings(Options(), "run")
+    assert [(b.flag, b.key, b.dest) for b in found] == [
+        ("--steps", "section.steps", "section__steps"), ("--lr", "section.rate", "section__rate"),
+        ("--amp", "section.amp", "section__amp"), ("--mode", "section.mode", "section__mode"),
+        ("--note", "section.note", "section__note"), ("--sample-seed", "seed", "seed")]
+    assert found[0] == Binding("--steps", "section.steps", "section__steps", int)
+    assert found[4].type == str | None
+    assert [b.flag for b in bindings(Options(), "other")] == ["--amp", "--depth"]
+    assert bindings(Options(), "nothing") == []
+
+
+def test_flags_apply_typed_values_on_top_of_any_base():
+    base = Options(section=Section(steps=100, rate=0.01, mode="exact", note="n"), seed=7)
+    p, found = _cli(Options())  # the parser's defaults play no part: flags not given stay absent
+    args = p.parse_args(["--steps", "1e3", "--lr", "2", "--amp", "--note", "none", "--sample-seed", "3",
+                         "--set", "section.depth=5", "--set", "hidden=4"])
+    assert not hasattr(args, "section__mode")
+    got = apply_options(base, args, found, with_set=True)
+    assert got == Options(section=Section(steps=1000, rate=2.0, amp=True, mode="exact", note=None, depth=5),
+                          seed=3, hidden=4)
+    assert isinstance(got.section.steps, int) and isinstance(got.section.rate, float)
+    assert base == Options(section=Section(steps=100, rate=0.01, mode="exact", note="n"), seed=7)  # not modified
+    assert apply_options(base, p.parse_args([]), found, with_set=True) == base
+    assert apply_options(base, args, found).section.depth == 3  # --set only with with_set
+    on = Options(section=Section(amp=True))
+    assert apply_options(on, p.parse_args(["--no-amp"]), found).section.amp is False  # BooleanOptionalAction
+    assert apply_options(on, p.parse_args([]), found).section.amp is True
+
+
+def test_help_shows_the_base_values_choices_and_notes():
+    p, _ = _cli(Options(section=Section(steps=1234, note=None)), notes={"section.rate": "with --preset x: 0.1"})
+    text = " ".join(p.format_help().split())
+    for flag in ("--steps INT", "--lr FLOAT", "--amp, --no-amp", "--mode NAME", "--note STR", "--sample-seed INT"):
+        assert flag in text, flag
+    assert "--depth" not in text and "--hidden" not in text
+    assert "number of steps (default: 1234)" in text and "a note (default: none)" in text
+    assert "how (fast, exact) (default: fast)" in text and "the rate (default: 0.5; with --preset x: 0.1)" in text
+    p, _ = _cli(Options(), default="the run's")
+    assert "number of steps (default: the run's)" in " ".join(p.format_help().split())
+
+
+def test_trainer_flags_of_the_run_commands(capsys):
+    """TrainConfig's flags, with the toy preset's values as the defaults shown; the command options beside them."""
+    for command in ("toy", "train"):
+        keys = {b.flag: b.key for b in bindings(RunSpec(train=TrainConfig()), command) if b.key.startswith("train.")}
+        assert keys == {"--steps": "train.steps", "--batch-size": "train.batch_size", "--lr": "train.lr",
+                        "--warmup": "train.warmup", "--grad-clip": "train.grad_clip", "--ema": "train.ema_decay",
+                        "--ckpt-every": "train.ckpt_every", "--keep-last": "train.keep_last", "--amp": "train.amp",
+                        "--compile": "train.compile", "--seed": "train.seed", "--device": "train.device"}
+        assert {b.flag for b in bindings(CommandOptions(), command)} >= {"--out", "--resume", "--overwrite",
+                                                                          "--progress"}
+    with pytest.raises(SystemExit) as e:
+        main(["toy", "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
     for option in ("--steps", "--batch-size", "--lr", "--ema", "--warmup", "--grad-clip", "--ckpt-every",
-                   "--keep-last", "--resume", "--overwrite", "--amp", "--compile", "--device", "--seed", "--set"):
+                   "--keep-last", "--resume", "--overwrite", "--amp", "--compile", "--device", "--seed", "--set",
+                   "--no-progress"):
         assert option in text, option
-    assert "(default: 1234)" in text and "(default: 55)" in text
+    quick = toy_spec("quick").train
+    assert f"total optimizer steps (--resume continues to this total) (default: {quick.steps}" in text
+    assert f"(default: {quick.batch_size}; with --preset paper: 10000)" in text
 
 
 @pytest.mark.parametrize("argv,match", [
-    (["--set", "nope=1"], "unknown config key 'nope'"),
-    (["--set", "lr=x"], "^lr expects a float"),
-    (["--steps", "-2"], "^steps must be >= 0"),
-    (["--batch-size", "0"], "^batch_size must be >= 1"),
+    (["--set", "nope=1"], "^unknown config key 'nope'"),
+    (["--set", "section.rate=x"], r"^section\.rate expects a float"),
+    (["--set", "section.steps=-2"], r"^section\.steps must be >= 0"),
+    (["--steps", "-2"], "^--steps: steps must be >= 0"),
+    (["--mode", "slow"], "^--mode: mode must be one of fast, exact, got 'slow'"),
 ])
-def test_train_args_errors_name_the_key(argv, match):
-    args = _parser(TrainConfig()).parse_args(argv)
+def test_option_errors_name_the_flag_or_key(argv, match):
+    p, found = _cli(Options())
     with pytest.raises(ConfigError, match=match):
-        train_config_from_args(args, TrainConfig())
+        apply_options(Options(), p.parse_args(argv), found, with_set=True)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--steps", "x"], "argument --steps: section.steps expects an int, got 'x'"),
+    (["--steps", "2.5"], "argument --steps: section.steps expects an int, got '2.5'"),
+    (["--lr", "fast"], "argument --lr: section.rate expects a float, got 'fast'"),
+    (["--amp=yes"], "argument --amp/--no-amp: ignored explicit argument 'yes'"),
+    (["--ste", "3"], "unrecognized arguments: --ste 3"),  # no abbreviations
+    (["--steps"], "argument --steps: expected one argument"),
+])
+def test_parse_errors_are_one_line_naming_the_flag(argv, message, capsys):
+    p, _ = _cli(Options())
+    with pytest.raises(SystemExit) as e:
+        p.parse_args(argv)
+    assert e.value.code == 2
+    assert capsys.readouterr().err == f"prog run: error: {message} (see prog run --help)\n"
+
+
+def test_a_field_has_one_flag():
+    """Two fields with the same flag cannot both be offered: argparse refuses the second."""
+    @dataclass
+    class Clash:
+        a: int = _f(1, "a", flag="--x", commands=("run",))
+        b: int = _f(2, "b", flag="--x", commands=("run",))
+
+    with pytest.raises(argparse.ArgumentError, match="conflicting option string: --x"):
+        _cli(Clash())

@@ -10,6 +10,7 @@ no gradient (the output bias).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -96,3 +97,6 @@ def test_torchrun_ranks_share_one_image_cache(tmp_path):
     assert len(list(cache.glob("*.npy"))) == 1 and len(list(cache.glob("*.json"))) == 1
     assert not [p for p in cache.iterdir() if "tmp" in p.name]
     assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [2]
+    config = json.loads((tmp_path / "run" / "config.json").read_text())  # the run spec, written once by rank 0
+    assert config["data"]["cache_dir"] == str(cache) and config["data"]["shape"] == [1, 8, 8]
+    assert load_checkpoint(checkpoint_path(tmp_path / "run", 2))["world_size"] == 2

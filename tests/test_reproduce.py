@@ -34,11 +34,33 @@ def _check_report(out, name):
     assert figures and all((out / f).exists() for f in figures)
 
 
+def test_every_target_is_registered():
+    assert set(TARGETS) == {"table1", "fig8", "table2", "fig7", "digits", "equivalence", "variance"}
+
+
 @pytest.mark.parametrize("name", [n for n in TARGETS if n not in ("table1", "fig8")])
 def test_target_smoke_writes_a_complete_report(name, tmp_path):
     out = tmp_path / name
     assert main(["reproduce", name, "--out", str(out), "--smoke", "--seed", "3"]) == 0
     _check_report(out, name)
+    if name == "digits":
+        _check_digits(out)
+
+
+def _check_digits(out):
+    """One row per objective and the test-digits floor; a PC sample grid per objective; every run trained."""
+    from lcssm.reproduce.digits import OBJECTIVES
+
+    res = json.loads((out / "results.json").read_text())
+    rows = res["tables"]["digits"]["rows"]
+    assert [r[0] for r in rows] == [*OBJECTIVES, "test digits (360)"]
+    for row in rows[:-1]:
+        assert row[1] > 0 and math.isfinite(row[2]) and row[4] > 0 and row[7] > 0, row  # s/step, bpd, FIDs
+    assert all((out / "digits" / f"{o}.png").exists() for o in OBJECTIVES)
+    md = (out / "REPORT.md").read_text()
+    assert all(f"](digits/{o}.png)" in md for o in OBJECTIVES)
+    assert {r[0] for r in res["tables"]["stages"]["rows"]} == {"training", "sampling + FID", "bits/dim",
+                                                                "whole table"}
 
 
 def test_table1_and_fig8_share_their_runs_under_all(tmp_path):
@@ -241,6 +263,25 @@ def test_paired_ratio_uses_matching_rounds():
     den = TimingStats.of([1.0, 2.0], [0, 2])
     r = paired_ratio(num, den)
     assert sorted(r.samples) == [2.0, 4.5] and r.median == pytest.approx(3.25)
+
+
+def test_variant_loss_passes_sigma_only_to_the_noise_objectives():
+    """Every variant through its registered Objective: sigma goes to dsm/lcss only (the others would refuse it),
+    and options are the functions' keywords (fdssm's is fd_eps)."""
+    from lcssm.errors import ConfigError
+    from lcssm.reproduce.steps import VARIANTS, variant_loss
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    x = torch.randn(8, 3)
+    for v in VARIANTS:
+        loss = variant_loss(v, net, x, sigma=0.1, generator=torch.Generator().manual_seed(1))
+        assert loss.shape == (8,) and torch.isfinite(loss).all(), v
+    a = variant_loss("fdssm", net, x, sigma=0.1, generator=torch.Generator().manual_seed(1))
+    b = variant_loss("fdssm", net, x, sigma=0.1, generator=torch.Generator().manual_seed(1), fd_eps=0.01)
+    assert not torch.allclose(a, b)
+    with pytest.raises(ConfigError, match="fd_eps"):
+        variant_loss("fdssm", net, x, sigma=0.1, eps=0.01)
 
 
 def test_graph_memory_grows_with_the_jacobian_objectives():

@@ -84,11 +84,20 @@ def test_energy_score_keeps_graph_only_when_training():
         assert not model(x).requires_grad
 
 
+def test_toy_models_share_the_backbone_call():
+    """``backbone(x, t, sigma)``: the energy MLP and an unconditional score MLP use neither t nor sigma."""
+    x, t, sigma = torch.randn(4, 2), torch.rand(4), torch.rand(4) + 0.1
+    for model in (EnergyMLP(dim=2), ScoreMLP(dim=2)):
+        torch.testing.assert_close(model(x, t, sigma), model(x))
+        torch.testing.assert_close(model(x, t), model(x))
+
+
 def test_score_mlp_time_conditional():
     m = ScoreMLP(dim=3, time_embed="fourier")
     x = torch.randn(4, 3)
     a, b = m(x, torch.zeros(4)), m(x, torch.ones(4))
     assert a.shape == (4, 3) and not torch.allclose(a, b)
+    torch.testing.assert_close(m(x, torch.ones(4), torch.full((4,), 0.3)), b)  # sigma unused
     with pytest.raises(ValueError, match="model\\(x, t\\)"):
         m(x)
     with pytest.raises(ConfigError, match="fourier, sinusoidal"):

@@ -46,11 +46,12 @@ _NONE = frozenset({"none", "null"})
 
 
 def meta(help: str, *, flag: str | None = None, commands: tuple[str, ...] = (),
-         choices: tuple[str, ...] | None = None) -> dict[str, Any]:
+         choices: tuple[str, ...] | None = None, data_kind: str | None = None) -> dict[str, Any]:
     """Field metadata from which the command line is generated (:mod:`lcssm.cli.options`): the ``help`` text, the
-    ``flag`` (default ``--field-name``), the ``commands`` that offer it as a flag and the valid ``choices`` (shown in
-    the help). Every field is reachable with ``--set section.field=value`` whatever its ``commands``."""
-    return {"help": help, "flag": flag, "commands": commands, "choices": choices}
+    ``flag`` (default ``--field-name``), the ``commands`` that offer it as a flag, the valid ``choices`` (shown in
+    the help) and the ``data_kind`` (``points`` or ``images``) a flag applies to, if only one. Every field is
+    reachable with ``--set section.field=value`` whatever its ``commands``."""
+    return {"help": help, "flag": flag, "commands": commands, "choices": choices, "data_kind": data_kind}
 
 
 def _field(default: Any, help: str, **kw: Any) -> Any:
@@ -194,21 +195,7 @@ def _coerce(text: str, tp: Any, key: str) -> Any:
                 pass
         raise invalid(key, f"must be one of {', '.join(map(str, choices))}, got {text!r}")
     if origin in (tuple, list):
-        args = typing.get_args(tp)
-        s = text.strip()
-        if s[:1] in "([" and s[-1:] in ")]":
-            s = s[1:-1]
-        parts = [p.strip() for p in s.split(",")] if s.strip() else []
-        if parts and parts[-1] == "":  # "(1,)"
-            parts = parts[:-1]
-        if origin is list or (len(args) == 2 and args[1] is Ellipsis):
-            item = args[0] if args else Any
-            values = [_coerce(p, item, key) for p in parts]
-        else:
-            if len(parts) != len(args):
-                raise invalid(key, f"expects {len(args)} comma-separated values, got {text!r}")
-            values = [_coerce(p, a, key) for p, a in zip(parts, args)]
-        return tuple(values) if origin is tuple else values
+        return _coerce_sequence(text, tp, key)
     if origin is dict or tp is dict:
         try:
             value = json.loads(text)
@@ -246,6 +233,25 @@ def _coerce(text: str, tp: Any, key: str) -> Any:
     if tp is Path:
         return Path(text)
     raise invalid(key, f"has type {_type_name(tp)}, which cannot be set from a string")
+
+
+def _coerce_sequence(text: str, tp: Any, key: str) -> Any:
+    """Comma-separated ``text`` (optional brackets) as a ``tuple[...]`` / ``list[...]`` of the annotated items."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    s = text.strip()
+    if s[:1] in "([" and s[-1:] in ")]":
+        s = s[1:-1]
+    parts = [p.strip() for p in s.split(",")] if s.strip() else []
+    if parts and parts[-1] == "":  # "(1,)"
+        parts = parts[:-1]
+    if origin is list or (len(args) == 2 and args[1] is Ellipsis):
+        item = args[0] if args else Any
+        values = [_coerce(p, item, key) for p in parts]
+    else:
+        if len(parts) != len(args):
+            raise invalid(key, f"expects {len(args)} comma-separated values, got {text!r}")
+        values = [_coerce(p, a, key) for p, a in zip(parts, args)]
+    return tuple(values) if origin is tuple else values
 
 
 def _check_value(value: Any, tp: Any, key: str) -> Any:

@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Load it without lcssm's trainer: model.load_state_dict(safetensors.torch.load_file(FILE)).",
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory (holds checkpoints/)")
-    p.add_argument("--out", metavar="FILE", help="output file (default: RUN_DIR/ema.safetensors)")
+    p.add_argument("--file", metavar="FILE", help="output file (default: RUN_DIR/ema.safetensors)")
     p.set_defaults(func=run)
 
 
@@ -27,6 +27,6 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
-    dest = export_ema(run_dir, args.out)
+    dest = export_ema(run_dir, args.file)
     print(f"wrote {dest}", file=sys.stderr)
     return 0

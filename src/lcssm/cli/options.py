@@ -26,7 +26,10 @@ class CommandOptions:
     """Options of a command that are not part of a run spec: where its output goes and how it runs."""
 
     out: str | None = dataclasses.field(default=None, metadata=meta(
-        "output: the run directory (toy, train) or the samples file (sample)", commands=("toy", "train", "sample")))
+        "output directory: the run directory", commands=("toy", "train")))
+    file: str | None = dataclasses.field(default=None, metadata=meta(
+        "output file of the samples (default: RUN_DIR/samples.npy for points, RUN_DIR/samples.npz for images)",
+        commands=("sample",)))
     resume: bool = dataclasses.field(default=False, metadata=meta(
         "continue the run in --out from its latest good checkpoint, to the same --steps total",
         commands=("toy", "train")))
@@ -50,6 +53,7 @@ class Binding:
     key: str
     dest: str
     type: Any
+    data_kind: str | None = None
 
 
 def _flag(f: dataclasses.Field) -> str:
@@ -66,7 +70,7 @@ def bindings(obj: Any, command: str, prefix: str = "") -> list[Binding]:
             out += bindings(getattr(obj, f.name), command, f"{prefix}{f.name}.")
         elif command in f.metadata.get("commands", ()):
             key = prefix + f.name
-            out.append(Binding(_flag(f), key, key.replace(".", "__"), tp))
+            out.append(Binding(_flag(f), key, key.replace(".", "__"), tp, f.metadata.get("data_kind")))
     return out
 
 
@@ -144,7 +148,8 @@ def apply_options(obj: Any, args: argparse.Namespace, found: list[Binding], *, w
             try:
                 obj = _replace(obj, b.key, getattr(args, b.dest))
             except ConfigError as e:
-                raise ConfigError(f"{b.flag}: {e}") from None
+                detail = getattr(e, "detail", None)
+                raise ConfigError(f"{b.flag}: " + (f"{b.key} {detail}" if detail else str(e))) from None
     if with_set:
         obj = apply_overrides(obj, getattr(args, "set", None) or [])
     return obj

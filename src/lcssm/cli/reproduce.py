@@ -27,8 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(size="full")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice; reported)")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
-    p.add_argument("--progress", action="store_true", help="show training/sampling progress bars")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False,
+                   help="progress bars of training and sampling (default: off, the reports are the output)")
     p.set_defaults(func=run)
 
 
@@ -42,7 +43,7 @@ def canonical_command(args: argparse.Namespace) -> str:
     parts += ["--seed", str(args.seed)]
     if args.threads is not None:
         parts += ["--threads", str(args.threads)]
-    if args.device != "cpu":
+    if args.device != "auto":
         parts += ["--device", shlex.quote(args.device)]
     return " ".join(parts)
 

@@ -101,10 +101,13 @@ def _train(args: argparse.Namespace) -> int:
     from lcssm.experiments.presets import ImagePreset, fit_point_model, image_spec, point_spec
 
     preset = apply_options(ImagePreset(), args, args.preset_flags)
+    kind = "points" if preset.preset is None else "images"
+    flags = [(b, "images") for b in args.preset_flags] + [(b, b.data_kind) for b in args.spec_flags]
+    wrong = [b.flag for b, only in flags if hasattr(args, b.dest) and only not in (None, kind)]
+    if wrong:
+        raise ConfigError(f"{wrong[0]} is an image option; it needs --preset NAME" if kind == "points" else
+                          f"{wrong[0]} applies to point data, not to --preset {preset.preset} (see lcssm train --help)")
     if preset.preset is None:
-        given = [b.flag for b in args.preset_flags if hasattr(args, b.dest)]
-        if given:
-            raise ConfigError(f"{given[0]} is an image option; it needs --preset NAME")
         spec = fit_point_model(apply_options(point_spec(), args, args.spec_flags, with_set=True))
     else:
         spec = apply_options(image_spec(preset, getattr(args, "data__source", None)), args, args.spec_flags,
@@ -159,7 +162,7 @@ def _sample(args: argparse.Namespace) -> int:
     from lcssm.experiments.pipeline import sample_run
 
     cmd = apply_options(CommandOptions(), args, args.command_flags)
-    record = sample_run(args.run_dir, _sampler_overrides(args), out=cmd.out, device=cmd.device,
+    record = sample_run(args.run_dir, _sampler_overrides(args), out=cmd.file, device=cmd.device,
                         progress=cmd.progress)
     return _print(record, f"wrote {record['file']}" + (f" and {record['grid']}" if "grid" in record else ""))
 

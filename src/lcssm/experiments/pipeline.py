@@ -97,7 +97,7 @@ def train_run(spec: RunSpec, out_dir: str | os.PathLike, *, resume: bool = False
     out = Path(out_dir)
     kind = KINDS[spec.data.kind]
     data = kind.load(spec)
-    spec = kind.resolve(spec, data)
+    spec = dataclasses.replace(kind.resolve(spec, data), sde=spec.sde.resolved())
     sde = spec.sde.build()
     seed_everything(spec.train.seed)  # parameter initialisation
     model = build_score_model(spec.model, sde, spec.data.shape[0])

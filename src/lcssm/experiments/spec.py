@@ -77,12 +77,12 @@ class DataSpec:
     shape: tuple[int, ...] = _f((), "shape of one example: (d,) for points, (C, R, R) for images")
     n_bins: int = _f(0, "grey levels of image data (17 for the digits, 256 for 8-bit images; 0 for points)")
     scale: str = _f("none", "range fed to the network: zero_one or minus_one_one (images), none (points)")
-    random_flip: bool = _f(False, "mirror training images left-right with probability 1/2", commands=TRAIN)
-    holdout: float = _f(0.05, "fraction of an image folder held out of training for bpd", commands=TRAIN)
+    random_flip: bool = _f(False, "mirror training images left-right with probability 1/2", commands=TRAIN, data_kind="images")
+    holdout: float = _f(0.05, "fraction of an image folder held out of training for bpd", commands=TRAIN, data_kind="images")
     strict: bool = _f(False, "an unreadable image file is an error (default: skipped with a warning naming it)",
-                      commands=TRAIN)
+                      commands=TRAIN, data_kind="images")
     cache_dir: str | None = _f(None, "decode an image folder once into a memory-mapped file in this folder, shared "
-                               "by all ranks and later runs", commands=TRAIN)
+                               "by all ranks and later runs", commands=TRAIN, data_kind="images")
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -205,7 +205,7 @@ class ModelSpec:
 
     arch: str = _f("score_mlp", "backbone: energy_mlp (score = grad f), score_mlp, unet or ncsnv2", flag="--model",
                    commands=TOY, choices=ARCHS)
-    hidden: int = _f(256, "hidden width of an MLP", commands=RUNS)
+    hidden: int = _f(256, "hidden width of an MLP", commands=RUNS, data_kind="points")
     n_hidden: int = _f(3, "hidden layers of an MLP")
     activation: str = _f("silu", "activation of an MLP")
     embedding: str = _f("sinusoidal", "time embedding of a time-conditional MLP: sinusoidal or fourier")
@@ -286,9 +286,9 @@ class SamplerSpec:
 class GridSpec:
     """Sample grids written during image training (PC sampler)."""
 
-    every: int = _f(0, "steps between sample grids in OUT/grids (0 = none)", flag="--sample-every", commands=TRAIN)
-    n: int = _f(64, "images per sample grid", flag="--n-grid", commands=TRAIN)
-    steps: int = _f(100, "PC steps of the grid sampler", flag="--grid-steps", commands=TRAIN)
+    every: int = _f(0, "steps between sample grids in OUT/grids (0 = none)", flag="--sample-every", commands=TRAIN, data_kind="images")
+    n: int = _f(64, "images per sample grid", flag="--n-grid", commands=TRAIN, data_kind="images")
+    steps: int = _f(100, "PC steps of the grid sampler", flag="--grid-steps", commands=TRAIN, data_kind="images")
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -318,6 +318,10 @@ class RunSpec:
         check_types(self)
         if self.format != FORMAT:
             raise ConfigError(f"format must be {FORMAT!r}, got {self.format!r}")
+        mlp = self.model.arch in ("energy_mlp", "score_mlp")
+        if mlp != (self.data.kind == "points"):
+            raise ConfigError(f"model.arch {self.model.arch} does not take {self.data.kind} data; "
+                              f"use {'energy_mlp or score_mlp' if self.data.kind == 'points' else 'unet or ncsnv2'}")
         has_sde = self.sde.name != "none"
         if not has_sde and self.objective.name in ("lcss", "dsm") and self.objective.sigma is None:
             raise ConfigError(f"objective {self.objective.name} without an SDE needs objective.sigma (--sigma)")
@@ -329,6 +333,9 @@ class RunSpec:
                 raise ConfigError(f"SDE {self.sde.name!r} has no closed-form marginal; use --center simulated")
             if not self.objective.t_min < sde.T:
                 raise ConfigError(f"objective.t_min must lie in (0, {sde.T}), got {self.objective.t_min}")
+        from lcssm.samplers import get_sampler
+
+        get_sampler(self.sampler.name, self.sde.build())  # a sampler that cannot sample this run fails now
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(self)

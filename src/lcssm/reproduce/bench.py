@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from lcssm.device import make_generator, resolve_device
 from lcssm.diffusion import diffusion_loss

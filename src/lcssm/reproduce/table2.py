@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from lcssm.device import make_generator
 from lcssm.diffusion import diffusion_loss, time_conditional

@@ -9,7 +9,6 @@ Sizes: ``full`` is the toy ``paper`` preset (batch 10k, 20k steps = 200 epochs o
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import shutil
 from pathlib import Path
@@ -41,7 +40,7 @@ def toy_config(ctx: Context, objective: str):
     s = ctx.pick(SIZES)
     spec = toy_spec(s["preset"])
     overrides = [f"objective.name={objective}", "data.source=checkerboard", "model.arch=energy_mlp",
-                 f"train.seed={ctx.seed}", f"train.device={ctx.device}"]
+                 f"train.seed={ctx.seed}", f"sampler.seed={ctx.seed}", f"train.device={ctx.device}"]
     keys = {"hidden": "model.hidden", "n_samples": "sampler.n_samples", "langevin_steps": "sampler.langevin_steps",
             "steps": "train.steps", "batch_size": "train.batch_size"}
     overrides += [f"{key}={s[name]}" for name, key in keys.items() if s[name] is not None]
