@@ -112,6 +112,7 @@ def _parser_error(command: str, message: str) -> str:
     (["--objective", "lcsss"], "--objective: .*must be one of exact_sm, .*, got 'lcsss'"),
     (["--center", "mid"], "--center: .*must be one of marginal, data, simulated, got 'mid'"),
     (["--sampler", "ddim"], "--sampler: .*must be one of pc, ode, ald, langevin, got 'ddim'"),
+    (["--preset", "digits", "--hidden", "64"], "--hidden applies to point data, not to --preset digits"),
     (["--resolution", "16"], "--resolution is an image option; it needs --preset NAME"),
     (["--nf", "8"], "--nf is an image option; it needs --preset NAME"),
     (["--steps", "x"], _parser_error("train", "argument --steps: train.steps expects an int, got 'x'")),
@@ -143,7 +144,8 @@ def test_sample_and_bpd_bad_inputs_exit_2_with_one_line(run_dir, tmp_path, capsy
             "must be one of pc, ode, ald, langevin, got 'ddim'")
     _exit_2(capsys, ["sample", str(run_dir), "--sampler", "langevin", "--no-progress"],
             "the langevin sampler does not apply to a run with VPSDE")
-    _exit_2(capsys, ["sample", str(run_dir), "--n-samples", "0", "--no-progress"], "samples must be >= 1, got 0")
+    _exit_2(capsys, ["sample", str(run_dir), "--n-samples", "0", "--no-progress"], 
+             "n_samples \\(--n-samples\\) must be >= 1, got 0")
     _exit_2(capsys, ["sample", str(run_dir), "--n-samples", "-1", "--no-progress"], "n_samples must be >= 0")
     _exit_2(capsys, ["sample", str(run_dir), "--t-min", "2", "--no-progress"], "t_min must lie in \\(0, 1\\)")
     _exit_2(capsys, ["sample", str(run_dir), "--set", "sampler.snr=0", "--no-progress"], "snr must be > 0")

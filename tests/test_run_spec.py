@@ -438,7 +438,7 @@ def test_flags_and_set_reach_their_fields_as_typed_values(captured, tmp_path):
 
 
 @pytest.mark.parametrize("argv,words", [
-    (["train", "--objective", "lcsss"], "--objective: name must be one of exact_sm, ssm"),
+    (["train", "--objective", "lcsss"], "--objective: objective.name must be one of exact_sm, ssm"),
     (["train", "--steps", "many"], "steps expects an int"),
     (["train", "--set", "objective.nope=1"], "unknown config key 'objective.nope'"),
     (["sample", "RUN", "--set", "train.steps=3"], "is not a sampler field"),

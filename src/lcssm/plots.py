@@ -96,7 +96,8 @@ def plot_losses(path: str | Path, curves: dict[str, Sequence[float]], *, title: 
     finite = finite[np.isfinite(finite)]
     if finite.size:
         lo, hi = np.percentile(finite, [1, 99])
-        ax.set_ylim(lo - 0.1 * abs(hi - lo), hi + 0.1 * abs(hi - lo))
+        pad = 0.1 * abs(hi - lo) or 0.5 * max(abs(hi), 1.0)  # one value (or a flat curve): a band around it
+        ax.set_ylim(lo - pad, hi + pad)
     ax.legend()
     save_figure(fig, path)
 

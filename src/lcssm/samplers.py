@@ -137,7 +137,7 @@ def draw(score_fn, sde: SDE | None, shape: tuple[int, ...], spec, *, device: tor
     sampler = get_sampler(spec.name, sde)
     n, size = spec.n_samples, spec.batch_size or spec.n_samples
     if n < 1:
-        raise ConfigError(f"the number of samples must be >= 1, got {n}")
+        raise ConfigError(f"sampler.n_samples (--n-samples) must be >= 1, got {n}")
     generator = make_generator(spec.seed, device)
     chunks, nfes = [], []
     began = time.perf_counter()

@@ -21,12 +21,12 @@ def bcast(v: Tensor, x: Tensor) -> Tensor:
 
 
 def probe_noise(shape: Sequence[int], kind: str, *, generator: torch.Generator | None, device: torch.device,
-                dtype: torch.dtype) -> Tensor:
+                dtype: torch.dtype, name: str = "probe") -> Tensor:
     """Random probe vectors with E[vvᵀ] = I: Rademacher (±1) or standard Gaussian entries (Hutchinson's trace
-    estimator, sliced score matching)."""
+    estimator, sliced score matching). ``name`` is the argument's name in the error for an unknown ``kind``."""
     if kind == "gaussian":
         return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
     if kind == "rademacher":
         r = torch.randint(0, 2, tuple(shape), generator=generator, device=device)
         return r.to(dtype).mul_(2).sub_(1)
-    raise ConfigError(f"unknown probe {kind!r}; valid: rademacher, gaussian")
+    raise ConfigError(f"unknown {name} {kind!r}; valid: rademacher, gaussian")

@@ -7,6 +7,7 @@ reaches every field of the spec (``lcssm train --set objective.t_min=1e-4``), ap
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from typing import Any
@@ -99,6 +100,7 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from lcssm.experiments.pipeline import train_run
     from lcssm.experiments.presets import ImagePreset, fit_point_model, image_spec, point_spec
+    from lcssm.experiments.spec import SDESpec
 
     preset = apply_options(ImagePreset(), args, args.preset_flags)
     kind = "points" if preset.preset is None else "images"
@@ -110,8 +112,10 @@ def _train(args: argparse.Namespace) -> int:
     if preset.preset is None:
         spec = fit_point_model(apply_options(point_spec(), args, args.spec_flags, with_set=True))
     else:
-        spec = apply_options(image_spec(preset, getattr(args, "data__source", None)), args, args.spec_flags,
-                             with_set=True)
+        spec = image_spec(preset, getattr(args, "data__source", None))
+        if getattr(args, "sde__name", spec.sde.name) != spec.sde.name:  # another SDE family: its own parameters
+            spec = dataclasses.replace(spec, sde=SDESpec(name=args.sde__name))
+        spec = apply_options(spec, args, args.spec_flags, with_set=True)
     cmd = apply_options(CommandOptions(out="runs/diffusion"), args, args.command_flags)
     metrics = train_run(spec, _out(cmd), resume=cmd.resume, overwrite=cmd.overwrite, progress=cmd.progress)
     return 0 if metrics is None else _print(metrics, f"wrote {cmd.out}")

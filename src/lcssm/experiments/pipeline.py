@@ -234,7 +234,11 @@ def with_sampler(spec: RunSpec, overrides: dict[str, Any]) -> RunSpec:
     if unknown:
         raise invalid(f"sampler.{unknown[0]}", f"is not a sampler option; valid: {', '.join(sorted(names))}")
     changes = {k: v for k, v in overrides.items() if v is not None}
-    return dataclasses.replace(spec, sampler=dataclasses.replace(spec.sampler, **changes))
+    try:
+        return dataclasses.replace(spec, sampler=dataclasses.replace(spec.sampler, **changes))
+    except ConfigError as e:
+        detail = getattr(e, "detail", None)
+        raise (invalid(f"sampler.{e.key}", detail) if detail else e) from None
 
 
 # -------------------------------------------------------------------------------------------- likelihood

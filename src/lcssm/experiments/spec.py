@@ -324,7 +324,7 @@ class RunSpec:
                               f"use {'energy_mlp or score_mlp' if self.data.kind == 'points' else 'unet or ncsnv2'}")
         has_sde = self.sde.name != "none"
         if not has_sde and self.objective.name in ("lcss", "dsm") and self.objective.sigma is None:
-            raise ConfigError(f"objective {self.objective.name} without an SDE needs objective.sigma (--sigma)")
+            raise ConfigError(f"objective {self.objective.name} without an SDE needs objective.sigma (lcssm toy --sigma, or --set objective.sigma=S)")
         if has_sde and self.objective.sigma is not None:
             raise ConfigError("objective.sigma applies to runs without an SDE; with an SDE the noise scale is sigma_t")
         if has_sde:
