@@ -144,8 +144,8 @@ def test_sample_and_bpd_bad_inputs_exit_2_with_one_line(run_dir, tmp_path, capsy
             "must be one of pc, ode, ald, langevin, got 'ddim'")
     _exit_2(capsys, ["sample", str(run_dir), "--sampler", "langevin", "--no-progress"],
             "the langevin sampler does not apply to a run with VPSDE")
-    _exit_2(capsys, ["sample", str(run_dir), "--n-samples", "0", "--no-progress"], 
-             "n_samples \\(--n-samples\\) must be >= 1, got 0")
+    _exit_2(capsys, ["sample", str(run_dir), "--n-samples", "0", "--no-progress"],
+            "n_samples \\(--n-samples\\) must be >= 1, got 0")
     _exit_2(capsys, ["sample", str(run_dir), "--n-samples", "-1", "--no-progress"], "n_samples must be >= 0")
     _exit_2(capsys, ["sample", str(run_dir), "--t-min", "2", "--no-progress"], "t_min must lie in \\(0, 1\\)")
     _exit_2(capsys, ["sample", str(run_dir), "--set", "sampler.snr=0", "--no-progress"], "snr must be > 0")

@@ -81,9 +81,9 @@ def diffusion_loss(
     _check_choice(weighting, WEIGHTINGS, "weighting")
     if not 0 < t_min < sde.T:
         raise ConfigError(f"t_min must lie in (0, T={sde.T}), got {t_min}")
-    if center == "simulated" and objective == "dsm":
+    if center == "simulated" and fn.needs_kernel:
         raise ConfigError(
-            "dsm needs the closed-form transition kernel of the SDE, which center='simulated' does not have; "
+            f"{objective} needs the closed-form transition kernel of the SDE, which center='simulated' does not have; "
             "use lcss (or ssm/ssm_vr/fdssm/exact_sm) with center='simulated'"
         )
     if center != "simulated" and not sde.has_marginal:

@@ -78,8 +78,8 @@ def log_likelihood(
         raise ConfigError(f"t_min must lie in (0, T={sde.T}), got {t_min!r}")
     if x.dim() < 2:
         raise DataError(f"x must have shape (B, *D), got {tuple(x.shape)}")
-    probe = None if exact_trace else probe_noise(x.shape, hutchinson, generator=generator, device=x.device, dtype=x.dtype,
-                                                  name="hutchinson noise")
+    probe = None if exact_trace else probe_noise(x.shape, hutchinson, generator=generator, device=x.device,
+                                                  dtype=x.dtype, name="hutchinson noise")
     rsde = sde.reverse(score_fn, probability_flow=True)
     shape, batch, n = x.shape, x.shape[0], x.numel()
     dev, dtype = x.device, x.dtype

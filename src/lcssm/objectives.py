@@ -289,7 +289,8 @@ def lcss(
 @dataclass(frozen=True)
 class Objective:
     """A registered objective: its function, whether it takes a noise scale ``sigma`` (and perturbs x itself),
-    and its options as ``{run-spec field: keyword of the function}`` (:class:`lcssm.experiments.spec.ObjectiveSpec`
+    whether its target needs the closed-form Gaussian kernel of that noise (``needs_kernel``: dsm regresses onto
+    −z/σ, so it cannot use the ``simulated`` center of :func:`lcssm.diffusion.diffusion_loss`), and its options as ``{run-spec field: keyword of the function}`` (:class:`lcssm.experiments.spec.ObjectiveSpec`
     field names on the left).
 
     Calling it is the one calling convention of every objective:
@@ -301,6 +302,7 @@ class Objective:
     fn: Callable[..., Tensor]
     needs_sigma: bool
     options: Mapping[str, str]
+    needs_kernel: bool = False
 
     def __call__(self, score_fn: ScoreFn, x: Tensor, *, sigma: float | Tensor | None = None,
                  generator: torch.Generator | None = None, sqrt_weight: Tensor | None = None,
@@ -325,7 +327,7 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
     Objective("ssm", ssm, False, _SLICED),
     Objective("ssm_vr", ssm_vr, False, _SLICED),
     Objective("fdssm", fdssm, False, MappingProxyType({"fd_eps": "fd_eps", "n_noise": "n_slices"})),
-    Objective("dsm", dsm, True, MappingProxyType({})),
+    Objective("dsm", dsm, True, MappingProxyType({}), needs_kernel=True),
     Objective("lcss", lcss, True, MappingProxyType({"gamma": "gamma", "antithetic": "antithetic",
                                                     "n_noise": "n_samples"})),
 )}

@@ -77,8 +77,10 @@ class DataSpec:
     shape: tuple[int, ...] = _f((), "shape of one example: (d,) for points, (C, R, R) for images")
     n_bins: int = _f(0, "grey levels of image data (17 for the digits, 256 for 8-bit images; 0 for points)")
     scale: str = _f("none", "range fed to the network: zero_one or minus_one_one (images), none (points)")
-    random_flip: bool = _f(False, "mirror training images left-right with probability 1/2", commands=TRAIN, data_kind="images")
-    holdout: float = _f(0.05, "fraction of an image folder held out of training for bpd", commands=TRAIN, data_kind="images")
+    random_flip: bool = _f(False, "mirror training images left-right with probability 1/2", commands=TRAIN,
+                           data_kind="images")
+    holdout: float = _f(0.05, "fraction of an image folder held out of training for bpd", commands=TRAIN,
+                        data_kind="images")
     strict: bool = _f(False, "an unreadable image file is an error (default: skipped with a warning naming it)",
                       commands=TRAIN, data_kind="images")
     cache_dir: str | None = _f(None, "decode an image folder once into a memory-mapped file in this folder, shared "
@@ -132,7 +134,7 @@ class ObjectiveSpec:
             (self.sigma_s > 0, "sigma_s", f"must be > 0, got {self.sigma_s}"),
             (self.n_sim_steps >= 1, "n_sim_steps", f"must be >= 1, got {self.n_sim_steps}"),
         ])
-        if self.center == "simulated" and self.name == "dsm":
+        if self.center == "simulated" and OBJECTIVES[self.name].needs_kernel:
             raise ConfigError("dsm needs the SDE's closed-form transition kernel, which center='simulated' does not "
                               "use; pick lcss (or ssm, ssm_vr, fdssm, exact_sm) with --center simulated")
 
@@ -286,7 +288,8 @@ class SamplerSpec:
 class GridSpec:
     """Sample grids written during image training (PC sampler)."""
 
-    every: int = _f(0, "steps between sample grids in OUT/grids (0 = none)", flag="--sample-every", commands=TRAIN, data_kind="images")
+    every: int = _f(0, "steps between sample grids in OUT/grids (0 = none)", flag="--sample-every", commands=TRAIN,
+                    data_kind="images")
     n: int = _f(64, "images per sample grid", flag="--n-grid", commands=TRAIN, data_kind="images")
     steps: int = _f(100, "PC steps of the grid sampler", flag="--grid-steps", commands=TRAIN, data_kind="images")
 
@@ -323,8 +326,9 @@ class RunSpec:
             raise ConfigError(f"model.arch {self.model.arch} does not take {self.data.kind} data; "
                               f"use {'energy_mlp or score_mlp' if self.data.kind == 'points' else 'unet or ncsnv2'}")
         has_sde = self.sde.name != "none"
-        if not has_sde and self.objective.name in ("lcss", "dsm") and self.objective.sigma is None:
-            raise ConfigError(f"objective {self.objective.name} without an SDE needs objective.sigma (lcssm toy --sigma, or --set objective.sigma=S)")
+        if not has_sde and OBJECTIVES[self.objective.name].needs_sigma and self.objective.sigma is None:
+            raise ConfigError(f"objective {self.objective.name} without an SDE needs objective.sigma (lcssm toy "
+                              "--sigma, or --set objective.sigma=S)")
         if has_sde and self.objective.sigma is not None:
             raise ConfigError("objective.sigma applies to runs without an SDE; with an SDE the noise scale is sigma_t")
         if has_sde:

@@ -9,7 +9,8 @@ keys in every preset:
   the data loader feeds the network, lcssm.data's names), ``random_flip``;
 - ``sde`` (``"ve"``, ``"vp"``, ``"subvp"``), ``continuous`` (False: NCSNv2's discrete geometric σ ladder),
   ``sigma_min``, ``sigma_max`` (VE, else None), ``beta_min``, ``beta_max`` (VP/subVP, else None),
-  ``num_scales`` (score_sde's N, or NCSNv2's L), ``weighting`` (a name of :data:`lcssm.diffusion.WEIGHTINGS`), ``reduce_mean``;
+  ``num_scales`` (score_sde's N, or NCSNv2's L), ``weighting`` (one of :data:`lcssm.diffusion.WEIGHTINGS`),
+  ``reduce_mean``;
 - ``lr``, ``beta1``, ``adam_eps``, ``weight_decay``, ``warmup`` (steps; 0 = none), ``grad_clip`` (None =
   none), ``ema_rate``, ``batch_size``, ``n_iters``;
 
