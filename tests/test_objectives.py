@@ -81,7 +81,7 @@ def test_exact_sm_matches_bruteforce_jacobian_on_images():
                                       (ssm_vr, "gaussian")])
 def test_sliced_unbiased_for_linear_score(linear, fn, noise):
     score, _, x, j_sm = linear
-    mean, se = _mc(lambda y, **kw: fn(score, y, **kw), x, 20_000, noise=noise)
+    mean, se = _mc(lambda y, **kw: fn(score, y, **kw), x, 20_000, probe=noise)
     assert torch.all((mean - j_sm).abs() < 4 * se + 1e-9), (mean, j_sm, se)
 
 

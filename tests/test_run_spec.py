@@ -282,6 +282,19 @@ def test_every_objective_honours_the_one_calling_contract(name):
     for kw in foreign:  # another objective's option is refused too, not silently dropped
         with pytest.raises(ConfigError, match=f"takes no option '{kw}'"):
             call(2, **{kw: 1})
+    # fixed draws through the contract's `noise`: the function's own z / v, and then no generator is needed
+    if obj.noise_kwarg is None:
+        with pytest.raises(ConfigError, match="draws no noise"):
+            call(2, noise=torch.zeros_like(x))
+    else:
+        n = 2 * options.get("n_slices", options.get("n_samples", 1))
+        fixed = 0.3 * torch.randn(n // 2, *x.shape, generator=torch.Generator().manual_seed(4), dtype=x.dtype)
+        if obj.name == "dsm":
+            fixed = fixed[0]
+        direct = obj.fn(score, x, **sigma, **options, sqrt_weight=w, **{obj.noise_kwarg: fixed})
+        torch.testing.assert_close(obj(score, x, **sigma, **options, sqrt_weight=w, noise=fixed), direct,
+                                   rtol=0, atol=0)
+        assert not torch.equal(direct, out)
 
 
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))

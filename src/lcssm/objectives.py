@@ -28,7 +28,6 @@ from lcssm.errors import ConfigError
 from lcssm.tensors import Probe, bcast, probe_noise
 
 ScoreFn = Callable[[Tensor], Tensor]
-Noise = Probe
 
 __all__ = [
     "OBJECTIVES",
@@ -79,7 +78,7 @@ def _check_x(x: Tensor) -> None:
 
 
 def _noise_stack(
-    given: Tensor | None, x: Tensor, n: int, kind: Noise, generator: torch.Generator | None, name: str
+    given: Tensor | None, x: Tensor, n: int, kind: Probe, generator: torch.Generator | None, name: str
 ) -> Tensor:
     """Return noise of shape ``(n, *x.shape)``: the given one (validated) or fresh draws."""
     if n < 1:
@@ -145,13 +144,13 @@ def _sliced(
     score_fn: ScoreFn,
     x: Tensor,
     n_slices: int,
-    noise: Noise,
+    probe: Probe,
     v: Tensor | None,
     generator: torch.Generator | None,
     variance_reduced: bool,
 ) -> Tensor:
     _check_x(x)
-    vs = _noise_stack(v, x, n_slices, noise, generator, "v")
+    vs = _noise_stack(v, x, n_slices, probe, generator, "v")
     n = vs.shape[0]
     xr = _requires_grad(_tile(x, n))
     vr = vs.reshape(-1, *x.shape[1:])
@@ -168,7 +167,7 @@ def ssm(
     x: Tensor,
     *,
     n_slices: int = 1,
-    noise: Noise = "rademacher",
+    probe: Probe = "rademacher",
     v: Tensor | None = None,
     generator: torch.Generator | None = None,
     sqrt_weight: Tensor | None = None,
@@ -177,7 +176,7 @@ def ssm(
 
     Averaged over ``n_slices`` projections v (Rademacher or Gaussian), all in one forward pass.
     """
-    return _weighted(_sliced(score_fn, x, n_slices, noise, v, generator, variance_reduced=False), sqrt_weight)
+    return _weighted(_sliced(score_fn, x, n_slices, probe, v, generator, variance_reduced=False), sqrt_weight)
 
 
 def ssm_vr(
@@ -185,13 +184,13 @@ def ssm_vr(
     x: Tensor,
     *,
     n_slices: int = 1,
-    noise: Noise = "rademacher",
+    probe: Probe = "rademacher",
     v: Tensor | None = None,
     generator: torch.Generator | None = None,
     sqrt_weight: Tensor | None = None,
 ) -> Tensor:
     """Variance-reduced SSM (Song et al. 2019): ``vᵀ∇ₓ(vᵀs(x)) + ½‖s(x)‖²``."""
-    return _weighted(_sliced(score_fn, x, n_slices, noise, v, generator, variance_reduced=True), sqrt_weight)
+    return _weighted(_sliced(score_fn, x, n_slices, probe, v, generator, variance_reduced=True), sqrt_weight)
 
 
 def fdssm(
@@ -290,12 +289,15 @@ def lcss(
 class Objective:
     """A registered objective: its function, whether it takes a noise scale ``sigma`` (and perturbs x itself),
     whether its target needs the closed-form Gaussian kernel of that noise (``needs_kernel``: dsm regresses onto
-    −z/σ, so it cannot use the ``simulated`` center of :func:`lcssm.diffusion.diffusion_loss`), and its options as ``{run-spec field: keyword of the function}`` (:class:`lcssm.experiments.spec.ObjectiveSpec`
-    field names on the left).
+    −z/σ, so it cannot use the ``simulated`` center of :func:`lcssm.diffusion.diffusion_loss`), and its options as
+    ``{run-spec field: keyword of the function}`` (:class:`lcssm.experiments.spec.ObjectiveSpec` field names on
+    the left).
 
     Calling it is the one calling convention of every objective:
-    ``objective(score_fn, x, sigma=..., generator=..., sqrt_weight=..., **options) -> (B,)``, where ``sigma`` is
-    required by the noise objectives and refused by the others.
+    ``objective(score_fn, x, sigma=..., generator=..., sqrt_weight=..., noise=..., **options) -> (B,)``, where
+    ``sigma`` is required by the noise objectives and refused by the others, and ``noise`` (optional) fixes the
+    random draws instead of ``generator``: the function's own ``z`` (lcss, dsm) or ``v`` (ssm, ssm_vr, fdssm),
+    named by ``noise_kwarg`` (exact_sm draws none).
     """
 
     name: str
@@ -303,14 +305,19 @@ class Objective:
     needs_sigma: bool
     options: Mapping[str, str]
     needs_kernel: bool = False
+    noise_kwarg: str | None = None
 
     def __call__(self, score_fn: ScoreFn, x: Tensor, *, sigma: float | Tensor | None = None,
                  generator: torch.Generator | None = None, sqrt_weight: Tensor | None = None,
-                 **options: object) -> Tensor:
+                 noise: Tensor | None = None, **options: object) -> Tensor:
         unknown = sorted(set(options) - set(self.options.values()))
         if unknown:
             raise ConfigError(f"{self.name} takes no option {unknown[0]!r}; its options: "
                               f"{', '.join(self.options.values()) or 'none'}")
+        if noise is not None:
+            if self.noise_kwarg is None:
+                raise ConfigError(f"{self.name} draws no noise; it takes no noise tensor")
+            options = {**options, self.noise_kwarg: noise}
         if self.needs_sigma:
             if sigma is None:
                 raise ConfigError(f"{self.name} needs a noise scale sigma")
@@ -320,16 +327,16 @@ class Objective:
         return self.fn(score_fn, x, generator=generator, sqrt_weight=sqrt_weight, **options)
 
 
-_SLICED = MappingProxyType({"n_noise": "n_slices", "probe": "noise"})
+_SLICED = MappingProxyType({"n_noise": "n_slices", "probe": "probe"})
 
 OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
     Objective("exact_sm", exact_sm, False, MappingProxyType({})),
-    Objective("ssm", ssm, False, _SLICED),
-    Objective("ssm_vr", ssm_vr, False, _SLICED),
-    Objective("fdssm", fdssm, False, MappingProxyType({"fd_eps": "fd_eps", "n_noise": "n_slices"})),
-    Objective("dsm", dsm, True, MappingProxyType({}), needs_kernel=True),
+    Objective("ssm", ssm, False, _SLICED, noise_kwarg="v"),
+    Objective("ssm_vr", ssm_vr, False, _SLICED, noise_kwarg="v"),
+    Objective("fdssm", fdssm, False, MappingProxyType({"fd_eps": "fd_eps", "n_noise": "n_slices"}), noise_kwarg="v"),
+    Objective("dsm", dsm, True, MappingProxyType({}), needs_kernel=True, noise_kwarg="z"),
     Objective("lcss", lcss, True, MappingProxyType({"gamma": "gamma", "antithetic": "antithetic",
-                                                    "n_noise": "n_samples"})),
+                                                    "n_noise": "n_samples"}), noise_kwarg="z"),
 )}
 
 

@@ -130,8 +130,10 @@ def draw(score_fn, sde: SDE | None, shape: tuple[int, ...], spec, *, device: tor
          start_fn: Callable[[int, torch.Generator], Tensor] | None = None) -> tuple[Tensor, dict[str, Any]]:
     """``spec.n_samples`` samples of one example ``shape`` with ``spec``'s sampler, in batches of
     ``spec.batch_size`` (0 = one batch) that share one generator seeded with ``spec.seed`` (so samples depend on the
-    batch size). ``start_fn(n, generator)`` gives the start of a ``data`` sampler. Returns (float32 samples on the
-    CPU, record: sampler, the fields it read, n, nfe (mean over batches), nfe_per_batch, seconds, non_finite)."""
+    batch size). ``start_fn(n, generator)`` gives the start of a ``data`` sampler, drawn from a CPU generator seeded
+    with ``spec.seed`` (the sampler's noise then comes from ``spec.seed + 1`` on the device). Returns (float32
+    samples on the CPU, record: sampler, the fields it read, n, nfe (mean over batches), nfe_per_batch, seconds,
+    non_finite)."""
     from lcssm.device import make_generator
 
     sampler = get_sampler(spec.name, sde)
@@ -139,12 +141,15 @@ def draw(score_fn, sde: SDE | None, shape: tuple[int, ...], spec, *, device: tor
     if n < 1:
         raise ConfigError(f"sampler.n_samples (--n-samples) must be >= 1, got {n}")
     generator = make_generator(spec.seed, device)
+    from_data = sampler.start == "data"
+    if from_data:  # the start is drawn from data on the CPU, the sampler's noise on the device
+        start_generator, generator = make_generator(spec.seed), make_generator(spec.seed + 1, device)
     chunks, nfes = [], []
     began = time.perf_counter()
     for i in range(0, n, size):
         b = min(size, n - i)
-        x = start_fn(b, generator).to(device) if sampler.start == "data" else start(sampler, sde, (b, *shape),
-                                                                                     generator, device)
+        x = start_fn(b, start_generator).to(device) if from_data else start(sampler, sde, (b, *shape), generator,
+                                                                            device)
         out, nfe = sampler.run(score_fn, sde, x, spec, generator, progress)
         chunks.append(out.float().cpu())
         nfes.append(int(nfe))

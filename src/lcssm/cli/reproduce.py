@@ -11,7 +11,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     targets = "\n".join(f"  {t.name:<12} {t.description}" for t in TARGETS.values())
     p = sub.add_parser(
         "reproduce",
-        help="reproduce a table or figure of the paper (table1, fig8, table2, fig7, equivalence, variance, all)",
+        help=f"reproduce a table or figure of the paper ({', '.join(TARGETS)}, all)",
         description="Run a reproduction target and write DIR/REPORT.md (tables, PNG figures, the machine, the "
         "seed and this command) and DIR/results.json. 'all' runs every target into DIR/NAME and writes "
         f"DIR/README.md with the time each took.\n\ntargets:\n{targets}",

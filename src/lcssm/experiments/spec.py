@@ -256,7 +256,7 @@ class SamplerSpec:
     langevin_step_size: float = _f(0.003, "langevin: step size eps", commands=TOY)
     init: str = _f("uniform", "langevin start: uniform over the data's bounding box, or gaussian", commands=TOY,
                    choices=("uniform", "gaussian"))
-    seed: int = _f(0, "sampling seed", flag="--sample-seed", commands=SAMPLE)
+    seed: int = _f(0, "sampling seed", flag="--sample-seed", commands=(*RUNS, *SAMPLE))
     batch_size: int = _f(0, "samples per sampler call (0 = all at once)", flag="--sample-batch-size",
                          commands=SAMPLE)
     after_training: bool = _f(True, "draw n_samples and evaluate them when training ends")
@@ -335,8 +335,9 @@ class RunSpec:
             sde = self.sde.build()
             if self.objective.center != "simulated" and not sde.has_marginal:
                 raise ConfigError(f"SDE {self.sde.name!r} has no closed-form marginal; use --center simulated")
-            if not self.objective.t_min < sde.T:
-                raise ConfigError(f"objective.t_min must lie in (0, {sde.T}), got {self.objective.t_min}")
+            for key, t_min in (("objective.t_min", self.objective.t_min), ("sampler.t_min", self.sampler.t_min)):
+                if not t_min < sde.T:
+                    raise ConfigError(f"{key} must lie in (0, {sde.T}), got {t_min}")
         from lcssm.samplers import get_sampler
 
         get_sampler(self.sampler.name, self.sde.build())  # a sampler that cannot sample this run fails now

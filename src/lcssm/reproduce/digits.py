@@ -7,10 +7,9 @@ Every run goes through the pipeline: :func:`lcssm.experiments.presets.image_spec
 :func:`lcssm.experiments.pipeline.train_run`, :func:`lcssm.experiments.fid.fid_run` (PC, then ODE) and
 :func:`lcssm.experiments.pipeline.bpd_run`.
 
-Sizes: ``full`` is the former ``scripts/digits_table.py`` at its defaults: the preset's network and batch, 500
-steps, 2,000 samples per sampler, all 360 test digits (about 35-40 minutes on 2 idle cores; docs/DIGITS.md was
-made with 1,000 steps). ``quick`` is the network at half width (nf = 16) and batch 64 for 400 steps (fig7's quick
-setting), 200 samples, looser ODE tolerances: a few minutes. ``smoke``: nf = 8, a few steps (seconds; the
+Sizes: ``full`` is the table of docs/DIGITS.md: the preset's network and batch, 1,000 steps, 2,000 samples per
+sampler, all 360 test digits (about 47 minutes on 2 idle cores). ``quick`` is the network at half width
+(nf = 16) and batch 64 for 400 steps (fig7's quick setting), 200 samples, looser ODE tolerances: a few minutes. ``smoke``: nf = 8, a few steps (seconds; the
 numbers mean nothing).
 """
 
@@ -37,7 +36,7 @@ SIZES = {
               "bpd_tol": 1e-2, "sample_batch": 20},
     "quick": {"steps": 400, "nf": 16, "batch": 64, "n_samples": 200, "pc_steps": 50, "ode_tol": 1e-2,
               "bpd_images": 48, "bpd_tol": 1e-3, "sample_batch": 200},
-    "full": {"steps": 500, "nf": None, "batch": None, "n_samples": 2000, "pc_steps": 100, "ode_tol": 1e-3,
+    "full": {"steps": 1000, "nf": None, "batch": None, "n_samples": 2000, "pc_steps": 100, "ode_tol": 1e-3,
              "bpd_images": 360, "bpd_tol": 1e-4, "sample_batch": 500},
 }
 STAGES = ("training", "sampling + FID", "bits/dim")
