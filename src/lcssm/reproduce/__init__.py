@@ -44,6 +44,21 @@ class TargetUnavailable(LcssmError):
     """A target whose prerequisites (e.g. a pipeline still being built) are missing from this installation."""
 
 
+def require_digits(target: str) -> None:
+    """TargetUnavailable naming what is missing unless the digits (scikit-learn's) and their classifier load."""
+    from lcssm.errors import DataError
+
+    try:
+        from lcssm.data.digits import load_digits
+        from lcssm.features import digits_features  # noqa: F401 - the digits-FID needs it
+
+        load_digits("test")  # needs scikit-learn
+    except ImportError as e:
+        raise TargetUnavailable(f"{target} needs the digits pipeline pieces ({e})") from e
+    except DataError as e:
+        raise TargetUnavailable(f"{target} needs the digits data ({e})") from e
+
+
 @dataclass(frozen=True)
 class Target:
     name: str

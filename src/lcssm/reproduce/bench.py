@@ -276,9 +276,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", choices=list(SIZES), default="quick",
                    help="smoke: seconds, numbers meaningless; quick: a few minutes on 2 cores; full: longer")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice, reported)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", help="also write the results as JSON to this path")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the networks' weights and the inputs (default: 0)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON to this file")
 
 
 def run_from_args(args: argparse.Namespace) -> int:

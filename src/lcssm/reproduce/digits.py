@@ -9,8 +9,8 @@ Every run goes through the pipeline: :func:`lcssm.experiments.presets.image_spec
 
 Sizes: ``full`` is the table of docs/DIGITS.md: the preset's network and batch, 1,000 steps, 2,000 samples per
 sampler, all 360 test digits (about 47 minutes on 2 idle cores). ``quick`` is the network at half width
-(nf = 16) and batch 64 for 400 steps (fig7's quick setting), 200 samples, looser ODE tolerances: a few minutes. ``smoke``: nf = 8, a few steps (seconds; the
-numbers mean nothing).
+(nf = 16) and batch 64 for 400 steps (fig7's quick setting), 200 samples, looser ODE tolerances: a few minutes.
+``smoke``: nf = 8, a few steps (seconds; the numbers mean nothing).
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lcssm.errors import DataError
-from lcssm.reproduce import Context, TargetUnavailable
+from lcssm.reproduce import Context, require_digits
 from lcssm.reproduce.report import Report, Table
 
 OBJECTIVES = ("lcss", "dsm", "ssm_vr", "fdssm")
@@ -40,17 +39,6 @@ SIZES = {
              "bpd_images": 360, "bpd_tol": 1e-4, "sample_batch": 500},
 }
 STAGES = ("training", "sampling + FID", "bits/dim")
-
-
-def _check_available() -> None:
-    try:
-        from lcssm.data.digits import load_digits
-
-        load_digits("test")  # needs scikit-learn
-    except ImportError as e:
-        raise TargetUnavailable(f"digits needs the digits pipeline pieces ({e})") from e
-    except DataError as e:
-        raise TargetUnavailable(f"digits needs the digits data ({e})") from e
 
 
 def run_spec(objective: str, s: dict, ctx: Context):
@@ -187,7 +175,7 @@ def _verdict(report: Report, rows: dict[str, dict]) -> None:
 
 
 def run(ctx: Context) -> Report:
-    _check_available()
+    require_digits("digits")
     s = ctx.pick(SIZES)
     train = run_spec(OBJECTIVES[0], s, ctx).train
     report = ctx.report("digits", "Digits: four objectives, one network", {

@@ -27,8 +27,7 @@ import torch
 from torch import Tensor
 
 from lcssm.device import make_generator
-from lcssm.errors import DataError
-from lcssm.reproduce import Context, TargetUnavailable
+from lcssm.reproduce import Context, require_digits
 from lcssm.reproduce.report import Report, Table
 
 if TYPE_CHECKING:
@@ -50,15 +49,10 @@ NORM_TIMES = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 def _imports():
     """The pieces fig7 stands on; TargetUnavailable naming the missing one otherwise."""
-    try:
-        from lcssm.data.digits import load_digits
-        from lcssm.features import digits_features
+    require_digits("fig7")
+    from lcssm.data.digits import load_digits
+    from lcssm.features import digits_features
 
-        load_digits("test")  # needs scikit-learn
-    except ImportError as e:
-        raise TargetUnavailable(f"fig7 needs the digits pipeline pieces ({e})") from e
-    except DataError as e:
-        raise TargetUnavailable(f"fig7 needs the digits data ({e})") from e
     return load_digits, digits_features
 
 
