@@ -158,7 +158,7 @@ def test_trainconfig_checks_types_when_built_in_code():
 def test_validate_reruns_the_hooks_after_direct_assignment():
     cfg = RunConfig()
     cfg.train.steps = -3
-    with pytest.raises(ConfigError, match=r"^train\.steps must be >= 0, got -3"):
+    with pytest.raises(ConfigError, match=r"^train\.steps must be >= 1, got -3"):
         validate(cfg)
     cfg.train.steps = 3
     assert validate(cfg) == cfg
@@ -172,7 +172,7 @@ def test_from_dict_round_trips_through_json_and_rejects_bad_keys():
         from_dict(RunConfig, {"train": {"lrr": 1}})
     with pytest.raises(ConfigError, match="^train.steps expects an int"):
         from_dict(RunConfig, {"train": {"steps": "10"}})
-    with pytest.raises(ConfigError, match=r"^train\.steps must be >= 0"):
+    with pytest.raises(ConfigError, match=r"^train\.steps must be >= 1"):
         from_dict(RunConfig, {"train": {"steps": -1}})
 
 
@@ -296,7 +296,8 @@ def test_trainer_flags_of_the_run_commands(capsys):
         keys = {b.flag: b.key for b in bindings(RunSpec(train=TrainConfig()), command) if b.key.startswith("train.")}
         assert keys == {"--steps": "train.steps", "--batch-size": "train.batch_size", "--lr": "train.lr",
                         "--warmup": "train.warmup", "--grad-clip": "train.grad_clip", "--ema": "train.ema_decay",
-                        "--ckpt-every": "train.ckpt_every", "--keep-last": "train.keep_last", "--amp": "train.amp",
+                        "--ckpt-every": "train.ckpt_every", "--ckpt-minutes": "train.ckpt_minutes",
+                        "--keep-last": "train.keep_last", "--amp": "train.amp",
                         "--compile": "train.compile", "--seed": "train.seed", "--device": "train.device"}
         assert {b.flag for b in bindings(CommandOptions(), command)} >= {"--out", "--resume", "--overwrite",
                                                                           "--progress"}

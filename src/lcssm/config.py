@@ -100,7 +100,9 @@ class TrainConfig:
     grad_clip: float = _field(0.0, "max global gradient norm (0 = off)", commands=_RUNS)
     ema_decay: float = _field(0.999, "EMA decay of the weights used for sampling and evaluation (0 = off)",
                               flag="--ema", commands=_RUNS)
-    ckpt_every: int = _field(0, "steps between checkpoints (0 = final only)", commands=_RUNS)
+    ckpt_every: int = _field(0, "steps between checkpoints (0 = by time only, and the final one)", commands=_RUNS)
+    ckpt_minutes: float = _field(10.0, "minutes of training between checkpoints (0 = by steps only)",
+                                 commands=_RUNS)
     keep_last: int = _field(3, "checkpoints kept", commands=_RUNS)
     log_every: int = _field(10, "steps between loss.csv / metrics.jsonl records")
     amp: bool = _field(False, "bf16 autocast on CUDA; ignored on CPU", commands=_RUNS)
@@ -112,7 +114,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_types(self)
-        _require(self.steps >= 0, "steps", f"must be >= 0, got {self.steps}")
+        _require(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
         _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         _require(math.isfinite(self.lr) and self.lr > 0, "lr", f"must be a finite number > 0, got {self.lr}")
         _require(self.optimizer in OPTIMIZERS, "optimizer",
@@ -128,6 +130,8 @@ class TrainConfig:
                  f"must be >= 0 (0 = off), got {self.grad_clip}")
         _require(0 <= self.ema_decay < 1, "ema_decay", f"must lie in [0, 1) (0 = off), got {self.ema_decay}")
         _require(self.ckpt_every >= 0, "ckpt_every", f"must be >= 0 (0 = final only), got {self.ckpt_every}")
+        _require(math.isfinite(self.ckpt_minutes) and self.ckpt_minutes >= 0, "ckpt_minutes",
+                 f"must be >= 0 (0 = off), got {self.ckpt_minutes}")
         _require(self.keep_last >= 1, "keep_last", f"must be >= 1, got {self.keep_last}")
         _require(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
         _require(self.max_nonfinite >= 1, "max_nonfinite", f"must be >= 1, got {self.max_nonfinite}")

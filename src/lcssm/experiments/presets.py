@@ -166,6 +166,6 @@ def image_spec(args: ImagePreset, source: str | None = None) -> RunSpec:
         objective=ObjectiveSpec(weighting=tr["weighting"], reduce_mean=bool(tr["reduce_mean"])),
         sde=sde.resolved(),
         model=ModelSpec(arch="unet" if type(model).__name__ == "UNetConfig" else "ncsnv2",
-                        config=dataclasses.asdict(model)),
+                        config=dataclasses.asdict(model), c_out=p.c_out),
         sampler=_image_sampler(p), train=preset_train_config(p), grids=GridSpec(every=1000),
     )

@@ -192,7 +192,7 @@ class SDESpec:
 # ---------------------------------------------------------------------------------------------------- model
 ARCHS = ("energy_mlp", "score_mlp", "unet", "ncsnv2")
 C_IN = ("none", "unit_variance")
-C_OUT = ("none", "inv_sigma")
+C_OUT = ("none", "inv_sigma", "neg_inv_sigma")
 
 
 @dataclass
@@ -202,7 +202,8 @@ class ModelSpec:
     ``arch`` names the backbone; the MLP archs use ``hidden`` … ``embed_dim``, the image archs take every
     hyper-parameter from ``config`` (all fields of :class:`~lcssm.models.UNetConfig` or
     :class:`~lcssm.models.NCSNv2Config`, saved whole). ``c_in``: ``unit_variance`` scales the input by
-    1/√(α_t² + σ_t²); ``c_out``: ``inv_sigma`` divides the output by σ_t (the network predicts −z).
+    1/√(α_t² + σ_t²); ``c_out``: ``inv_sigma`` divides the output by σ_t (the network predicts −z),
+    ``neg_inv_sigma`` by −σ_t (the network predicts z, DDPM++'s score −output/σ_t in score_sde).
     """
 
     arch: str = _f("score_mlp", "backbone: energy_mlp (score = grad f), score_mlp, unet or ncsnv2", flag="--model",
@@ -215,7 +216,8 @@ class ModelSpec:
     config: dict = field(default_factory=dict, metadata=meta(
         "hyper-parameters of an image backbone (every field of its config class)"))
     c_in: str = _f("none", "input scaling: none or unit_variance")
-    c_out: str = _f("none", "output scaling: none or inv_sigma")
+    c_out: str = _f("none", "output scaling: none, inv_sigma (score = output/sigma_t) or neg_inv_sigma "
+                    "(score = -output/sigma_t)")
 
     def __post_init__(self) -> None:
         check_types(self)

@@ -8,11 +8,22 @@ import torch
 from torch import Tensor, nn
 
 
-def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
-    """Transformer/DDPM sinusoidal embedding of a (B,) tensor -> (B, dim)."""
+def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10_000.0, *, spacing: str = "half") -> Tensor:
+    """Transformer/DDPM sinusoidal embedding ``[sin(t·f_k), cos(t·f_k)]`` of a (B,) tensor -> (B, dim), computed in
+    t's dtype (float32 for integer t), zero-padded for odd ``dim``.
+
+    ``spacing``: ``"ddpm"``: f_k = exp(−ln(max_period)·k/(half−1)), k = 0 … half−1 (DDPM, Ho et al. 2020, and
+    score_sde's ``get_timestep_embedding``: the lowest frequency is exactly 1/max_period); ``"half"``:
+    f_k = exp(−ln(max_period)·k/half) (Vaswani et al. 2017's spacing, lcssm's original choice).
+    """
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = t.float()[:, None] * freqs[None]
+    if spacing not in ("half", "ddpm"):
+        raise ValueError(f"unknown sinusoidal spacing {spacing!r}; valid: half, ddpm")
+    if not t.is_floating_point():
+        t = t.to(torch.float32)
+    denom = half if spacing == "half" else max(half - 1, 1)
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=t.dtype) / denom)
+    args = t[:, None] * freqs[None]
     emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
     if dim % 2:
         emb = torch.nn.functional.pad(emb, (0, 1))
@@ -27,7 +38,8 @@ class GaussianFourierEmbedding(nn.Module):
         self.register_buffer("W", torch.randn(dim // 2) * scale)
 
     def forward(self, t: Tensor) -> Tensor:
-        proj = 2 * math.pi * t.float()[:, None] * self.W[None]
+        """Features in the dtype of W (the model's: a float64 model is not rounded to float32 on the way)."""
+        proj = 2 * math.pi * t.to(self.W.dtype)[:, None] * self.W[None]
         return torch.cat([torch.sin(proj), torch.cos(proj)], dim=1)
 
 
@@ -39,7 +51,7 @@ class SinusoidalEmbedding(nn.Module):
         self.dim, self.scale = dim, scale
 
     def forward(self, t: Tensor) -> Tensor:
-        return sinusoidal_embedding(t * self.scale, self.dim)
+        return sinusoidal_embedding((t * self.scale).float(), self.dim)  # float32, as always for the MLPs
 
 
 def time_embedding(kind: str, dim: int) -> nn.Module:

@@ -5,6 +5,11 @@ score with respect to x and then the parameters) and runs under bf16 autocast: n
 dtype except InstanceNorm++'s statistics (to at least float32, returned in the input's dtype).
 
 Time / noise-level embeddings live in :mod:`lcssm.models.embeddings` and are reused here.
+
+FIR resampling (:func:`upfirdn2d`, :func:`fir_upsample`, :func:`fir_downsample`, :class:`FIRConv2d`) follows the
+semantics of StyleGAN2's ``upfirdn2d`` (Karras et al. 2020) as score_sde uses it for NCSN++ (Song et al., ICLR
+2021, App. H): zero-insertion upsampling, padding, a normalised separable FIR filter, then decimation; written as
+a depthwise convolution (twice differentiable, any device and dtype).
 """
 
 from __future__ import annotations
@@ -20,15 +25,23 @@ from lcssm.errors import ConfigError
 
 __all__ = [
     "ACTIVATIONS",
+    "FIRConv2d",
+    "OutputHead",
+    "ResBlock",
+    "Resample",
     "AttentionImpl",
     "InstanceNormPlus2d",
     "SelfAttention2d",
     "activation",
     "conv1x1",
     "conv3x3",
+    "fir_downsample",
+    "fir_filter",
+    "fir_upsample",
     "group_norm",
     "linear",
     "num_groups",
+    "upfirdn2d",
     "variance_scaling_",
 ]
 
@@ -208,3 +221,180 @@ class SelfAttention2d(nn.Module):
         out = self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
         out = x + out
         return out / math.sqrt(2.0) if self.skip_rescale else out
+
+
+# --- FIR resampling ---------------------------------------------------------------------------------------
+
+
+def fir_filter(kernel: tuple[int, ...] | list[float], *, like: Tensor, gain: float = 1.0) -> Tensor:
+    """The 2-D FIR filter ``gain · k kᵀ / (Σk)²`` of a 1-D kernel (StyleGAN2 / score_sde ``_setup_kernel``), in
+    ``like``'s dtype and device. Its entries sum to ``gain``: a constant image keeps its value times ``gain``."""
+    k = torch.as_tensor(kernel, dtype=like.dtype, device=like.device)
+    if k.ndim != 1 or k.numel() < 1:
+        raise ConfigError(f"fir_kernel must be a non-empty 1-D sequence, got {kernel!r}")
+    k2 = torch.outer(k, k)
+    return k2 * (gain / k2.sum())
+
+
+def upfirdn2d(x: Tensor, kernel: Tensor, *, up: int = 1, down: int = 1, pad: tuple[int, int] = (0, 0)) -> Tensor:
+    """Upsample by zero insertion (factor ``up``), pad (``pad[0]`` before, ``pad[1]`` after, in H and W; negative
+    crops), correlate every channel with the flipped 2-D ``kernel`` (i.e. convolve with it), keep every
+    ``down``-th pixel. Output size per axis: ``(n·up + pad[0] + pad[1] − len(kernel)) // down + 1``.
+
+    One depthwise ``conv2d`` (stride ``down``); twice differentiable.
+    """
+    b, c, h, w = x.shape
+    if up > 1:  # x[i] lands at i*up, zeros between (and up-1 zeros after the last sample)
+        x = F.pad(x.reshape(b, c, h, 1, w, 1), (0, up - 1, 0, 0, 0, up - 1)).reshape(b, c, h * up, w * up)
+    x = F.pad(x, (pad[0], pad[1], pad[0], pad[1]))
+    weight = torch.flip(kernel, (0, 1)).to(x.dtype).expand(c, 1, *kernel.shape)
+    return F.conv2d(x, weight, stride=down, groups=c)
+
+
+def fir_upsample(x: Tensor, kernel: tuple[int, ...]) -> Tensor:
+    """×2 upsampling with the FIR filter (score_sde ``upsample_2d``: gain 4 on the zero-inserted image, so a
+    constant image stays constant); (B, C, H, W) -> (B, C, 2H, 2W)."""
+    k = fir_filter(kernel, like=x, gain=4.0)
+    p = k.shape[0] - 2
+    return upfirdn2d(x, k, up=2, pad=((p + 1) // 2 + 1, p // 2))
+
+
+def fir_downsample(x: Tensor, kernel: tuple[int, ...]) -> Tensor:
+    """÷2 downsampling with the FIR filter (score_sde ``downsample_2d``); (B, C, H, W) -> (B, C, H/2, W/2)."""
+    k = fir_filter(kernel, like=x)
+    p = k.shape[0] - 2
+    return upfirdn2d(x, k, down=2, pad=((p + 1) // 2, p // 2))
+
+
+class FIRConv2d(nn.Module):
+    """3x3 convolution fused with FIR ×2 up- or down-sampling (StyleGAN2's ``upsample_conv_2d`` /
+    ``conv_downsample_2d``, score_sde ``up_or_down_sampling.Conv2d``): padding is applied once.
+
+    down: FIR-filter with padding ``(len(k) − 2 + 2)`` split evenly, then a stride-2 3x3 conv. up: a stride-2
+    transposed 3x3 conv, then the FIR filter with gain 4. ``weight`` (out, in, 3, 3) and ``bias`` have the
+    shapes of a plain 3x3 conv (same parameter count, DDPM initialisation).
+    """
+
+    def __init__(self, c_in: int, c_out: int, *, up: bool, kernel: tuple[int, ...], init_scale: float = 1.0) -> None:
+        super().__init__()
+        self.up, self.kernel = up, tuple(kernel)
+        self.weight = nn.Parameter(torch.empty(c_out, c_in, 3, 3))
+        self.bias = nn.Parameter(torch.zeros(c_out))
+        variance_scaling_(self.weight, init_scale)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n = len(self.kernel)
+        if self.up:
+            h = F.conv_transpose2d(x, torch.flip(self.weight, (2, 3)).transpose(0, 1), stride=2)
+            p = n - 2 - 2  # (taps − factor) − (conv size − 1)
+            h = upfirdn2d(h, fir_filter(self.kernel, like=h, gain=4.0), pad=((p + 1) // 2 + 1, p // 2 + 1))
+        else:
+            p = n - 2 + 2
+            h = upfirdn2d(x, fir_filter(self.kernel, like=x), pad=((p + 1) // 2, p // 2))
+            h = F.conv2d(h, self.weight, stride=2)
+        return h + self.bias[:, None, None]
+
+
+def upsample2x(x: Tensor, fir_kernel: tuple[int, ...] | None = None) -> Tensor:
+    """×2 upsampling: nearest neighbour, or the FIR filter ``fir_kernel``."""
+    return F.interpolate(x, scale_factor=2.0, mode="nearest") if fir_kernel is None else fir_upsample(x, fir_kernel)
+
+
+def downsample2x(x: Tensor, fir_kernel: tuple[int, ...] | None = None) -> Tensor:
+    """÷2 downsampling: 2x2 average pooling, or the FIR filter ``fir_kernel``."""
+    return F.avg_pool2d(x, 2) if fir_kernel is None else fir_downsample(x, fir_kernel)
+
+
+# --- U-Net blocks -----------------------------------------------------------------------------------------
+
+
+class ResBlock(nn.Module):
+    """Residual block with time-embedding bias (score_sde ``ResnetBlockDDPMpp`` / ``ResnetBlockBigGANpp``).
+
+    ``h = Conv(act(GN(x))) + Dense(act(temb)); h = Conv(Dropout(act(GN(h))))``, output
+    ``(shortcut(x) + h) / √2`` with skip rescaling. ``up``/``down`` (BigGAN style) resample both paths after
+    the first activation (nearest / average pooling, or FIR with ``fir_kernel``); the shortcut is a 1x1 conv
+    whenever shapes change.
+    """
+
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        *,
+        temb_dim: int | None,
+        act: str,
+        dropout: float,
+        skip_rescale: bool,
+        init_scale: float,
+        up: bool = False,
+        down: bool = False,
+        fir_kernel: tuple[int, ...] | None = None,
+    ) -> None:
+        super().__init__()
+        self.up, self.down, self.skip_rescale, self.fir_kernel = up, down, skip_rescale, fir_kernel
+        self.act = activation(act)
+        self.norm0 = group_norm(c_in)
+        self.conv0 = conv3x3(c_in, c_out)
+        self.temb_proj = linear(temb_dim, c_out) if temb_dim is not None else None
+        self.norm1 = group_norm(c_out)
+        self.dropout = nn.Dropout(dropout)
+        self.conv1 = conv3x3(c_out, c_out, init_scale=init_scale)
+        self.shortcut = conv1x1(c_in, c_out) if (c_in != c_out or up or down) else None
+
+    def forward(self, x: Tensor, temb: Tensor | None) -> Tensor:
+        h = self.act(self.norm0(x))
+        if self.up:
+            h, x = upsample2x(h, self.fir_kernel), upsample2x(x, self.fir_kernel)
+        elif self.down:
+            h, x = downsample2x(h, self.fir_kernel), downsample2x(x, self.fir_kernel)
+        h = self.conv0(h)
+        if self.temb_proj is not None and temb is not None:
+            h = h + self.temb_proj(self.act(temb))[:, :, None, None]
+        h = self.conv1(self.dropout(self.act(self.norm1(h))))
+        if self.shortcut is not None:
+            x = self.shortcut(x)
+        out = x + h
+        return out / math.sqrt(2.0) if self.skip_rescale else out
+
+
+class Resample(nn.Module):
+    """DDPM-style resampling layer (score_sde ``layerspp.Upsample`` / ``Downsample``).
+
+    Without FIR: nearest ×2 (+3x3 conv), or 2x2 average pool / stride-2 3x3 conv padded right/bottom by one
+    (TensorFlow's 'SAME', as score_sde). With ``fir_kernel``: FIR resampling, fused with the conv
+    (:class:`FIRConv2d`) when ``with_conv``.
+    """
+
+    def __init__(self, c_in: int, c_out: int, *, up: bool, with_conv: bool,
+                 fir_kernel: tuple[int, ...] | None = None) -> None:  # c_in == c_out without conv
+        super().__init__()
+        self.up, self.fir_kernel = up, fir_kernel
+        self.conv: nn.Module | None = None
+        if with_conv and fir_kernel is not None:
+            self.conv = FIRConv2d(c_in, c_out, up=up, kernel=fir_kernel)
+        elif with_conv:
+            self.conv = conv3x3(c_in, c_out) if up else conv3x3(c_in, c_out, stride=2, padding=0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if isinstance(self.conv, FIRConv2d):
+            return self.conv(x)
+        if self.up:
+            x = upsample2x(x, self.fir_kernel)
+            return self.conv(x) if self.conv is not None else x
+        if self.conv is None:
+            return downsample2x(x, self.fir_kernel)
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class OutputHead(nn.Module):
+    """``Conv3x3(act(GroupNorm(h)))`` to image channels."""
+
+    def __init__(self, c_in: int, c_out: int, *, act: str, init_scale: float) -> None:
+        super().__init__()
+        self.norm = group_norm(c_in)
+        self.act = activation(act)
+        self.conv = conv3x3(c_in, c_out, init_scale=init_scale)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.conv(self.act(self.norm(h)))

@@ -8,7 +8,8 @@ network, in the spirit of EDM's preconditioning (Karras et al. 2022, Table 1):
 - conditioning: σ_t (and α_t) from the SDE at the given t;
 - input scaling ``c_in``: ``unit_variance`` feeds ``x/√(α_t² + σ_t²)`` (the std of x_t for unit-variance data);
 - output scaling ``c_out``: ``inv_sigma`` divides the output by σ_t (the network predicts −z for x_t = α_t x0 +
-  σ_t z, so its target stays O(1) at every t).
+  σ_t z, so its target stays O(1) at every t); ``neg_inv_sigma`` divides it by −σ_t (the network predicts z, as
+  DDPM++ does: score_sde's ``get_score_fn`` returns −output/σ_t for VP and subVP SDEs).
 
 Pipelines, samplers and DDP see only ``ScoreModel(x, t)``; a run without an SDE (one noise scale, ``lcssm toy``)
 calls ``ScoreModel(x)``.
@@ -34,7 +35,7 @@ class ScoreModel(nn.Module):
 
     def __init__(self, backbone: nn.Module, sde: SDE | None, *, c_in: str = "none", c_out: str = "none") -> None:
         super().__init__()
-        if c_in not in ("none", "unit_variance") or c_out not in ("none", "inv_sigma"):
+        if c_in not in ("none", "unit_variance") or c_out not in ("none", "inv_sigma", "neg_inv_sigma"):
             raise ConfigError(f"unknown preconditioning c_in={c_in!r}, c_out={c_out!r}")
         if sde is None and (c_in, c_out) != ("none", "none"):
             raise ConfigError("input/output scaling needs an SDE (its sigma_t)")
@@ -52,7 +53,10 @@ class ScoreModel(nn.Module):
         alpha, sigma = self.sde.marginal_coefficients(t.to(x.dtype))
         x_in = x * bcast(torch.rsqrt(alpha**2 + sigma**2), x) if self.c_in == "unit_variance" else x
         out = self.backbone(x_in, t, sigma)
-        return out / bcast(sigma.to(out.dtype), out) if self.c_out == "inv_sigma" else out
+        if self.c_out == "none":
+            return out
+        scale = sigma.to(out.dtype) if self.c_out == "inv_sigma" else -sigma.to(out.dtype)
+        return out / bcast(scale, out)
 
 
 def build_backbone(spec, dim: int | None = None, *, time_conditional: bool = True) -> nn.Module:

@@ -15,7 +15,11 @@ keys in every preset:
   none), ``ema_rate``, ``batch_size``, ``n_iters``;
 
 and a ``sampling`` dict (``method``, ``predictor``, ``corrector``, ``snr``, ``n_steps_each``, ``step_lr``,
-``denoise``). Values were read from score_sde's and ncsnv2's config files; deviations are commented.
+``denoise``), and ``c_out``, the output scaling of the run's :class:`~lcssm.models.precond.ScoreModel`
+(``neg_inv_sigma`` for DDPM++, whose network predicts the noise: score = −output/σ_t, score_sde's
+``get_score_fn`` for VP/subVP). Values were read from score_sde's and ncsnv2's config files field by field;
+every remaining deviation is commented at its preset. ``lcssm import`` (:mod:`lcssm.models.convert`) loads the
+published checkpoints of these networks into the presets.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ class ModelPreset:
     sampling: Mapping[str, Any]
     description: str
     source: str
+    c_out: str = "none"
 
 
 def _training(**kw: Any) -> Mapping[str, Any]:
@@ -112,8 +117,8 @@ _NCSNV2 = "github.com/ermongroup/ncsnv2"
 _PRESETS = [
     ModelPreset(
         name="ncsnpp_deep_cifar10",
-        # configs/ve/cifar10_ncsnpp_deep_continuous.py. FIR resampling is replaced by average pooling
-        # (same parameter count).
+        # configs/ve/cifar10_ncsnpp_deep_continuous.py, every model field as published (FIR [1, 3, 3, 1] in
+        # the BigGAN blocks and the residual input pyramid). No deviation.
         model=UNetConfig(
             in_channels=3,
             image_size=32,
@@ -126,6 +131,8 @@ _PRESETS = [
             skip_rescale=True,
             progressive="none",
             progressive_input="residual",
+            fir=True,
+            fir_kernel=(1, 3, 3, 1),
             embedding="fourier",
             embedding_input="log_sigma",
             fourier_scale=16.0,
@@ -153,7 +160,8 @@ _PRESETS = [
     ),
     ModelPreset(
         name="ddpmpp_deep_cifar10",
-        # configs/subvp/cifar10_ddpmpp_deep_continuous.py (model.name 'ncsnpp' with DDPM++ settings)
+        # configs/subvp/cifar10_ddpmpp_deep_continuous.py (model.name 'ncsnpp' with DDPM++ settings): no FIR,
+        # DDPM's sinusoidal embedding of 999·t, score = −output/σ_t (c_out). No deviation.
         model=UNetConfig(
             in_channels=3,
             image_size=32,
@@ -166,9 +174,11 @@ _PRESETS = [
             skip_rescale=True,
             progressive="none",
             progressive_input="none",
+            fir=False,
             embedding="sinusoidal",
             embedding_input="t",
             time_scale=999.0,
+            sinusoidal_spacing="ddpm",
             scale_by_sigma=False,
             input_centered=True,
             init_scale=0.0,
@@ -190,10 +200,12 @@ _PRESETS = [
         sampling=_sampling(predictor="euler_maruyama", corrector="none"),
         description="DDPM++ cont. (deep), sub-VP SDE, CIFAR-10 32x32 (LCSS paper Table 3)",
         source=f"{_SCORE_SDE} configs/subvp/cifar10_ddpmpp_deep_continuous.py",
+        c_out="neg_inv_sigma",
     ),
     ModelPreset(
         name="ncsnpp_celebahq1024",
-        # configs/ve/celebahq_ncsnpp_continuous.py
+        # configs/ve/celebahq_ncsnpp_continuous.py, every model field as published (FIR in the BigGAN blocks,
+        # the input_skip and the output_skip pyramids). Deviation: batch size (below).
         model=UNetConfig(
             in_channels=3,
             image_size=1024,
@@ -206,6 +218,8 @@ _PRESETS = [
             skip_rescale=True,
             progressive="output_skip",
             progressive_input="input_skip",
+            fir=True,
+            fir_kernel=(1, 3, 3, 1),
             embedding="fourier",
             embedding_input="log_sigma",
             fourier_scale=16.0,

@@ -4,9 +4,12 @@ One implementation configured by :class:`UNetConfig`; "deep" variants are more r
 resolution. Compared with score_sde's ``ncsnpp.py`` this keeps: BigGAN-style residual blocks (resampling
 inside the block) or DDPM-style blocks with separate (conv) resamplers, skip rescaling by 1/√2, attention at
 chosen resolutions and in the middle, progressive input (``input_skip`` / ``residual``) and output
-(``output_skip``) pyramids, Gaussian-Fourier or sinusoidal time embeddings. It leaves out the FIR
-resampling kernels: resampling is 2x2 average pooling / nearest-neighbour upsampling (score_sde's
-``fir=False`` path). Parameter counts equal score_sde's for the same settings, FIR or not.
+(``output_skip``) pyramids, Gaussian-Fourier or sinusoidal time embeddings, and resampling by 2x2 average
+pooling / nearest neighbour (score_sde's ``fir=False``) or by the FIR filter ``fir_kernel`` (``fir=True``, StyleGAN2's
+upfirdn2d, :func:`lcssm.models.layers.upfirdn2d`). Parameter counts equal score_sde's for the same settings.
+
+Saved configs keep their meaning: every field added later defaults to the behaviour from before it existed
+(``fir=False``, ``sinusoidal_spacing="half"``), and the presets set the published values.
 
 Call contract: ``model(x, t, sigma=None) -> score`` with x (B, C, H, W), t (B,) continuous SDE time in
 [0, 1] and sigma (B,) the marginal standard deviation σ(t) of the perturbation kernel. sigma is required
@@ -24,7 +27,6 @@ from dataclasses import dataclass, fields
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lcssm.errors import ConfigError
@@ -33,12 +35,16 @@ from lcssm.models.layers import (
     ACTIVATIONS,
     ATTENTION_IMPLS,
     AttentionImpl,
+    OutputHead,
+    ResBlock,
+    Resample,
     SelfAttention2d,
     activation,
     conv1x1,
     conv3x3,
-    group_norm,
+    downsample2x,
     linear,
+    upsample2x,
 )
 
 __all__ = ["UNet", "UNetConfig"]
@@ -47,6 +53,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "resblock": ("biggan", "ddpm"),
     "embedding": ("fourier", "sinusoidal"),
     "embedding_input": ("t", "log_sigma"),
+    "sinusoidal_spacing": ("half", "ddpm"),
     "progressive": ("none", "output_skip"),
     "progressive_input": ("none", "input_skip", "residual"),
     "attention_impl": ATTENTION_IMPLS,
@@ -74,13 +81,20 @@ class UNetConfig:
         resample_with_conv: DDPM-style blocks only: 3x3 conv after up/down sampling.
         skip_rescale: divide residual sums by √2.
         progressive: ``"output_skip"`` sums per-level RGB outputs (upsampled) into the result.
-        progressive_input: ``"input_skip"`` adds the (avg-pooled) input image at every level through a 1x1
+        progressive_input: ``"input_skip"`` adds the (downsampled) input image at every level through a 1x1
             conv; ``"residual"`` carries a strided-conv pyramid of the input (NCSN++ CIFAR-10).
+        fir: resample with the FIR filter ``fir_kernel`` (score_sde ``fir``) in the BigGAN blocks (both paths),
+            the DDPM-style resamplers and both pyramids; False: average pooling / nearest neighbour.
+        fir_kernel: the 1-D FIR kernel (score_sde's ``[1, 3, 3, 1]``).
         embedding: ``"fourier"`` (Gaussian random features, NCSN++) or ``"sinusoidal"`` (DDPM++).
         embedding_input: what is embedded: ``"t"`` (times ``time_scale`` for sinusoidal) or
             ``"log_sigma"`` (score_sde's VE choice; needs sigma at call time).
         fourier_scale: std of the Fourier frequencies (16 in NCSN++).
         time_scale: sinusoidal embedding of ``time_scale * t`` (score_sde feeds 999·t for continuous VP).
+        sinusoidal_spacing: frequencies of the sinusoidal embedding of width d, half = d/2:
+            ``"ddpm"``: exp(−ln(10⁴)·k/(half−1)) (Ho et al. 2020; score_sde ``get_timestep_embedding``);
+            ``"half"``: exp(−ln(10⁴)·k/half) (lcssm's choice before the DDPM spacing existed; kept as the default
+            so saved runs keep their meaning).
         time_conditional: False drops the embedding (an unconditional score network s(x)); t is ignored.
         scale_by_sigma: divide the output by sigma (needs sigma at call time).
         input_centered: True when data are already in [-1, 1]; False maps [0, 1] inputs by 2x − 1 first.
@@ -105,10 +119,13 @@ class UNetConfig:
     skip_rescale: bool = True
     progressive: Literal["none", "output_skip"] = "none"
     progressive_input: Literal["none", "input_skip", "residual"] = "none"
+    fir: bool = False
+    fir_kernel: tuple[int, ...] = (1, 3, 3, 1)
     embedding: Literal["fourier", "sinusoidal"] = "sinusoidal"
     embedding_input: Literal["t", "log_sigma"] = "t"
     fourier_scale: float = 16.0
     time_scale: float = 999.0
+    sinusoidal_spacing: Literal["half", "ddpm"] = "half"
     time_conditional: bool = True
     scale_by_sigma: bool = False
     input_centered: bool = True
@@ -121,6 +138,10 @@ class UNetConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
         object.__setattr__(self, "attn_resolutions", tuple(int(r) for r in self.attn_resolutions))
+        object.__setattr__(self, "fir_kernel", tuple(self.fir_kernel))
+        if not self.fir_kernel or any(float(k) < 0 for k in self.fir_kernel) or sum(self.fir_kernel) <= 0:
+            raise ConfigError(f"UNetConfig.fir_kernel must be non-negative taps with a positive sum, got "
+                              f"{self.fir_kernel!r}")
         for name, valid in _CHOICES.items():
             value = getattr(self, name)
             if value not in valid:
@@ -168,101 +189,14 @@ class UNetConfig:
         """Whether ``forward`` needs ``sigma`` (scale_by_sigma, or a log σ embedding)."""
         return self.scale_by_sigma or (self.time_conditional and self.embedding_input == "log_sigma")
 
+    @property
+    def resample_kernel(self) -> tuple[int, ...] | None:
+        """The FIR kernel when ``fir``, else None (average pooling / nearest neighbour)."""
+        return self.fir_kernel if self.fir else None
+
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
-
-
-class _ResBlock(nn.Module):
-    """Residual block with time-embedding bias (DDPM++ ``ResnetBlockDDPMpp`` / ``ResnetBlockBigGANpp``).
-
-    ``h = Conv(act(GN(x))) + Dense(act(temb)); h = Conv(Dropout(act(GN(h))))``, output
-    ``(shortcut(x) + h) / √2`` with skip rescaling. ``up``/``down`` (BigGAN style) resample both paths after
-    the first activation; the shortcut is a 1x1 conv whenever shapes change.
-    """
-
-    def __init__(
-        self,
-        c_in: int,
-        c_out: int,
-        *,
-        temb_dim: int | None,
-        act: str,
-        dropout: float,
-        skip_rescale: bool,
-        init_scale: float,
-        up: bool = False,
-        down: bool = False,
-    ) -> None:
-        super().__init__()
-        self.up, self.down, self.skip_rescale = up, down, skip_rescale
-        self.act = activation(act)
-        self.norm0 = group_norm(c_in)
-        self.conv0 = conv3x3(c_in, c_out)
-        self.temb_proj = linear(temb_dim, c_out) if temb_dim is not None else None
-        self.norm1 = group_norm(c_out)
-        self.dropout = nn.Dropout(dropout)
-        self.conv1 = conv3x3(c_out, c_out, init_scale=init_scale)
-        self.shortcut = conv1x1(c_in, c_out) if (c_in != c_out or up or down) else None
-
-    def forward(self, x: Tensor, temb: Tensor | None) -> Tensor:
-        h = self.act(self.norm0(x))
-        if self.up:
-            h, x = _upsample(h), _upsample(x)
-        elif self.down:
-            h, x = _downsample(h), _downsample(x)
-        h = self.conv0(h)
-        if self.temb_proj is not None and temb is not None:
-            h = h + self.temb_proj(self.act(temb))[:, :, None, None]
-        h = self.conv1(self.dropout(self.act(self.norm1(h))))
-        if self.shortcut is not None:
-            x = self.shortcut(x)
-        out = x + h
-        return out / math.sqrt(2.0) if self.skip_rescale else out
-
-
-def _upsample(x: Tensor) -> Tensor:
-    return F.interpolate(x, scale_factor=2.0, mode="nearest")
-
-
-def _downsample(x: Tensor) -> Tensor:
-    return F.avg_pool2d(x, 2)
-
-
-class _Resample(nn.Module):
-    """DDPM-style resampling layer: nearest ×2 (+3x3 conv) or 2x2 average pool / stride-2 3x3 conv.
-
-    The strided conv pads right/bottom by one, emulating TensorFlow's 'SAME' padding as score_sde does.
-    """
-
-    def __init__(self, c_in: int, c_out: int, *, up: bool, with_conv: bool) -> None:  # c_in == c_out without conv
-        super().__init__()
-        self.up = up
-        if with_conv:
-            self.conv = conv3x3(c_in, c_out) if up else conv3x3(c_in, c_out, stride=2, padding=0)
-        else:
-            self.conv = None
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.up:
-            x = _upsample(x)
-            return self.conv(x) if self.conv is not None else x
-        if self.conv is None:
-            return _downsample(x)
-        return self.conv(F.pad(x, (0, 1, 0, 1)))
-
-
-class _OutputHead(nn.Module):
-    """``Conv3x3(act(GroupNorm(h)))`` to image channels."""
-
-    def __init__(self, c_in: int, c_out: int, *, act: str, init_scale: float) -> None:
-        super().__init__()
-        self.norm = group_norm(c_in)
-        self.act = activation(act)
-        self.conv = conv3x3(c_in, c_out, init_scale=init_scale)
-
-    def forward(self, h: Tensor) -> Tensor:
-        return self.conv(self.act(self.norm(h)))
 
 
 def _per_sample(value: Tensor | float, batch: int, name: str, like: Tensor) -> Tensor:
@@ -278,7 +212,7 @@ def _per_sample(value: Tensor | float, batch: int, name: str, like: Tensor) -> T
 
 
 # builders of the blocks, handed by UNet.__init__ to the encoder and decoder construction
-_MakeRes = Callable[..., _ResBlock]
+_MakeRes = Callable[..., ResBlock]
 _MakeAttn = Callable[[int], SelfAttention2d]
 
 
@@ -293,8 +227,8 @@ class UNet(nn.Module):
         channels, act = cfg.in_channels, cfg.activation
         temb_dim = self._build_time_embedding()
 
-        def res(c_in: int, c_out: int, **kw: bool) -> _ResBlock:
-            return _ResBlock(
+        def res(c_in: int, c_out: int, **kw: bool) -> ResBlock:
+            return ResBlock(
                 c_in,
                 c_out,
                 temb_dim=temb_dim,
@@ -302,6 +236,7 @@ class UNet(nn.Module):
                 dropout=cfg.dropout,
                 skip_rescale=cfg.skip_rescale,
                 init_scale=cfg.init_scale,
+                fir_kernel=cfg.resample_kernel,
                 **kw,
             )
 
@@ -320,7 +255,7 @@ class UNet(nn.Module):
         c = self._build_decoder(c, skip_channels, res, attn)
         assert not skip_channels
         self.head = (
-            _OutputHead(c, channels, act=act, init_scale=cfg.init_scale) if cfg.progressive != "output_skip" else None
+            OutputHead(c, channels, act=act, init_scale=cfg.init_scale) if cfg.progressive != "output_skip" else None
         )
         self.act = activation(act)
 
@@ -368,11 +303,13 @@ class UNet(nn.Module):
             if cfg.resblock == "biggan":
                 self.downsamplers.append(res(c, c, down=True))
             else:
-                self.downsamplers.append(_Resample(c, c, up=False, with_conv=cfg.resample_with_conv))
+                self.downsamplers.append(Resample(c, c, up=False, with_conv=cfg.resample_with_conv,
+                                                  fir_kernel=cfg.resample_kernel))
             if cfg.progressive_input == "input_skip":
                 self.input_pyramid.append(conv1x1(channels, c))  # score_sde's Combine(method="sum")
             elif cfg.progressive_input == "residual":
-                self.input_pyramid.append(_Resample(pyramid_c, c, up=False, with_conv=True))
+                self.input_pyramid.append(Resample(pyramid_c, c, up=False, with_conv=True,
+                                                   fir_kernel=cfg.resample_kernel))
                 pyramid_c = c
             skip_channels.append(c)
         return c, skip_channels
@@ -394,13 +331,14 @@ class UNet(nn.Module):
             self.up_attn.append(attn(c) if level in attn_levels else nn.Identity())
             if cfg.progressive == "output_skip":
                 self.output_pyramid.append(
-                    _OutputHead(c, cfg.in_channels, act=cfg.activation, init_scale=cfg.init_scale)
+                    OutputHead(c, cfg.in_channels, act=cfg.activation, init_scale=cfg.init_scale)
                 )
             if level != 0:
                 if cfg.resblock == "biggan":
                     self.upsamplers.append(res(c, c, up=True))
                 else:
-                    self.upsamplers.append(_Resample(c, c, up=True, with_conv=cfg.resample_with_conv))
+                    self.upsamplers.append(Resample(c, c, up=True, with_conv=cfg.resample_with_conv,
+                                                    fir_kernel=cfg.resample_kernel))
         return c
 
     @property
@@ -418,12 +356,12 @@ class UNet(nn.Module):
             if t is None:
                 raise ValueError("UNet is time-conditional: pass t of shape (B,)")
             cond = _per_sample(t, batch, "t", like)
+        dtype = self.temb_mlp[0].weight.dtype  # features in the model's dtype (float64 stays float64)
         if self.fourier is not None:
-            feats = self.fourier(cond)
+            feats = self.fourier(cond.to(self.fourier.W.dtype))
         else:
-            feats = sinusoidal_embedding(cond * cfg.time_scale, cfg.nf)
-        first = self.temb_mlp[0].weight
-        return self.temb_mlp(feats.to(first.dtype))
+            feats = sinusoidal_embedding(cond.to(dtype) * cfg.time_scale, cfg.nf, spacing=cfg.sinusoidal_spacing)
+        return self.temb_mlp(feats.to(dtype))
 
     def forward(self, x: Tensor, t: Tensor | float | None = None, sigma: Tensor | float | None = None) -> Tensor:
         """Score at x. x (B, C, H, W); t (B,) in [0, 1] (or a scalar); sigma (B,) marginal std σ(t).
@@ -462,9 +400,9 @@ class UNet(nn.Module):
             if level == n_levels - 1:
                 continue
             down = self.downsamplers[level]
-            h = down(h, temb) if isinstance(down, _ResBlock) else down(h)
+            h = down(h, temb) if isinstance(down, ResBlock) else down(h)
             if cfg.progressive_input == "input_skip":
-                pyramid = _downsample(pyramid)
+                pyramid = downsample2x(pyramid, cfg.resample_kernel)
                 h = h + self.input_pyramid[level](pyramid)
             elif cfg.progressive_input == "residual":
                 pyramid = self.input_pyramid[level](pyramid) + h
@@ -484,10 +422,10 @@ class UNet(nn.Module):
             h = self.up_attn[i](h)
             if cfg.progressive == "output_skip":
                 level_out = self.output_pyramid[i](h)
-                out_pyramid = level_out if out_pyramid is None else _upsample(out_pyramid) + level_out
+                out_pyramid = level_out if out_pyramid is None else upsample2x(out_pyramid, cfg.resample_kernel) + level_out
             if i < n_levels - 1:
                 up = self.upsamplers[i]
-                h = up(h, temb) if isinstance(up, _ResBlock) else up(h)
+                h = up(h, temb) if isinstance(up, ResBlock) else up(h)
 
         out = out_pyramid if self.head is None else self.head(h)
         if cfg.scale_by_sigma:
