@@ -62,7 +62,9 @@ def test_sample_each_sampler(run_dir, tmp_path, capsys, sampler, extra):
         assert info["corrector"] == "none" and info["batch_size"] == 30 and info["nfe"] == 20 + 1
     last = json.loads((run_dir / "metrics.json").read_text())["sample"][-1]
     assert last["sampler"] == sampler and last["n"] == 64
-    assert main(argv) == 0  # same seed, same samples
+    assert main(argv) == 2  # the file exists: refused, kept
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0  # same seed, same samples
     np.testing.assert_array_equal(np.load(dest), x)
 
 
@@ -111,7 +113,7 @@ def _parser_error(command: str, message: str) -> str:
     (["--sde", "ve", "--beta-max", "3"], "--beta-max: sde.beta_max does not apply to the 've' SDE"),
     (["--objective", "lcsss"], "--objective: .*must be one of exact_sm, .*, got 'lcsss'"),
     (["--center", "mid"], "--center: .*must be one of marginal, data, simulated, got 'mid'"),
-    (["--sampler", "ddim"], "--sampler: .*must be one of pc, ode, ald, langevin, got 'ddim'"),
+    (["--sampler", "ddim"], "--sampler: .*must be one of pc, ode, ald, langevin, .*got 'ddim'"),
     (["--preset", "digits", "--hidden", "64"], "--hidden applies to point data, not to --preset digits"),
     (["--resolution", "16"], "--resolution is an image option; it needs --preset NAME"),
     (["--nf", "8"], "--nf is an image option; it needs --preset NAME"),
@@ -141,7 +143,7 @@ def test_image_options_need_a_preset(tmp_path, capsys, argv):
 
 def test_sample_and_bpd_bad_inputs_exit_2_with_one_line(run_dir, tmp_path, capsys):
     _exit_2(capsys, ["sample", str(run_dir), "--sampler", "ddim", "--no-progress"],
-            "must be one of pc, ode, ald, langevin, got 'ddim'")
+            "must be one of pc, ode, ald, langevin, .*got 'ddim'")
     _exit_2(capsys, ["sample", str(run_dir), "--sampler", "langevin", "--no-progress"],
             "the langevin sampler does not apply to a run with VPSDE")
     _exit_2(capsys, ["sample", str(run_dir), "--n-samples", "0", "--no-progress"],

@@ -16,7 +16,17 @@ from torch.autograd import gradgradcheck
 
 from lcssm.errors import ConfigError
 from lcssm.experiments.presets import preset_train_config
-from lcssm.models.layers import InstanceNormPlus2d, SelfAttention2d, num_groups
+from lcssm.models.embeddings import sinusoidal_embedding
+from lcssm.models.layers import (
+    FIRConv2d,
+    InstanceNormPlus2d,
+    SelfAttention2d,
+    fir_downsample,
+    fir_filter,
+    fir_upsample,
+    num_groups,
+    upfirdn2d,
+)
 from lcssm.models.ncsnv2 import NCSNv2, NCSNv2Config
 from lcssm.models.presets import (
     MODEL_PRESETS,
@@ -62,6 +72,10 @@ def _tiny_models():
         "tiny_residual_ddpm": UNet(dataclasses.replace(TINY_FULL, progressive="none", progressive_input="residual",
                                                        resblock="ddpm", embedding="sinusoidal", embedding_input="t")),
         "ncsnv2": NCSNv2(TINY_NCSNV2),
+        # FIR resampling in the BigGAN blocks and both pyramids; in DDPM-style resamplers and the residual pyramid
+        "tiny_full_fir": UNet(dataclasses.replace(TINY_FULL, fir=True)),
+        "tiny_residual_ddpm_fir": UNet(dataclasses.replace(TINY_FULL, progressive="none", progressive_input="residual",
+                                                           resblock="ddpm", fir=True)),
     }  # fmt: skip
 
 
@@ -74,19 +88,22 @@ TINY = _tiny_models()
 EXPECTED = {
     "ncsnpp_deep_cifar10": (
         dict(nf=128, ch_mult=(1, 2, 2, 2), num_res_blocks=8, attn_resolutions=(16,), embedding="fourier",
-             scale_by_sigma=True, progressive_input="residual", dropout=0.1, image_size=32),
+             scale_by_sigma=True, progressive_input="residual", dropout=0.1, image_size=32, fir=True,
+             fir_kernel=(1, 3, 3, 1), embedding_input="log_sigma", input_centered=False, resblock="biggan"),
         dict(sde="ve", sigma_min=0.01, sigma_max=50.0, lr=2e-4, warmup=5000, ema_rate=0.999, batch_size=128,
              grad_clip=1.0, data_scale="zero_one"),
     ),
     "ddpmpp_deep_cifar10": (
         dict(nf=128, ch_mult=(1, 2, 2, 2), num_res_blocks=8, attn_resolutions=(16,), embedding="sinusoidal",
-             scale_by_sigma=False, image_size=32),
+             scale_by_sigma=False, image_size=32, fir=False, sinusoidal_spacing="ddpm", time_scale=999.0,
+             input_centered=True, progressive_input="none", dropout=0.1),
         dict(sde="subvp", beta_min=0.1, beta_max=20.0, lr=2e-4, warmup=5000, ema_rate=0.9999, batch_size=128,
              grad_clip=1.0, data_scale="minus_one_one"),
     ),
     "ncsnpp_celebahq1024": (
         dict(nf=16, ch_mult=(1, 2, 4, 8, 16, 32, 32, 32), num_res_blocks=1, attn_resolutions=(16,),
-             image_size=1024, progressive="output_skip", progressive_input="input_skip", scale_by_sigma=True),
+             image_size=1024, progressive="output_skip", progressive_input="input_skip", scale_by_sigma=True,
+             fir=True, fir_kernel=(1, 3, 3, 1), dropout=0.0, input_centered=False),
         dict(sde="ve", sigma_min=0.01, sigma_max=1348.0, num_scales=2000, ema_rate=0.9999, batch_size=16),
     ),
     "ncsnv2_cifar10": (
@@ -107,7 +124,10 @@ EXPECTED = {
         dict(dataset="digits", channels=1, image_size=8),
     ),
     "tiny": (dict(in_channels=1, image_size=8), dict(image_size=8, channels=1)),
+    "mnist": (dict(in_channels=1, image_size=28, ch_mult=(1, 2, 2), fir=False), dict(dataset="mnist", channels=1)),
 }  # fmt: skip
+# the output scaling of the run's ScoreModel: DDPM++ predicts the noise (score_sde: score = -output / sigma_t)
+EXPECTED_C_OUT = {"ddpmpp_deep_cifar10": "neg_inv_sigma"}
 
 
 def test_preset_names_are_the_documented_ones():
@@ -122,6 +142,7 @@ def test_preset_values_are_the_intended_ones(name):
         assert getattr(preset.model, key) == value, (name, key)
     for key, value in training_values.items():
         assert preset.training[key] == value, (name, key)
+    assert preset.c_out == EXPECTED_C_OUT.get(name, "none")
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -183,6 +204,11 @@ def test_full_size_parameter_counts_on_meta_device():
     nf = 128
     pyramid = sum(9 * c_in * c_out + c_out for c_in, c_out in [(3, nf), (nf, 2 * nf), (2 * nf, 2 * nf)])
     assert counts["ncsnpp_deep_cifar10"] - counts["ddpmpp_deep_cifar10"] == nf * 4 * nf + pyramid
+    # score_sde's NCSNpp built from the three reference configs (trainable parameters, counted with its code);
+    # FIR resampling has no parameters, so these held before FIR existed too
+    assert counts["ncsnpp_deep_cifar10"] == 107_586_947
+    assert counts["ddpmpp_deep_cifar10"] == 106_632_579
+    assert counts["ncsnpp_celebahq1024"] == 105_785_880
 
 
 def test_count_parameters_counts_trainable_elements():
@@ -458,3 +484,127 @@ def test_fourier_embedding_of_log_sigma_is_finite_over_the_ve_range():
             out = model(x, None, sigma=torch.full((2,), sigma))
         assert torch.isfinite(out).all()
     assert math.isfinite(count_parameters(model))
+
+
+# --- FIR resampling (StyleGAN2's upfirdn2d as score_sde uses it) -------------------------------------------
+
+
+def _upfirdn_written_out(x, k, up, down, pad):
+    """upfirdn2d by its definition, one output pixel at a time: x[i] placed at pad + i·up in a zero image of size
+    n·up + pad[0] + pad[1], then y[o] = Σ_a u[o·down + a] · k[K−1−a] (a convolution with k), per channel."""
+    b, c, h, w = x.shape
+    big = torch.zeros(b, c, h * up + sum(pad), w * up + sum(pad), dtype=x.dtype)
+    for i in range(h):
+        for j in range(w):
+            big[:, :, pad[0] + i * up, pad[0] + j * up] = x[:, :, i, j]
+    n = k.shape[0]
+    oh, ow = (big.shape[2] - n) // down + 1, (big.shape[3] - n) // down + 1
+    out = torch.zeros(b, c, oh, ow, dtype=x.dtype)
+    for oi in range(oh):
+        for oj in range(ow):
+            for a in range(n):
+                for e in range(n):
+                    out[:, :, oi, oj] += big[:, :, oi * down + a, oj * down + e] * k[n - 1 - a, n - 1 - e]
+    return out
+
+
+@pytest.mark.parametrize("up,down,pad", [(2, 1, (2, 1)), (1, 2, (1, 1)), (1, 1, (2, 2)), (2, 1, (1, 1))])
+def test_upfirdn2d_matches_its_definition(up, down, pad):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, 6, generator=g, dtype=torch.float64)
+    k = fir_filter((1, 2, 5, 3), like=x)  # not a palindrome: a missing flip would show
+    assert torch.allclose(upfirdn2d(x, k, up=up, down=down, pad=pad), _upfirdn_written_out(x, k, up, down, pad),
+                          rtol=1e-12, atol=1e-13)
+
+
+def test_fir_resampling_shapes_gains_and_box_kernel():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 8, 6, generator=g, dtype=torch.float64)
+    k = fir_filter((1, 3, 3, 1), like=x)
+    assert torch.allclose(k, torch.outer(torch.tensor([1.0, 3, 3, 1]), torch.tensor([1.0, 3, 3, 1]))
+                          .double() / 64)
+    assert fir_upsample(x, (1, 3, 3, 1)).shape == (2, 3, 16, 12)
+    assert fir_downsample(x, (1, 3, 3, 1)).shape == (2, 3, 4, 3)
+    # score_sde's padding: a constant image stays constant away from the (zero-padded) border
+    ones = torch.ones(1, 1, 8, 8, dtype=torch.float64)
+    assert torch.allclose(fir_upsample(ones, (1, 3, 3, 1))[..., 2:-2, 2:-2], ones.new_ones(1, 1, 12, 12))
+    assert torch.allclose(fir_downsample(ones, (1, 3, 3, 1))[..., 1:-1, 1:-1], ones.new_ones(1, 1, 2, 2))
+    # the box kernel [1, 1] is exactly nearest-neighbour upsampling and 2x2 average pooling
+    assert torch.allclose(fir_upsample(x, (1, 1)), torch.nn.functional.interpolate(x, scale_factor=2.0), atol=1e-15)
+    assert torch.allclose(fir_downsample(x, (1, 1)), torch.nn.functional.avg_pool2d(x, 2), atol=1e-15)
+
+
+@pytest.mark.parametrize("up", [False, True])
+def test_fir_conv_is_conv_and_fir_with_padding_once(up):
+    torch.manual_seed(0)
+    conv = FIRConv2d(3, 4, up=up, kernel=(1, 3, 3, 1)).double()
+    torch.nn.init.normal_(conv.bias)
+    x = torch.randn(2, 3, 6, 4, dtype=torch.float64)
+    k = fir_filter((1, 3, 3, 1), like=x, gain=4.0 if up else 1.0)
+    if up:  # zero insertion (stride-2 transposed conv = full correlation of the zero-inserted image), then FIR
+        z = torch.zeros(2, 3, 11, 7, dtype=torch.float64)
+        z[:, :, ::2, ::2] = x
+        h = torch.nn.functional.conv2d(z, conv.weight, padding=2)
+        expected = _upfirdn_written_out(h, k, 1, 1, (1, 1)) + conv.bias[:, None, None]
+        assert expected.shape == (2, 4, 12, 8)
+    else:  # FIR with padding (2, 2), then a stride-2 valid conv
+        expected = torch.nn.functional.conv2d(_upfirdn_written_out(x, k, 1, 1, (2, 2)), conv.weight, conv.bias,
+                                              stride=2)
+        assert expected.shape == (2, 4, 3, 2)
+    assert torch.allclose(conv(x), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_fir_resampling_is_twice_differentiable():
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+    assert gradgradcheck(lambda v: fir_upsample(v, (1, 3, 3, 1)), (x,))
+    assert gradgradcheck(lambda v: fir_downsample(v, (1, 3, 3, 1)), (x,))
+    conv = FIRConv2d(2, 2, up=True, kernel=(1, 3, 3, 1)).double()
+    assert gradgradcheck(lambda v, w: torch.nn.functional.conv_transpose2d(v, w, stride=2), (x, conv.weight))
+    assert gradgradcheck(conv, (x,))
+
+
+def test_ddpm_sinusoidal_embedding_formula():
+    t = torch.tensor([0.0, 3.0, 998.0], dtype=torch.float64)
+    half = 4
+    for spacing, denom in (("ddpm", half - 1), ("half", half)):
+        freqs = torch.tensor([10_000.0 ** (-k / denom) for k in range(half)], dtype=torch.float64)
+        expected = torch.cat([torch.sin(t[:, None] * freqs), torch.cos(t[:, None] * freqs)], dim=1)
+        got = sinusoidal_embedding(t, 2 * half, spacing=spacing)
+        # arguments up to ~1e3: a one-ulp difference in a frequency moves them by ~1e-13
+        assert got.dtype == torch.float64 and torch.allclose(got, expected, rtol=0, atol=1e-12)
+    # DDPM's lowest frequency is exactly 1/10^4
+    lowest = sinusoidal_embedding(torch.tensor([1.0], dtype=torch.float64), 8, spacing="ddpm")[0, 3].item()
+    assert math.isclose(math.asin(lowest), 1e-4, rel_tol=1e-12)
+    assert sinusoidal_embedding(torch.tensor([1]), 8).dtype == torch.float32  # integer steps: float32
+
+
+def test_fourier_features_in_the_model_dtype():
+    torch.manual_seed(0)
+    model = UNet(TINY_FULL).double()
+    sigma = torch.tensor([0.1234567891234], dtype=torch.float64)
+    got = model.fourier(torch.log(sigma))
+    proj = 2 * math.pi * torch.log(sigma)[:, None] * model.fourier.W[None]
+    assert got.dtype == torch.float64 and torch.equal(got, torch.cat([torch.sin(proj), torch.cos(proj)], dim=1))
+
+
+def test_neg_inv_sigma_gives_the_score_of_the_optimal_noise_predictor():
+    """Gaussian data N(0, I) under the sub-VP SDE: x_t ~ N(0, (α_t² + σ_t²) I), the best noise prediction is
+    E[z | x_t] = σ_t x / (α_t² + σ_t²), and the score is −x / (α_t² + σ_t²) (score_sde's −output/σ_t)."""
+    from lcssm.models.precond import ScoreModel
+    from lcssm.sde import SubVPSDE
+
+    sde = SubVPSDE(0.1, 20.0)
+
+    class OptimalNoise(torch.nn.Module):
+        def forward(self, x, t, sigma):
+            alpha, s = sde.marginal_coefficients(t)
+            return (s / (alpha**2 + s**2))[:, None] * x
+
+    model = ScoreModel(OptimalNoise(), sde, c_out="neg_inv_sigma")
+    x = torch.randn(3, 4, dtype=torch.float64)
+    t = torch.tensor([0.01, 0.4, 1.0], dtype=torch.float64)
+    alpha, s = sde.marginal_coefficients(t)
+    assert torch.allclose(model(x, t), -x / (alpha**2 + s**2)[:, None], rtol=1e-14, atol=0)
+    with pytest.raises(ConfigError):
+        ScoreModel(OptimalNoise(), sde, c_out="minus_sigma")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,12 +97,15 @@ def test_round_trip_writes_the_documented_files(tiny_run, capsys):
     n_before = {k: len(before.get(k, [])) for k in ("sample", "bpd", "fid")}
 
     pc = sample_run(run_dir, {"name": "pc", "n_samples": 6, "n_steps": 3, "batch_size": 4})
-    with np.load(run_dir / "samples.npz") as f:
+    assert Path(pc["file"]).parent == run_dir / "samples" and Path(pc["file"]).name.startswith("pc_")
+    with np.load(pc["file"]) as f:
         images, samples = f["images"], f["samples"]
     assert images.dtype == np.uint8 and images.shape == (6, 1, 8, 8)
     assert samples.dtype == np.float32 and samples.shape == (6, 1, 8, 8) and np.isfinite(samples).all()
     np.testing.assert_array_equal(images, to_uint8(torch.from_numpy(samples), "minus_one_one").numpy())
-    assert (run_dir / "samples.png").is_file()
+    assert Path(pc["grid"]).is_file() and pc["grid"] == str(Path(pc["file"]).with_suffix(".png"))
+    again = sample_run(run_dir, {"name": "pc", "n_samples": 2, "n_steps": 2})  # a second call keeps the first's
+    assert again["file"] != pc["file"] and Path(pc["file"]).is_file()
     # tiny: Euler-Maruyama predictor, no corrector, + one denoising evaluation
     assert pc["nfe"] == 3 + 1 and pc["nfe_per_batch"] == [4, 4] and pc["step"] == 4
     assert pc["sampler"] == "pc" and pc["n"] == 6 and pc["n_steps"] == 3 and pc["predictor"] == "euler_maruyama"
@@ -127,10 +131,11 @@ def test_round_trip_writes_the_documented_files(tiny_run, capsys):
         assert math.isfinite(fid[key]), key
     assert fid["fid"] > 0 and 1.0 <= fid["is"] <= 10.0
     assert fid["features"] == "digits-classifier" and fid["n_reference"] == 1437 and fid["n"] == 12
-    assert (run_dir / "fid_samples_pc.npz").is_file() and (run_dir / "fid_samples_pc.png").is_file()
+    assert Path(fid["file"]).is_file() and Path(fid["file"]).with_suffix(".png").is_file()
+    assert Path(fid["file"]).parent == run_dir / "fid"
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert [len(metrics[k]) - n_before[k] for k in ("sample", "bpd", "fid")] == [3, 1, 1]
+    assert [len(metrics[k]) - n_before[k] for k in ("sample", "bpd", "fid")] == [4, 1, 1]
     assert [r["sampler"] for r in metrics["sample"][n_before["sample"]:]] == ["pc", "pc", "ode"]
     assert len(metrics["train"]) == 1 and metrics["train"][0]["steps"] == 4
 
@@ -249,11 +254,12 @@ def test_image_folder_trains_at_resolution_8_and_holds_images_out(tmp_path, monk
     assert bpd_run(tmp_path / "run", LikelihoodOptions(data=str(other), **LOOSE))["n"] == 3  # another folder: all
     # FID of a non-digits run needs the Inception weights: one line naming the file, exit code 2
     monkeypatch.delenv("LCSSM_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.setattr("lcssm.features.fid_helper_weights_path", lambda: None)  # as without the fid extra
     capsys.readouterr()
     assert main(["fid", str(tmp_path / "run"), "--n-samples", "4", "--n-steps", "2"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "pt_inception-2015-12-05-6726825d.pth" in err
-    assert not (tmp_path / "run" / "fid_samples_pc.npz").exists()  # failed before sampling
+    assert not (tmp_path / "run" / "fid").exists()  # failed before sampling
 
 
 def test_ncsnv2_trains_on_the_marginal_std_and_samples_with_annealed_langevin(tmp_path):
@@ -364,7 +370,7 @@ def test_cli_round_trip_on_digits(tmp_path, capsys):
                  "--n-grid", "4", "--grid-steps", "2", "--out", run, "--no-progress"]) == 0
     assert (tmp_path / "run" / "grids" / "step_0000003.png").is_file()
     assert main(["sample", run, "--sampler", "pc", "--n-samples", "4", "--n-steps", "2", "--no-progress"]) == 0
-    assert np.load(tmp_path / "run" / "samples.npz")["images"].shape == (4, 1, 8, 8)
+    assert np.load(tmp_path / "run" / "samples" / "pc_001.npz")["images"].shape == (4, 1, 8, 8)
     assert main(["bpd", run, "--n", "2", "--rtol", "1e-2", "--atol", "1e-2", "--no-progress"]) == 0
     assert main(["fid", run, "--n-samples", "8", "--n-steps", "2", "--no-progress"]) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

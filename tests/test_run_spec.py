@@ -83,7 +83,7 @@ def test_a_run_keeps_its_saved_values_when_the_preset_changes(tmp_path, monkeypa
     record = sample_run(old_dir, {"n_samples": 2, "n_steps": 2}, device="cpu")
     assert record["predictor"] == "euler_maruyama" and record["corrector"] == "none" and record["denoise"] is True
     assert record["nfe"] == 2 + 1 and record["non_finite"] == 0
-    with np.load(old_dir / "samples.npz") as f:  # written in the saved scale [-1, 1]
+    with np.load(record["file"]) as f:  # written in the saved scale [-1, 1]
         assert f["samples"].shape == (2, 1, 8, 8)
 
     # a run created now gets the changed preset
@@ -188,7 +188,7 @@ def test_an_old_format_point_run_opens_and_samples_like_its_new_format_twin(tmp_
     options = {"n_samples": 16, "n_steps": 4}
     a, b = sample_run(old_dir, options, device="cpu"), sample_run(new_dir, options, device="cpu")
     assert a["nfe"] == b["nfe"] == 4 * 2 + 1 and a["energy_distance"] == b["energy_distance"]
-    np.testing.assert_array_equal(np.load(old_dir / "samples.npy"), np.load(new_dir / "samples.npy"))
+    np.testing.assert_array_equal(np.load(a["file"]), np.load(b["file"]))
 
 
 def test_an_old_format_toy_run_opens_and_samples_like_its_new_format_twin(tmp_path):
@@ -208,7 +208,7 @@ def test_an_old_format_toy_run_opens_and_samples_like_its_new_format_twin(tmp_pa
     options = {"n_samples": 16, "langevin_steps": 3}
     a, b = sample_run(old_dir, options, device="cpu"), sample_run(new_dir, options, device="cpu")
     assert a["nfe"] == b["nfe"] == 3
-    np.testing.assert_array_equal(np.load(old_dir / "samples.npy"), np.load(new_dir / "samples.npy"))
+    np.testing.assert_array_equal(np.load(a["file"]), np.load(b["file"]))
 
 
 def test_an_old_format_image_run_is_refused_naming_what_it_lacks(tmp_path, capsys):
@@ -226,7 +226,7 @@ def test_an_old_format_image_run_is_refused_naming_what_it_lacks(tmp_path, capsy
     assert main(["sample", str(old_dir), "--n-samples", "2", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("lcssm sample: error:") and "network architecture" in err
-    assert not (old_dir / "samples.npz").exists()
+    assert not (old_dir / "samples").exists()
 
 
 # ------------------------------------------------------------------------- (c) the objectives' one contract

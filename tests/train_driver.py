@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="1-based step from which every batch is NaN (0 = never)")
     p.add_argument("--sleep", type=float, default=0.0, help="seconds to sleep after each step (rank 0)")
     p.add_argument("--dump-params", action="store_true", help="each rank writes rank{r}_params.pt at the end")
+    p.add_argument("--ready-at", type=int, default=0, help="rank 0 creates OUT/ready after this step (0 = never)")
     args = p.parse_args(argv)
 
     torch.set_num_threads(1)
@@ -63,7 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         loss = dsm(m, x, 0.3, generator=g)
         return loss, {"sigma": torch.full_like(loss, 0.3)}
 
-    callbacks = [PeriodicCallback(1, lambda step, ema: time.sleep(args.sleep))] if args.sleep else []
+    def pause(step: int, ema) -> None:
+        time.sleep(args.sleep)
+        if args.ready_at and step == args.ready_at:
+            open(f"{args.out}/ready", "w").close()
+
+    callbacks = [PeriodicCallback(1, pause)] if args.sleep or args.ready_at else []
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema,
                       warmup=args.warmup, grad_clip=1.0, ckpt_every=args.ckpt_every, keep_last=args.keep_last,
                       log_every=args.log_every, max_nonfinite=args.max_nonfinite, seed=args.seed, device="cpu")

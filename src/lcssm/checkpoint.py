@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from lcssm.errors import CheckpointError
-from lcssm.files import atomic_write_bytes, replace_synced, temporary_path
+from lcssm.files import atomic_write_bytes, check_new_file, replace_synced, temporary_path
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -288,7 +288,7 @@ def load_run(run_dir: str | Path, model_factory: Callable[[dict], nn.Module] | N
     return config, model.to(map_location).eval()
 
 
-def export_ema(run_dir: str | Path, out: str | Path | None = None) -> Path:
+def export_ema(run_dir: str | Path, out: str | Path | None = None, *, overwrite: bool = False) -> Path:
     """Write the EMA weights (the model weights for a run without EMA) of the newest good checkpoint as
     safetensors (default ``run_dir/ema.safetensors``), with the run config (JSON) and step in its metadata.
 
@@ -318,8 +318,12 @@ def export_ema(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if dest.is_dir():
         raise IsADirectoryError(f"export destination {dest} is a directory; give a file name, e.g. "
                                 f"{dest / 'ema.safetensors'}")
+    check_new_file(dest, overwrite=overwrite)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(dest)
     save_file(tensors, str(tmp), metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # the mode of every other file lcssm writes (safetensors creates 0600)
     replace_synced(tmp, dest)
     return dest

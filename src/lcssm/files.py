@@ -86,10 +86,8 @@ def is_run_dir(path: str | os.PathLike) -> bool:
     return (path / RUN_MARKER).is_file() or ((path / "config.json").is_file() and (path / "checkpoints").is_dir())
 
 
-def claim_run_dir(path: str | os.PathLike) -> bool:
-    """Make ``path`` a run directory: create it (with its marker) or accept one lcssm wrote; ConfigError for a
-    file, for an empty name and for a non-empty directory lcssm did not write (nothing of a user's is written
-    over). Returns whether the directory was created now."""
+def check_run_dir(path: str | os.PathLike) -> Path:
+    """``path`` if a run may be written there (see :func:`claim_run_dir`), else ConfigError; creates nothing."""
     from lcssm.errors import ConfigError
 
     if str(path) == "":
@@ -97,10 +95,18 @@ def claim_run_dir(path: str | os.PathLike) -> bool:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"output directory {path} is an existing file")
-    created = not path.exists()
-    if not created and any(path.iterdir()) and not is_run_dir(path):
+    if path.exists() and any(path.iterdir()) and not is_run_dir(path):
         raise ConfigError(f"{path} is a non-empty directory that lcssm did not write (no {RUN_MARKER} marker); "
                           "give --out a new or empty directory, so that nothing in it is overwritten")
+    return path
+
+
+def claim_run_dir(path: str | os.PathLike) -> bool:
+    """Make ``path`` a run directory: create it (with its marker) or accept one lcssm wrote; ConfigError for a
+    file, for an empty name and for a non-empty directory lcssm did not write (nothing of a user's is written
+    over). Returns whether the directory was created now."""
+    path = check_run_dir(path)
+    created = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
     if not (path / RUN_MARKER).exists():
         atomic_write_text(path / RUN_MARKER, "a run directory written by lcssm\n")
@@ -163,5 +169,5 @@ def append_metrics(run_dir: str | os.PathLike, kind: str, record: dict[str, Any]
 
 
 __all__ = ["METRICS_FILE", "RUN_MARKER", "append_metrics", "atomic_save_npy", "atomic_save_npz", "atomic_write_bytes",
-           "atomic_write_text", "check_new_file", "claim_run_dir", "is_run_dir", "next_free", "read_metrics",
-           "replace_synced", "temporary_path"]
+           "atomic_write_text", "check_new_file", "check_run_dir", "claim_run_dir", "is_run_dir", "next_free",
+           "read_metrics", "replace_synced", "temporary_path"]

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lcssm.errors import ConfigError
+from lcssm.errors import ConfigError, ResourceError, is_out_of_memory
 from lcssm.sampling import (
     annealed_langevin,
     geometric_sigmas,
@@ -28,10 +28,14 @@ from lcssm.sampling import (
     pc_sample,
 )
 from lcssm.sde import SDE
+from lcssm.solvers import SOLVERS, sample
 
 __all__ = ["SAMPLERS", "Sampler", "draw", "get_sampler", "start"]
 
 SamplerFn = Callable[..., tuple[Tensor, int]]
+
+#: the largest batch of one sampler call when the spec sets none (batch_size 0): larger n are drawn in chunks
+MAX_BATCH = 50_000
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,19 @@ def _langevin(score_fn, sde: SDE | None, x: Tensor, spec, generator, progress: b
     return out, spec.langevin_steps
 
 
+def _fixed_grid(name: str) -> SamplerFn:
+    """The adapter of the fixed-grid solver ``name`` (:mod:`lcssm.solvers`): nfe, schedule, rho, t_min (and the
+    churn parameters of edm) from the spec; the NFE is the count of score evaluations the solver made."""
+    churn = SOLVERS[name].options
+
+    def run(score_fn, sde: SDE, x: Tensor, spec, generator, progress: bool) -> tuple[Tensor, int]:
+        return sample(score_fn, sde, x, sampler=name, nfe=spec.nfe, schedule=spec.schedule, t_min=spec.t_min,
+                      rho=spec.rho, generator=generator, progress=progress, **{k: getattr(spec, k) for k in churn})
+
+    run.fields = ("nfe", "schedule", "rho", "t_min", *churn)  # type: ignore[attr-defined]
+    return run
+
+
 _PC_FIELDS = ("n_steps", "predictor", "corrector", "snr", "n_corrector_steps", "t_min", "denoise")
 SAMPLERS: dict[str, Sampler] = {s.name: s for s in (
     Sampler("pc", _pc, "prior", True, False, _PC_FIELDS, "predictor-corrector sampler of the reverse SDE"),
@@ -94,6 +111,8 @@ SAMPLERS: dict[str, Sampler] = {s.name: s for s in (
             "annealed Langevin dynamics over geometric noise levels sigma_t/alpha_t"),
     Sampler("langevin", _langevin, "data", False, False, ("langevin_steps", "langevin_step_size", "init"),
             "unadjusted Langevin dynamics of a single-noise-scale score (paper Eq. 31)"),
+    *(Sampler(name, run, "prior", True, True, run.fields, solver.help)
+      for name, solver in SOLVERS.items() for run in (_fixed_grid(name),)),
 )}
 
 
@@ -107,7 +126,8 @@ def get_sampler(name: str, sde: SDE | None) -> Sampler:
               and (not s.needs_marginal or sde.has_marginal)]
     if name not in usable:
         what = "a run without an SDE" if sde is None else f"a run with {sde!r}"
-        raise ConfigError(f"the {name} sampler does not apply to {what}; use {' or '.join(usable)}")
+        why = " (it needs an SDE with a closed-form Gaussian marginal)" if sampler.needs_marginal and sde else ""
+        raise ConfigError(f"the {name} sampler does not apply to {what}{why}; use {' or '.join(usable)}")
     return sampler
 
 
@@ -129,15 +149,15 @@ def sde_level(sde: SDE) -> float:
 def draw(score_fn, sde: SDE | None, shape: tuple[int, ...], spec, *, device: torch.device, progress: bool = False,
          start_fn: Callable[[int, torch.Generator], Tensor] | None = None) -> tuple[Tensor, dict[str, Any]]:
     """``spec.n_samples`` samples of one example ``shape`` with ``spec``'s sampler, in batches of
-    ``spec.batch_size`` (0 = one batch) that share one generator seeded with ``spec.seed`` (so samples depend on the
-    batch size). ``start_fn(n, generator)`` gives the start of a ``data`` sampler, drawn from a CPU generator seeded
+    ``spec.batch_size`` (0 = one batch, or batches of :data:`MAX_BATCH` beyond that) that share one generator seeded
+    with ``spec.seed`` (so samples depend on the batch size). ``start_fn(n, generator)`` gives the start of a ``data`` sampler, drawn from a CPU generator seeded
     with ``spec.seed`` (the sampler's noise then comes from ``spec.seed + 1`` on the device). Returns (float32
     samples on the CPU, record: sampler, the fields it read, n, nfe (mean over batches), nfe_per_batch, seconds,
     non_finite)."""
     from lcssm.device import make_generator
 
     sampler = get_sampler(spec.name, sde)
-    n, size = spec.n_samples, spec.batch_size or spec.n_samples
+    n, size = spec.n_samples, spec.batch_size or min(spec.n_samples, MAX_BATCH)
     if n < 1:
         raise ConfigError(f"sampler.n_samples (--n-samples) must be >= 1, got {n}")
     generator = make_generator(spec.seed, device)
@@ -146,14 +166,20 @@ def draw(score_fn, sde: SDE | None, shape: tuple[int, ...], spec, *, device: tor
         start_generator, generator = make_generator(spec.seed), make_generator(spec.seed + 1, device)
     chunks, nfes = [], []
     began = time.perf_counter()
-    for i in range(0, n, size):
-        b = min(size, n - i)
-        x = start_fn(b, start_generator).to(device) if from_data else start(sampler, sde, (b, *shape), generator,
-                                                                            device)
-        out, nfe = sampler.run(score_fn, sde, x, spec, generator, progress)
-        chunks.append(out.float().cpu())
-        nfes.append(int(nfe))
-    samples = torch.cat(chunks)
+    try:
+        for i in range(0, n, size):
+            b = min(size, n - i)
+            x = start_fn(b, start_generator).to(device) if from_data else start(sampler, sde, (b, *shape),
+                                                                                generator, device)
+            out, nfe = sampler.run(score_fn, sde, x, spec, generator, progress)
+            chunks.append(out.float().cpu())
+            nfes.append(int(nfe))
+        samples = torch.cat(chunks)
+    except (RuntimeError, MemoryError) as e:
+        if not is_out_of_memory(e):
+            raise
+        raise ResourceError(f"out of memory sampling {n} samples in batches of {size} on {device}; use a smaller "
+                            "--sample-batch-size (or fewer --n-samples)") from None
     record = {"sampler": sampler.name, **{k: getattr(spec, k) for k in sampler.fields}, "n": n,
               "batch_size": spec.batch_size, "seed": spec.seed, "nfe": sum(nfes) / len(nfes), "nfe_per_batch": nfes,
               "seconds": time.perf_counter() - began,

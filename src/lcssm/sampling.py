@@ -6,6 +6,8 @@
 * :func:`pc_sample` — predictor–corrector sampler of the reverse-time SDE with a time-conditional score
   ``score_fn(x, t)`` (Song et al. 2021, Alg. 1–3).
 * :func:`ode_sample` — probability-flow ODE (Song et al. 2021, Eq. 13) with an adaptive Runge–Kutta solver.
+* :func:`sample` — the fixed-grid solvers of :mod:`lcssm.solvers` (Euler, Heun, DPM-Solver++(2M), DPM-Solver-3,
+  EDM's churn sampler, ancestral Euler) over a noise schedule of :mod:`lcssm.schedules`, for affine SDEs.
 
 ``t`` and ``sigma`` are passed to the score function as tensors of shape (B,). Every sampler draws its noise
 from ``generator`` (on the device of the samples) and runs under ``torch.no_grad()``. Mixed precision, eval
@@ -23,6 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lcssm.errors import ConfigError
+from lcssm.odeint import rk45
 from lcssm.sde import SDE, ScoreFn
 from lcssm.tensors import bcast
 
@@ -38,6 +41,7 @@ __all__ = [
     "noise_level",
     "ode_sample",
     "pc_sample",
+    "sample",
     "solve_ode",
 ]
 
@@ -379,8 +383,9 @@ def ode_sample(
 ) -> tuple[Tensor, int]:
     """Integrate the probability-flow ODE ``dx/dt = f − ½g²s`` (Song et al. 2021, Eq. 13) from T to ``t_min``.
 
-    Uses ``scipy.integrate.solve_ivp`` (``method``, ``rtol``, ``atol``; score_sde's defaults) on the whole
-    batch as one float64 state; the score is evaluated in ``dtype`` on ``device`` (as in :func:`pc_sample`).
+    ``method="RK45"`` integrates with :func:`lcssm.odeint.rk45` (torch, on the samples' device, the same algorithm
+    and step control as scipy's RK45); the other methods with ``scipy.integrate.solve_ivp`` (``rtol``, ``atol``;
+    score_sde's defaults). Either way the whole batch is one float64 state; the score is evaluated in ``dtype`` on ``device`` (as in :func:`pc_sample`).
     The only randomness is the prior draw (or ``x_init``). With ``denoise`` the result is passed through
     :func:`denoise_step`. Returns ``(samples, nfe)``, nfe the number of drift evaluations (the denoising step
     adds one more score call).
@@ -392,14 +397,25 @@ def ode_sample(
     rsde = sde.reverse(score_fn, probability_flow=True)
     batch, shape_t = x.shape[0], x.shape
 
-    def fun(t: float, y: np.ndarray) -> np.ndarray:
-        xt = torch.from_numpy(y).to(device=dev, dtype=dtype).view(shape_t)
-        drift, _ = rsde.sde(xt, torch.full((batch,), t, device=dev, dtype=dtype))
-        return drift.double().cpu().numpy().ravel()
+    def drift(t: float, y: Tensor) -> Tensor:
+        out, _ = rsde.sde(y.to(dtype), torch.full((batch,), t, device=dev, dtype=dtype))
+        return out.double()
 
-    y, nfe = solve_ode(fun, sde.T, t_min, x.double().cpu().numpy().ravel(), method=method, rtol=rtol, atol=atol,
-                       desc="probability-flow ODE", progress=progress)
-    x = torch.from_numpy(y).to(device=dev, dtype=dtype).view(shape_t)
+    if method == "RK45":  # torch Dormand-Prince on the device (lcssm.odeint), the batch as one float64 state
+        _check_positive("rtol", rtol)
+        _check_positive("atol", atol)
+        y, nfe = rk45(drift, sde.T, t_min, x.double(), rtol=rtol, atol=atol)
+        x = y.to(dtype)
+    else:
+        def fun(t: float, y: np.ndarray) -> np.ndarray:
+            return drift(t, torch.from_numpy(y).to(dev).view(shape_t)).cpu().numpy().ravel()
+
+        y, nfe = solve_ode(fun, sde.T, t_min, x.double().cpu().numpy().ravel(), method=method, rtol=rtol,
+                           atol=atol, desc="probability-flow ODE", progress=progress)
+        x = torch.from_numpy(y).to(device=dev, dtype=dtype).view(shape_t)
     if denoise:
         x = denoise_step(score_fn, sde, x, t_min)
     return x, nfe
+
+
+from lcssm.solvers import sample  # noqa: E402  (the fixed-grid solvers' entry; lcssm.solvers imports no sampler)

@@ -109,5 +109,5 @@ class Denoiser:
 
     def to_y(self, x: Tensor) -> Tensor:
         """The state at T in the σ-parametrisation, ``x_T/α_T``."""
-        _, alpha = self.sde.marginal_coefficients(torch.full((x.shape[0],), self.sde.T, dtype=torch.float64))
+        alpha, _ = self.sde.marginal_coefficients(torch.full((x.shape[0],), self.sde.T, dtype=torch.float64))
         return x / bcast(alpha.to(device=x.device, dtype=x.dtype), x)

@@ -161,13 +161,15 @@ def _dpm3_plan(nfe: int) -> tuple[int, dict]:
 @dataclass(frozen=True)
 class Solver:
     """A fixed-grid solver: ``run(denoise, y, sigmas, **options)``; ``plan(nfe) -> (n levels, extra options)``;
-    ``min_nfe`` the least NFE it can spend; ``stochastic`` whether it draws noise."""
+    ``min_nfe`` the least NFE it can spend; ``stochastic`` whether it draws noise; ``options`` the keyword options
+    it takes (the run spec's fields of the same names)."""
 
     run: Callable[..., Tensor]
     plan: Callable[[int], tuple[int, dict]]
     min_nfe: int
     stochastic: bool
     help: str
+    options: tuple[str, ...] = ()
 
 
 SOLVERS: dict[str, Solver] = {
@@ -177,7 +179,7 @@ SOLVERS: dict[str, Solver] = {
     "dpmpp_2m": Solver(dpmpp_2m, lambda nfe: (nfe, {}), 1, False, "DPM-Solver++(2M), Lu et al. 2022, nfe levels"),
     "dpm3": Solver(dpm3, _dpm3_plan, 1, False, "single-step DPM-Solver-3, Lu et al. 2022 (nfe = 3k+1)"),
     "edm": Solver(edm, lambda nfe: ((nfe + 1) // 2, {}), 1, True, "EDM stochastic sampler (churn), Karras et al. "
-                  "2022 Alg. 2"),
+                  "2022 Alg. 2", ("s_churn", "s_tmin", "s_tmax", "s_noise")),
     "euler_ancestral": Solver(euler_ancestral, lambda nfe: (nfe, {}), 1, True, "ancestral Euler (DDPM-like)"),
 }
 

@@ -25,6 +25,7 @@ import logging
 import math
 import random
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -50,7 +51,7 @@ from lcssm.checkpoint import (
 from lcssm.config import TrainConfig, to_jsonable, validate
 from lcssm.device import autocast, eval_mode, seed_everything
 from lcssm.distributed import DistInfo
-from lcssm.errors import ConfigError, LcssmError
+from lcssm.errors import ConfigError, LcssmError, ResourceError, is_out_of_memory
 from lcssm.files import atomic_write_text, claim_run_dir
 from lcssm.train_blocks import (
     ema_update,
@@ -63,7 +64,7 @@ from lcssm.train_blocks import (
 )
 from lcssm.train_logs import TrainLogs, diagnose, progress_bar, window_mean
 from lcssm.train_resume import check_resumed_config, clear_checkpoints, newest_checkpoint, restore
-from lcssm.train_stop import ResourceError, StopRequests, TrainingInterrupted, is_out_of_memory
+from lcssm.train_stop import StopRequests, TrainingInterrupted
 
 __all__ = [
     "BatchFn",
@@ -209,6 +210,7 @@ def train(
     callbacks: Sequence[Callback] = (),
     progress: bool = True,
     overwrite: bool = False,
+    banner: str | None = None,
 ) -> TrainResult:
     """Train ``model`` for ``cfg.steps`` optimizer steps; see the module docstring.
 
@@ -232,7 +234,8 @@ def train(
     :class:`~lcssm.train_stop.TrainingInterrupted` (exit code 130 / 143). Raises :class:`NonFiniteLossError` after
     ``cfg.max_nonfinite`` consecutive non-finite steps, ResourceError when memory runs out (removing the run
     directory if this call created it and wrote no checkpoint), CheckpointError when resuming finds only bad
-    checkpoints.
+    checkpoints. ``banner`` is printed to stderr (rank 0) once the run directory and any resume passed their
+    checks.
     """
     run = _setup(model, cfg, out_dir, run_config)
     try:
@@ -241,6 +244,8 @@ def train(
     except BaseException:
         _discard_if_empty(run)
         raise
+    if banner and run.info.is_main:
+        print(banner, file=sys.stderr)
     fwd = _wrap(run)
     bar = progress_bar(run.cfg.steps, run.start_step, progress and run.info.is_main)
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lcssm.errors import LcssmError
 
-__all__ = ["ResourceError", "StopRequests", "TrainingInterrupted", "is_out_of_memory"]
+__all__ = ["StopRequests", "TrainingInterrupted"]
 
 _SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGUSR1")) if s is not None)
 
@@ -26,21 +26,6 @@ class TrainingInterrupted(LcssmError):
         super().__init__(message)
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
         self.exit_code = 130 if signum == signal.SIGINT else 143
-
-
-class ResourceError(LcssmError):
-    """Out of memory; the message names the batch size and what to change. The CLI exits with code 2."""
-
-
-def is_out_of_memory(e: BaseException) -> bool:
-    """Whether ``e`` is the CPU allocator's or CUDA's out-of-memory error (or Python's MemoryError)."""
-    if isinstance(e, MemoryError):
-        return True
-    oom = getattr(__import__("torch"), "OutOfMemoryError", ())
-    if oom and isinstance(e, oom):
-        return True
-    text = str(e)
-    return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 class StopRequests:
@@ -55,7 +40,7 @@ class StopRequests:
     def _handle(self, signum: int, frame) -> None:
         if signum == signal.SIGINT and self.signum == signal.SIGINT:
             raise KeyboardInterrupt  # the second Ctrl-C: stop now
-        self.signum = signal.SIGTERM if signum == getattr(signal, "SIGUSR1", -1) else signum
+        self.signum = signum
 
     def __enter__(self) -> StopRequests:
         if threading.current_thread() is threading.main_thread():

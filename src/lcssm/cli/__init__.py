@@ -6,12 +6,13 @@ import argparse
 import importlib
 import sys
 import typing
+import warnings
 from collections.abc import Sequence
 
 from lcssm.errors import LcssmError
 
 # subcommand modules, in the order they appear in --help
-_MODULES = ("runs", "export", "reproduce", "bench")
+_MODULES = ("runs", "export", "reproduce", "bench", "importer")
 
 #: exceptions that mean "bad input": one line on stderr, exit code 2
 USER_ERRORS = (LcssmError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
@@ -64,13 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    warnings.formatwarning = lambda message, *a, **k: f"lcssm {args.command}: warning: {message}\n"  # one line
     if extra:  # reported by the subcommand's parser, so the message names it
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
     except USER_ERRORS as e:
-        print(f"lcssm {args.command}: error: {e}", file=sys.stderr)
-        return int(getattr(e, "exit_code", 2))
+        code = int(getattr(e, "exit_code", 2))
+        what = "" if code in (130, 143) else "error: "  # a signal's stop is no error: the run is resumable
+        print(f"lcssm {args.command}: {what}{e}", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print(f"lcssm {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -16,6 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory (holds checkpoints/)")
     p.add_argument("--file", metavar="FILE", help="output file (default: RUN_DIR/ema.safetensors)")
+    p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
+                   help="replace an existing --file (never a run's config.json or checkpoints)")
     p.set_defaults(func=run)
 
 
@@ -27,6 +29,6 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
-    dest = export_ema(run_dir, args.file)
+    dest = export_ema(run_dir, args.file, overwrite=args.overwrite)
     print(f"wrote {dest}", file=sys.stderr)
     return 0

@@ -28,14 +28,14 @@ class CommandOptions:
     out: str | None = dataclasses.field(default=None, metadata=meta(
         "output directory: the run directory", commands=("toy", "train")))
     file: str | None = dataclasses.field(default=None, metadata=meta(
-        "output file of the samples (default: RUN_DIR/samples.npy for points, RUN_DIR/samples.npz for images)",
-        commands=("sample",)))
+        "output file of the samples, .npy for points, .npz for images, with its .png beside it (default: a new "
+        "RUN_DIR/samples/SAMPLER_NNN file)", commands=("sample",)))
     resume: bool = dataclasses.field(default=False, metadata=meta(
         "continue the run in --out from its latest good checkpoint, to the same --steps total",
         commands=("toy", "train")))
     overwrite: bool = dataclasses.field(default=False, metadata=meta(
-        "start afresh in an output directory that holds checkpoints of an earlier run, deleting them",
-        commands=("toy", "train")))
+        "toy, train: start afresh in a run directory that holds checkpoints of an earlier run, deleting them; "
+        "sample: replace an existing --file", commands=("toy", "train", "sample")))
     device: str = dataclasses.field(default="auto", metadata=meta(
         "auto, cpu, cuda or cuda:N", commands=("sample", "bpd", "fid")))
     inception: str | None = dataclasses.field(default=None, metadata=meta(

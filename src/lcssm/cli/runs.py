@@ -166,9 +166,11 @@ def _sample(args: argparse.Namespace) -> int:
     from lcssm.experiments.pipeline import sample_run
 
     cmd = apply_options(CommandOptions(), args, args.command_flags)
-    record = sample_run(args.run_dir, _sampler_overrides(args), out=cmd.file, device=cmd.device,
+    record = sample_run(args.run_dir, _sampler_overrides(args), out=cmd.file, overwrite=cmd.overwrite,
+                        device=cmd.device,
                         progress=cmd.progress)
-    return _print(record, f"wrote {record['file']}" + (f" and {record['grid']}" if "grid" in record else ""))
+    also = record.get("grid") or record.get("figure")
+    return _print(record, f"wrote {record['file']}" + (f" and {also}" if also else ""))
 
 
 def _fid(args: argparse.Namespace) -> int:

@@ -214,7 +214,12 @@ def load_points(path: str | Path) -> Tensor:
             raise DataError(f"point file {str(p)!r}: unsupported extension {suffix!r}; use .npy or .csv")
     except DataError:
         raise
-    except (ValueError, OSError, EOFError) as e:
+    except ValueError as e:
+        if suffix == ".npy" and "pickle" in str(e):  # numpy's hint would be to load it unsafely
+            raise DataError(f"point file {str(p)!r} is not a .npy array file (or holds Python objects, which lcssm "
+                            "never unpickles); save the points with numpy.save or as .csv") from None
+        raise DataError(f"point file {str(p)!r} could not be read: {e}") from None
+    except (OSError, EOFError) as e:
         raise DataError(f"point file {str(p)!r} could not be read: {e}") from None
     if arr.dtype.kind not in "fiu":
         raise DataError(f"point file {str(p)!r} holds {arr.dtype} values; expected numbers")

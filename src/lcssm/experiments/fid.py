@@ -25,7 +25,7 @@ from torch import Tensor
 from lcssm.data.levels import ImageData, levels_to_float, to_uint8
 from lcssm.device import make_generator
 from lcssm.errors import ConfigError
-from lcssm.files import append_metrics, atomic_save_npz
+from lcssm.files import append_metrics, atomic_save_npz, next_free
 
 __all__ = ["Features", "feature_extractor", "feature_network", "fid_run", "image_quality", "reference_features"]
 
@@ -155,8 +155,8 @@ def fid_run(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None,
     """FID, KID and IS of fresh samples (the run's sampler spec with ``overrides``; 2000 samples unless
     ``n_samples`` is given) against the run's whole ``reference_split`` (``train`` or ``test``). The weights are
     checked before sampling; the samples are rounded to 8 bits first, as saved images are, and written to
-    ``fid_samples_{sampler}.npz`` / ``.png``. Returns the record appended to ``metrics.json``: the scores, the
-    features, weights and convention, and the numbers of samples and reference images."""
+    a new ``RUN_DIR/fid/SAMPLER_NNN.npz`` with its ``.png`` grid. Returns the record appended to ``metrics.json``:
+    the scores, the features, weights and convention, and the numbers of samples and reference images."""
     from lcssm.experiments.images import load_split, write_images
     from lcssm.experiments.pipeline import open_run, with_sampler
     from lcssm.samplers import draw
@@ -170,7 +170,7 @@ def fid_run(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None,
     net = feature_network(spec.data, inception_path, run.device, convention)
     reference = load_split(spec.data, reference_split)
     samples, info = draw(run.score_fn, run.sde, spec.data.shape, spec.sampler, device=run.device, progress=progress)
-    path = Path(run.run_dir) / f"fid_samples_{spec.sampler.name}.npz"
+    path = next_free(Path(run.run_dir) / "fid", spec.sampler.name, ".npz")
     images = write_images(path, samples, spec.data.scale)
     began = time.perf_counter()
     cache = cache_dir if cache_dir is not None else default_cache_dir(spec.data)

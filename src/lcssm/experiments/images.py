@@ -40,6 +40,7 @@ TRACES = ("rademacher", "gaussian", "exact")
 _FLIP_STREAM = 4  # a random stream of step_seed the trainer does not use (0-3 are taken)
 _HOLDOUT_SEED = 0  # the held-out split of an image folder is a property of the folder, not of the run
 DIGITS = "digits"
+MNIST = "mnist"
 
 
 def _digits_levels(split: str) -> Tensor:
@@ -49,7 +50,8 @@ def _digits_levels(split: str) -> Tensor:
 def load_split(data, split: str, source: str | os.PathLike | None = None) -> ImageData:
     """The ``train`` or ``test`` split of a run's :class:`~lcssm.experiments.spec.DataSpec`, at its shape.
 
-    Digits: lcssm's fixed split (1437 / 360). CIFAR-10 batches: ``data_batch_1..5`` / ``test_batch``. An image
+    Digits: lcssm's fixed split (1437 / 360). MNIST-5k (source ``mnist``): its fixed split (4000 / 1000,
+    :mod:`lcssm.data.mnist`). CIFAR-10 batches: ``data_batch_1..5`` / ``test_batch``. An image
     folder: the training folder's fixed held-out split (fraction ``data.holdout``); for ``test``, a ``source``
     other than the training folder is held out as a whole. Image folders are read with the spec's ``strict`` and
     ``cache_dir``.
@@ -59,6 +61,11 @@ def load_split(data, split: str, source: str | os.PathLike | None = None) -> Ima
     root = str(source) if source is not None else data.source
     if root == DIGITS:
         return ImageData(_digits_levels(split), DIGITS_LEVELS, f"digits ({split})")
+    if root == MNIST:
+        from lcssm.data.mnist import load_mnist
+
+        images = load_mnist(split, cache_dir=data.cache_dir)[0]
+        return ImageData(conform(images, data.shape[1], data.shape[0]), 256, f"MNIST-5k ({split}: {len(images)})")
     root = Path(root)
     ch, res = data.shape[0], data.shape[1]
     options = {"resolution": res, "channels": ch, "strict": data.strict, "cache_dir": data.cache_dir}
@@ -149,16 +156,14 @@ class ImagesKind:
         return None
 
     def save_samples(self, spec, samples: Tensor, path: Path) -> dict[str, str]:
-        if path.suffix != ".npz":
-            path = path.with_suffix(".npz")
         write_images(path, samples, spec.data.scale)
         return {"file": str(path), "grid": str(path.with_suffix(".png"))}
 
     def evaluate(self, spec, data, samples: Tensor) -> dict[str, Any]:
         return {}
 
-    def figures(self, spec, data, samples: Tensor, out: Path, model=None) -> None:
-        return None
+    def figures(self, spec, data, samples: Tensor, path: Path, model=None) -> None:
+        return None  # the grid is written with the samples
 
     def bpd(self, run, options) -> dict[str, Any]:
         """Bits/dim of held-out images under the run's probability-flow ODE: the run's test split, or the images in

@@ -50,7 +50,7 @@ class DataKind(Protocol):
     def start_fn(self, spec: RunSpec, data: Any) -> Any: ...
     def save_samples(self, spec: RunSpec, samples: Tensor, path: Path) -> dict[str, str]: ...
     def evaluate(self, spec: RunSpec, data: Any, samples: Tensor) -> dict[str, Any]: ...
-    def figures(self, spec: RunSpec, data: Any, samples: Tensor, out: Path,
+    def figures(self, spec: RunSpec, data: Any, samples: Tensor, path: Path,
                 model: ScoreModel | None = None) -> None: ...
     def bpd(self, run: Run, options: LikelihoodOptions) -> dict[str, Any]: ...
 
@@ -92,8 +92,11 @@ def train_run(spec: RunSpec, out_dir: str | os.PathLike, *, resume: bool = False
     ``n_samples`` > 0, sample and evaluate it. Returns ``{"train": record, "sample": record}`` as appended to
     ``metrics.json`` (None on non-zero ranks under torchrun)."""
     from lcssm.distributed import is_main_process
+    from lcssm.files import check_run_dir
     from lcssm.plots import plot_losses
 
+    if is_main_process():
+        check_run_dir(out_dir)  # before the data are read: a foreign --out fails at once
     out = Path(out_dir)
     kind = KINDS[spec.data.kind]
     data = kind.load(spec)
@@ -101,11 +104,9 @@ def train_run(spec: RunSpec, out_dir: str | os.PathLike, *, resume: bool = False
     sde = spec.sde.build()
     seed_everything(spec.train.seed)  # parameter initialisation
     model = build_score_model(spec.model, sde, spec.data.shape[0])
-    if is_main_process():
-        _announce(spec, model, data)
     result: TrainResult = train(model, make_loss(spec, sde), kind.batches(spec, data), spec.train, out,
                                 resume=resume, overwrite=overwrite, callbacks=kind.callbacks(spec, sde, out),
-                                run_config=spec.to_dict(), progress=progress)
+                                run_config=spec.to_dict(), progress=progress, banner=_banner(spec, model, data))
     if not is_main_process():
         return None
     record = {"objective": spec.objective.name, "sde": spec.sde.name, "data": spec.data.source,
@@ -119,19 +120,17 @@ def train_run(spec: RunSpec, out_dir: str | os.PathLike, *, resume: bool = False
     if spec.sampler.after_training and spec.sampler.n_samples > 0:
         run = Run.of(spec, result.ema_model.eval(), int(result.steps), result.checkpoint, out,
                      resolve_device(spec.train.device))
-        metrics["sample"] = _sample(run, spec, data, out / kind.samples_file, progress)
+        metrics["sample"] = _sample(run, spec, data, out / kind.samples_file, progress, trained=True)
     return metrics
 
 
-def _announce(spec: RunSpec, model: nn.Module, data: Any) -> None:
-    import sys
-
+def _banner(spec: RunSpec, model: nn.Module, data: Any) -> str:
     from lcssm.models import count_parameters
 
     shape = "x".join(map(str, spec.data.shape))
-    print(f"lcssm {spec.command}: {type(model.backbone).__name__} ({count_parameters(model):,} parameters) on "
-          f"{spec.data.source} ({shape}{f', {len(data):,} examples' if hasattr(data, '__len__') else ''}); "
-          f"sde {spec.sde.name}; objective {spec.objective.name}", file=sys.stderr)
+    return (f"lcssm {spec.command}: {type(model.backbone).__name__} ({count_parameters(model):,} parameters) on "
+            f"{spec.data.source} ({shape}{f', {len(data):,} examples' if hasattr(data, '__len__') else ''}); "
+            f"sde {spec.sde.name}; objective {spec.objective.name}")
 
 
 # --------------------------------------------------------------------------------------------- run dirs
@@ -196,7 +195,10 @@ def open_run(run_dir: str | os.PathLike, device: str | torch.device = "auto") ->
 
 
 # ---------------------------------------------------------------------------------------------- sampling
-def _sample(run: Run, spec: RunSpec, data: Any, path: Path, progress: bool) -> dict[str, Any]:
+def _sample(run: Run, spec: RunSpec, data: Any, path: Path, progress: bool, *, trained: bool = False
+            ) -> dict[str, Any]:
+    """Draw, save at ``path`` (with its figure beside it), evaluate and log one sample record. ``trained``: the
+    samples drawn when training ended, which also get the model's figures (e.g. an energy model's density)."""
     from lcssm.samplers import draw
 
     kind = run.kind
@@ -205,22 +207,34 @@ def _sample(run: Run, spec: RunSpec, data: Any, path: Path, progress: bool) -> d
     record.update(kind.save_samples(spec, samples, path))
     record.update(kind.evaluate(spec, data, samples))
     record.update(step=run.step, checkpoint=run.checkpoint.name, device=str(run.device))
-    kind.figures(spec, data, samples, run.run_dir, run.model)
+    kind.figures(spec, data, samples, path, run.model if trained else None)
     append_metrics(run.run_dir, "sample", record)
     return record
 
 
 def sample_run(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, *,
-               out: str | os.PathLike | None = None, device: str | torch.device = "auto",
+               out: str | os.PathLike | None = None, overwrite: bool = False, device: str | torch.device = "auto",
                progress: bool = False) -> dict[str, Any]:
     """Sample a trained run with its saved sampler spec updated by ``overrides`` (``{field: value}`` of
-    :class:`~lcssm.experiments.spec.SamplerSpec`); write the samples (to ``out``, default ``RUN_DIR/samples.npy``
-    or ``.npz``) and append the record to ``metrics.json``. Returns the record."""
+    :class:`~lcssm.experiments.spec.SamplerSpec`) and append the record to ``metrics.json``. The samples go to
+    ``out`` (a ``.npy`` file for points, ``.npz`` for images, refused if it exists unless ``overwrite``), by default
+    to a new ``RUN_DIR/samples/SAMPLER_NNN`` file, so no call replaces another's; the figure goes beside them
+    (``.png``). Returns the record."""
+    from lcssm.files import check_new_file, next_free
+
     run = open_run(run_dir, device)
     spec = with_sampler(run.spec, overrides or {})
     kind = run.kind
+    suffix = Path(kind.samples_file).suffix
+    if out is None:
+        path = next_free(run.run_dir / "samples", spec.sampler.name, suffix)
+    else:
+        path = check_new_file(out, overwrite=overwrite)
+        if path.suffix != suffix:
+            raise ConfigError(f"samples of a {spec.data.kind} run are saved as {suffix}: name the file "
+                              f"{path.with_suffix(suffix).name}, not {path.name}")
+        check_new_file(path.with_suffix(".png"), overwrite=overwrite)
     data = kind.load(spec, "train") if spec.data.kind == "points" else None
-    path = Path(out) if out is not None else run.run_dir / kind.samples_file
     return _sample(run, spec, data, path, progress)
 
 

