@@ -260,3 +260,29 @@ def test_bad_sampler_flags_exit_2_with_one_line(run_dir, capsys, argv, match):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert re.search(match, err), err
+
+
+def test_likelihood_torch_rk45_matches_scipy_rk45():
+    """log p of Gaussian data through the torch RK45 equals scipy's RK45 on the same ODE with no more NFE (the
+    closed-form check of the likelihood itself is tests/test_likelihood.py's)."""
+    from scipy.integrate import solve_ivp
+
+    from lcssm.likelihood import _drift_and_divergence, log_likelihood
+
+    sde = VPSDE()
+    score = _score(sde)
+    x = (MEAN + VAR.sqrt() * torch.randn(6, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64))
+    logp, nfe = log_likelihood(score, sde, x, exact_trace=True, rtol=1e-6, atol=1e-6, t_min=T_MIN)
+    rsde = sde.reverse(score, probability_flow=True)
+
+    def fun(t, v):
+        y = torch.from_numpy(v)
+        drift, div = _drift_and_divergence(lambda a, b: rsde.sde(a, b)[0], y[:18].view(6, 3),
+                                           torch.full((6,), t, dtype=torch.float64), None)
+        return torch.cat([drift.flatten(), div]).numpy()
+
+    sol = solve_ivp(fun, (T_MIN, sde.T), np.concatenate([x.numpy().ravel(), np.zeros(6)]), method="RK45",
+                    rtol=1e-6, atol=1e-6)
+    ref = sde.prior_logp(torch.from_numpy(sol.y[:18, -1]).view(6, 3)) + torch.from_numpy(sol.y[18:, -1])
+    assert nfe <= sol.nfev
+    torch.testing.assert_close(logp, ref, rtol=0, atol=1e-8)

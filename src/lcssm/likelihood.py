@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from lcssm.errors import ConfigError, DataError
+from lcssm.odeint import rk45
 from lcssm.sampling import solve_ode
 from lcssm.sde import SDE, ScoreFn
 from lcssm.tensors import probe_noise
@@ -68,7 +69,8 @@ def log_likelihood(
 ) -> tuple[Tensor, int]:
     """Per-sample ``log p_eps(x)`` in nats, shape (B,), and the number of drift evaluations (nfe).
 
-    Integrates the probability-flow ODE with ``scipy.integrate.solve_ivp`` (``method``, ``rtol``, ``atol``) from
+    Integrates the probability-flow ODE (``method="RK45"``: :func:`lcssm.odeint.rk45` in torch on x's device;
+    otherwise ``scipy.integrate.solve_ivp``; ``rtol``, ``atol``) from
     ``t_min`` to T together with the divergence of its drift, then adds the prior log-density at T (see the module
     docstring). ``exact_trace`` uses the exact divergence (d backward passes per evaluation); otherwise
     Hutchinson's estimator with ``hutchinson`` noise drawn once from ``generator``. ``score_fn(x, t)`` is
@@ -87,17 +89,24 @@ def log_likelihood(
     def drift_fn(xt: Tensor, t: Tensor) -> Tensor:
         return rsde.sde(xt, t)[0]
 
-    def fun(t: float, y: np.ndarray) -> np.ndarray:
-        xt = torch.from_numpy(y[:n]).to(device=dev, dtype=dtype).view(shape)
+    def state_fn(t: float, y: Tensor) -> Tensor:
+        xt = y[:n].to(dtype).view(shape)
         tt = torch.full((batch,), t, device=dev, dtype=dtype)
         drift, div = _drift_and_divergence(drift_fn, xt, tt, probe)
-        return np.concatenate([drift.double().cpu().numpy().ravel(), div.double().cpu().numpy()])
+        return torch.cat([drift.double().flatten(), div.double()])
 
-    y0 = np.concatenate([x.detach().double().cpu().numpy().ravel(), np.zeros(batch)])
-    end, nfe = solve_ode(fun, t_min, sde.T, y0, method=method, rtol=rtol, atol=atol, desc="log-likelihood ODE",
-                         progress=progress)
-    x_T = torch.from_numpy(end[:n]).view(shape).to(device=dev)
-    delta = torch.from_numpy(end[n:]).to(device=dev)
+    y0 = torch.cat([x.detach().double().flatten(), torch.zeros(batch, dtype=torch.float64, device=dev)])
+    if method == "RK45":  # torch Dormand-Prince on x's device (lcssm.odeint), scipy's algorithm and step control
+        end, nfe = rk45(state_fn, t_min, sde.T, y0, rtol=rtol, atol=atol)
+    else:
+        def fun(t: float, y: np.ndarray) -> np.ndarray:
+            return state_fn(t, torch.from_numpy(y).to(dev)).cpu().numpy()
+
+        end_np, nfe = solve_ode(fun, t_min, sde.T, y0.cpu().numpy(), method=method, rtol=rtol, atol=atol,
+                                desc="log-likelihood ODE", progress=progress)
+        end = torch.from_numpy(end_np).to(dev)
+    x_T = end[:n].view(shape)
+    delta = end[n:]
     logp = sde.prior_logp(x_T) + delta
     return logp.to(dtype), nfe
 

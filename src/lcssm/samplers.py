@@ -146,18 +146,51 @@ def sde_level(sde: SDE) -> float:
     return float(noise_level(sde, torch.tensor([sde.T], dtype=torch.float64)))
 
 
+def _available_bytes() -> int | None:
+    """Memory this process may still allocate: the smaller of the free physical memory and what the
+    address-space limit (``ulimit -v``) leaves beside the process's current size; None where neither is known."""
+    import os
+    import resource
+
+    limits = []
+    try:
+        page = os.sysconf("SC_PAGE_SIZE")
+        limits.append(os.sysconf("SC_AVPHYS_PAGES") * page)
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/statm") as f:
+                used = int(f.read().split()[0]) * page
+            limits.append(max(soft - used, 0))
+    except (ValueError, OSError, AttributeError):
+        pass
+    return min(limits) if limits else None
+
+
+def _check_room(n: int, shape: tuple[int, ...]) -> None:
+    """ResourceError before any work when the float32 result of ``n`` samples cannot fit in memory (twice: the
+    batches and their concatenation exist together for a moment)."""
+    need = 2 * 4 * n * int(torch.tensor(shape).prod()) if shape else 8 * n
+    room = _available_bytes()
+    if room is not None and need > room:
+        raise ResourceError(f"{n:,} samples of shape {tuple(shape)} need {need / 2**30:.1f} GiB to be collected, "
+                            f"more than the {room / 2**30:.1f} GiB available; draw fewer --n-samples "
+                            "(several calls with other --sample-seed values)")
+
+
 def draw(score_fn, sde: SDE | None, shape: tuple[int, ...], spec, *, device: torch.device, progress: bool = False,
          start_fn: Callable[[int, torch.Generator], Tensor] | None = None) -> tuple[Tensor, dict[str, Any]]:
     """``spec.n_samples`` samples of one example ``shape`` with ``spec``'s sampler, in batches of
     ``spec.batch_size`` (0 = one batch, or batches of :data:`MAX_BATCH` beyond that) that share one generator seeded
-    with ``spec.seed`` (so samples depend on the batch size). ``start_fn(n, generator)`` gives the start of a ``data`` sampler, drawn from a CPU generator seeded
-    with ``spec.seed`` (the sampler's noise then comes from ``spec.seed + 1`` on the device). Returns (float32
-    samples on the CPU, record: sampler, the fields it read, n, nfe (mean over batches), nfe_per_batch, seconds,
-    non_finite)."""
+    with ``spec.seed`` (so samples depend on the batch size). ``start_fn(n, generator)`` gives the start of a
+    ``data`` sampler, drawn from a CPU generator seeded with ``spec.seed`` (the sampler's noise then comes from
+    ``spec.seed + 1`` on the device). Returns (float32 samples on the CPU, record: sampler, the fields it read, n,
+    nfe (mean over batches), nfe_per_batch, seconds, non_finite). ResourceError before any work when the result
+    cannot fit in memory, or when memory runs out on the way."""
     from lcssm.device import make_generator
 
     sampler = get_sampler(spec.name, sde)
     n, size = spec.n_samples, spec.batch_size or min(spec.n_samples, MAX_BATCH)
+    _check_room(n, shape)
     if n < 1:
         raise ConfigError(f"sampler.n_samples (--n-samples) must be >= 1, got {n}")
     generator = make_generator(spec.seed, device)

@@ -255,8 +255,7 @@ def train(
         _discard_if_empty(run)
         if is_out_of_memory(e):
             raise ResourceError(f"out of memory in training step {len(run.losses) + 1} at batch size "
-                                f"{run.cfg.batch_size} ({' '.join(str(e).split())[:160]}); use a smaller "
-                                "--batch-size") from None
+                                f"{run.cfg.batch_size} on {run.device}; use a smaller --batch-size") from None
         raise
     finally:
         if bar is not None:

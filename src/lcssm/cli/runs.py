@@ -148,7 +148,7 @@ def _register_sample(sub: argparse._SubParsersAction, name: str) -> None:
         description=("Draw samples from the newest good checkpoint of an image run and score them against its "
                      "training images: FID, KID (mean, std over 100 subsets) and IS. Digits runs use lcssm's digits "
                      "classifier (digits-FID); other runs need the FID Inception-v3 weights file, never downloaded. "
-                     "Writes RUN_DIR/fid_samples_SAMPLER.npz and .png." if fid else
+                     "Writes the samples to a new RUN_DIR/fid/SAMPLER_NNN.npz with its .png grid." if fid else
                      "Draw samples from the EMA model of a run's newest good checkpoint: points to samples.npy (and "
                      "samples.png for 2-D data) with energy distance to the data, images to samples.npz and a "
                      "samples.png grid.") + " Options left out keep the run's saved sampler settings; the record "

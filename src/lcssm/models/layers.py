@@ -272,7 +272,9 @@ class FIRConv2d(nn.Module):
 
     down: FIR-filter with padding ``(len(k) − 2 + 2)`` split evenly, then a stride-2 3x3 conv. up: a stride-2
     transposed 3x3 conv, then the FIR filter with gain 4. ``weight`` (out, in, 3, 3) and ``bias`` have the
-    shapes of a plain 3x3 conv (same parameter count, DDPM initialisation).
+    shapes of a plain 3x3 conv (same parameter count, DDPM initialisation). The up path follows StyleGAN2's
+    definition (zero insertion, full 3x3 correlation, FIR); score_sde's PyTorch port of it slices with a negative
+    step, which PyTorch rejects, so no score_sde configuration uses it (only DDPM-style blocks with FIR would).
     """
 
     def __init__(self, c_in: int, c_out: int, *, up: bool, kernel: tuple[int, ...], init_scale: float = 1.0) -> None:

@@ -99,7 +99,7 @@ def measure(objective: str, s: dict, ctx: Context, stages: dict[str, float]) -> 
                                 progress=ctx.progress)
     row["bpd"] = bpd_run(run_dir, options, device=ctx.device)
     stages["bits/dim"] += time.perf_counter() - t0
-    images = torch.from_numpy(np.load(run_dir / "fid_samples_pc.npz")["images"][:64])
+    images = torch.from_numpy(np.load(row["pc"]["file"])["images"][:64])
     row["grid"] = str(save_image_grid(ctx.out_dir / "digits" / f"{objective}.png", images, ncol=8, min_tile=48))
     row["minutes"] = (time.perf_counter() - began) / 60
     return row

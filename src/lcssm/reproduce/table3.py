@@ -36,7 +36,7 @@ SIZES = {
     "smoke": {"steps": 2, "nf": 8, "batch": 8, "n_samples": 4, "pc_steps": 2, "n_ref": 6, "n_train": 6,
               "bpd_images": 2, "bpd_tol": 1e-2},
     "quick": {"steps": 150, "nf": 8, "batch": 32, "n_samples": 48, "pc_steps": 50, "n_ref": 96, "n_train": 96,
-              "bpd_images": 16, "bpd_tol": 1e-3},
+              "bpd_images": 8, "bpd_tol": 1e-3},
     "full": {"steps": None, "nf": None, "batch": None, "n_samples": 1000, "pc_steps": 500, "n_ref": None,
              "n_train": None, "bpd_images": 200, "bpd_tol": 1e-4},
 }
