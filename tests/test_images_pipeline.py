@@ -136,7 +136,7 @@ def test_round_trip_writes_the_documented_files(tiny_run, capsys):
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert [len(metrics[k]) - n_before[k] for k in ("sample", "bpd", "fid")] == [4, 1, 1]
-    assert [r["sampler"] for r in metrics["sample"][n_before["sample"]:]] == ["pc", "pc", "ode"]
+    assert [r["sampler"] for r in metrics["sample"][n_before["sample"]:]] == ["pc", "pc", "pc", "ode"]
     assert len(metrics["train"]) == 1 and metrics["train"][0]["steps"] == 4
 
 

@@ -251,7 +251,8 @@ class SamplerSpec:
     denoise: bool = _f(True, "finish with one noise-free denoising step (Tweedie)", commands=SAMPLE)
     rtol: float = _f(1e-5, "ode relative tolerance", commands=SAMPLE)
     atol: float = _f(1e-5, "ode absolute tolerance", commands=SAMPLE)
-    method: str = _f("RK45", "ode solver (scipy.integrate.solve_ivp)", choices=ODE_METHODS)
+    method: str = _f("RK45", "ode solver: RK45 in torch on the device (lcssm.odeint), the others "
+                     "scipy.integrate.solve_ivp's", choices=ODE_METHODS)
     ald_steps_each: int = _f(5, "ald Langevin steps per noise level", commands=SAMPLE)
     ald_step_size: float | None = _f(None, "ald step size (NCSNv2 step_lr; none = 0.1 * smallest level^2)",
                                      commands=SAMPLE)

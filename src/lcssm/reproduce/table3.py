@@ -80,11 +80,15 @@ def _features(ctx: Context):
         raise TargetUnavailable(f"table3: {e}") from e
 
 
-def _split(data, name: str, n: int | None) -> torch.Tensor:
+def _split(data, name: str, n: int | None, seed: int) -> torch.Tensor:
+    """The split's 8-bit images, or ``n`` of them drawn without replacement (seeded): the splits are in file order,
+    which is sorted by class, so a prefix would hold one or two classes."""
     from lcssm.experiments.images import load_split
 
     images = load_split(data, name).as_uint8()
-    return images if n is None else images[:n]
+    if n is None or n >= len(images):
+        return images
+    return images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n].sort().values]
 
 
 def measure(objective: str, s: dict, ctx: Context, features, reference: torch.Tensor) -> dict[str, Any]:
@@ -136,7 +140,8 @@ def _caption(s: dict, rows: dict[str, dict], floor: dict[str, Any], features) ->
         f"{s['bpd_images']} held-out MNIST-5k digits, 8-bit levels dequantized uniformly, probability-flow ODE "
         f"(RK45, rtol = atol = {s['bpd_tol']:g}), one Rademacher probe per image; ± standard error. FID / KID: "
         f"{s['n_samples']} PC samples ({s['pc_steps']} steps of reverse diffusion + 1 Langevin corrector step, then "
-        f"Tweedie denoising) rounded to 8 bits, against {n_ref} held-out digits, in the pool3 features of the TF FID "
+        f"Tweedie denoising) rounded to 8 bits, against {n_ref} held-out digits (a seeded random subset unless all), "
+        "in the pool3 features of the TF FID "
         f"Inception ({features.info.get('weights')}, {features.info.get('convention')} convention: TF1 bilinear "
         "resize to 299, (x − 128)/128). KID: unbiased polynomial-kernel MMD², mean ± std over 100 subsets of "
         "min(1000, n). The last row is the floor: the held-out digits against the training digits. FID is biased "
@@ -153,8 +158,8 @@ def run(ctx: Context) -> Report:
     from lcssm.experiments.fid import image_quality
 
     began = time.perf_counter()
-    reference = _split(data, "test", s["n_ref"])
-    floor = image_quality(reference, _split(data, "train", s["n_train"]), features, seed=ctx.seed,
+    reference = _split(data, "test", s["n_ref"], ctx.seed)
+    floor = image_quality(reference, _split(data, "train", s["n_train"], ctx.seed), features, seed=ctx.seed,
                           cache_dir=ctx.out_dir / "fid-cache")
     rows = {obj: measure(obj, s, ctx, features, reference) for obj in OBJECTIVES}
     wall = time.perf_counter() - began
