@@ -336,3 +336,7 @@ def fid_features(images: torch.Tensor, *, convention: str = "tf", weights=None, 
     from lcssm.features import fid_features as _fid_features
 
     return _fid_features(images, convention=convention, weights=weights, batch_size=batch_size, device=device)
+
+
+# sample-quality metrics that see structure (k-NN precision/recall, density/coverage, histogram distance)
+from lcssm.structure import density_coverage, histogram_distance, knn_precision_recall  # noqa: E402, F401

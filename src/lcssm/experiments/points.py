@@ -76,11 +76,36 @@ def initial_points(init: str, n: int, data: DataSource, generator: torch.Generat
     return lo + (hi - lo) * torch.rand(n, data.dim, generator=generator)
 
 
+KNN_K = 5  # the k of the k-NN metrics (Kynkäänniemi et al. 2019 use k = 3-5)
+KNN_POINTS = 2000  # samples and held-out points compared by the k-NN and histogram metrics
+HIST_BINS = 40  # bins per axis of the 2-D histogram distance
+
+
+def structure_quality(fake: Tensor, ref_a: Tensor, ref_b: Tensor) -> dict:
+    """k-NN precision / recall and density / coverage of ``fake`` against held-out ``ref_a`` (k = KNN_K), each with
+    its floor (``ref_b`` against ``ref_a``: what a perfect model scores), and for 2-D points the histogram total
+    variation on a HIST_BINS² grid over ``ref_a``'s box, with its floor (the bin width is recorded)."""
+    from lcssm.structure import density_coverage, histogram_distance, knn_precision_recall
+
+    out: dict = {"knn_k": KNN_K, "knn_points": len(fake)}
+    for name, sample in (("", fake), ("_floor", ref_b)):
+        out[f"precision{name}"], out[f"recall{name}"] = knn_precision_recall(ref_a, sample, k=KNN_K)
+        out[f"density{name}"], out[f"coverage{name}"] = density_coverage(ref_a, sample, k=KNN_K)
+    if fake.shape[1] == 2:
+        lo, hi = ref_a.min(0).values, ref_a.max(0).values
+        bounds = (lo[0].item(), hi[0].item(), lo[1].item(), hi[1].item())
+        out["hist_tv"] = histogram_distance(fake, ref_a, bins=HIST_BINS, bounds=bounds)
+        out["hist_tv_floor"] = histogram_distance(ref_b, ref_a, bins=HIST_BINS, bounds=bounds)
+        out["hist_bin_width"] = [(bounds[1] - bounds[0]) / HIST_BINS, (bounds[3] - bounds[2]) / HIST_BINS]
+    return out
+
+
 def sample_quality(samples: Tensor, reference, seed: int, *, checkerboard: bool = False,
                    sigma: float | None = None) -> dict:
     """Energy distance between samples and fresh ``reference(n, generator)`` draws, with its two-sample floor (two
-    independent reference sets of the same size); for the checkerboard also the in-support fraction and its ceiling
-    at the reference's smoothing ``sigma`` (1 for unsmoothed data). Non-finite samples are counted and left out."""
+    independent reference sets of the same size); the structure metrics of :func:`structure_quality` on up to
+    KNN_POINTS of them; for the checkerboard also the in-support fraction and its ceiling at the reference's
+    smoothing ``sigma`` (1 for unsmoothed data). Non-finite samples are counted and left out."""
     g = make_generator(seed + 1_000_003)
     finite = torch.isfinite(samples).all(1)
     n = min(int(finite.sum()), 5000)
@@ -89,6 +114,9 @@ def sample_quality(samples: Tensor, reference, seed: int, *, checkerboard: bool 
         ref_a, ref_b = reference(n, g), reference(n, g)
         out["energy_distance"] = energy_distance(samples[finite][:n], ref_a, generator=g)
         out["energy_distance_floor"] = energy_distance(ref_b, ref_a, generator=g)
+        m = min(n, KNN_POINTS)
+        if m > KNN_K:
+            out.update(structure_quality(samples[finite][:m], ref_a[:m], ref_b[:m]))
     if checkerboard:
         out["in_support"] = float(checkerboard_in_support(samples).float().mean())
         out["in_support_ceiling"] = checkerboard_in_support_ceiling(sigma) if sigma else 1.0
