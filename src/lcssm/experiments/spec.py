@@ -191,7 +191,7 @@ class SDESpec:
 
 
 # ---------------------------------------------------------------------------------------------------- model
-ARCHS = ("energy_mlp", "score_mlp", "unet", "ncsnv2")
+ARCHS = ("energy_mlp", "score_mlp", "res_mlp", "unet", "ncsnv2")
 C_IN = ("none", "unit_variance")
 C_OUT = ("none", "inv_sigma", "neg_inv_sigma")
 
@@ -207,10 +207,11 @@ class ModelSpec:
     ``neg_inv_sigma`` by −σ_t (the network predicts z, DDPM++'s score −output/σ_t in score_sde).
     """
 
-    arch: str = _f("score_mlp", "backbone: energy_mlp (score = grad f), score_mlp, unet or ncsnv2", flag="--model",
+    arch: str = _f("score_mlp", "backbone: energy_mlp (score = grad f), score_mlp, res_mlp (time-conditional "
+                   "residual MLP), unet or ncsnv2", flag="--model",
                    commands=TOY, choices=ARCHS)
     hidden: int = _f(256, "hidden width of an MLP", commands=RUNS, data_kind="points")
-    n_hidden: int = _f(3, "hidden layers of an MLP")
+    n_hidden: int = _f(3, "hidden layers of an MLP (residual blocks of res_mlp)")
     activation: str = _f("silu", "activation of an MLP")
     embedding: str = _f("sinusoidal", "time embedding of a time-conditional MLP: sinusoidal or fourier")
     embed_dim: int = _f(64, "time-embedding width of an MLP")
@@ -341,11 +342,13 @@ class RunSpec:
         check_types(self)
         if self.format != FORMAT:
             raise ConfigError(f"format must be {FORMAT!r}, got {self.format!r}")
-        mlp = self.model.arch in ("energy_mlp", "score_mlp")
+        mlp = self.model.arch in ("energy_mlp", "score_mlp", "res_mlp")
         if mlp != (self.data.kind == "points"):
-            raise ConfigError(f"model.arch {self.model.arch} does not take {self.data.kind} data; "
-                              f"use {'energy_mlp or score_mlp' if self.data.kind == 'points' else 'unet or ncsnv2'}")
+            fits = "energy_mlp, score_mlp or res_mlp" if self.data.kind == "points" else "unet or ncsnv2"
+            raise ConfigError(f"model.arch {self.model.arch} does not take {self.data.kind} data; use {fits}")
         has_sde = self.sde.name != "none"
+        if not has_sde and self.model.arch == "res_mlp":
+            raise ConfigError("model.arch res_mlp is time-conditional: it needs an SDE (use energy_mlp or score_mlp)")
         if not has_sde and OBJECTIVES[self.objective.name].needs_sigma and self.objective.sigma is None:
             raise ConfigError(f"objective {self.objective.name} without an SDE needs objective.sigma (lcssm toy "
                               "--sigma, or --set objective.sigma=S)")

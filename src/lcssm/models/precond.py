@@ -68,6 +68,11 @@ def build_backbone(spec, dim: int | None = None, *, time_conditional: bool = Tru
 
     if spec.arch == "energy_mlp":
         return EnergyMLP(dim=dim, hidden=spec.hidden, n_hidden=spec.n_hidden, activation=spec.activation)
+    if spec.arch == "res_mlp":
+        from lcssm.models.toy import ResidualScoreMLP
+
+        return ResidualScoreMLP(dim=dim, hidden=spec.hidden, n_blocks=spec.n_hidden, activation=spec.activation,
+                                time_embed=spec.embedding, embed_dim=spec.embed_dim)
     if spec.arch == "score_mlp":
         return ScoreMLP(dim=dim, hidden=spec.hidden, n_hidden=spec.n_hidden, activation=spec.activation,
                         time_embed=spec.embedding if time_conditional else None, embed_dim=spec.embed_dim)
