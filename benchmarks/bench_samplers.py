@@ -45,7 +45,7 @@ def _plot(records: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4))
     by_name: dict[str, list[dict]] = {}
     for r in records:
         by_name.setdefault(r["sampler"], []).append(r)
@@ -54,7 +54,7 @@ def _plot(records: list[dict], path: str) -> None:
         style = "o-" if len(rs) > 1 else "s"
         ax.plot([r["nfe"] for r in rs], [r["fid"] for r in rs], style, label=name)
     ax.set(xscale="log", xlabel="NFE per sample", ylabel="digits-FID", title="sample quality against NFE")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

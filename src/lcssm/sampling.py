@@ -385,7 +385,8 @@ def ode_sample(
 
     ``method="RK45"`` integrates with :func:`lcssm.odeint.rk45` (torch, on the samples' device, the same algorithm
     and step control as scipy's RK45); the other methods with ``scipy.integrate.solve_ivp`` (``rtol``, ``atol``;
-    score_sde's defaults). Either way the whole batch is one float64 state; the score is evaluated in ``dtype`` on ``device`` (as in :func:`pc_sample`).
+    score_sde's defaults). Either way the whole batch is one float64 state; the score is evaluated in ``dtype``
+    on ``device`` (as in :func:`pc_sample`).
     The only randomness is the prior draw (or ``x_init``). With ``denoise`` the result is passed through
     :func:`denoise_step`. Returns ``(samples, nfe)``, nfe the number of drift evaluations (the denoising step
     adds one more score call).
