@@ -4,6 +4,7 @@ conventions, the reference-feature cache, KID subset sizes and IS without a clas
 from __future__ import annotations
 
 import pickle
+import warnings
 import zipfile
 
 import numpy as np
@@ -48,7 +49,9 @@ def test_weights_file_is_the_published_one_and_every_tensor_maps():
 @pytest.mark.parametrize(("channels", "size"), [(1, 28), (3, 32), (3, 45)])
 def test_mapped_network_equals_the_torchscript_network(channels, size):
     # The TorchScript module is run here only, as the reference: lcssm's own network must give its pool3 features.
-    scripted = torch.jit.load(str(WEIGHTS), map_location="cpu").eval()
+    with warnings.catch_warnings():  # torch.jit.load is deprecated; the test compares against it, nothing else does
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.load(str(WEIGHTS), map_location="cpu").eval()
     model, info = resolve_inception(None, "cpu")
     assert info["classifier"] is False and info["weights_sha1"] == FID_HELPER_SHA1
     images = _uint8(2, channels, size, size, seed=size)

@@ -227,7 +227,8 @@ def test_feature_statistics_and_validation():
 def test_kid_matches_brute_force_when_subset_is_whole_set():
     rng = np.random.default_rng(10)
     x, y = rng.normal(size=(40, 8)), rng.normal(size=(40, 8)) * 1.2 + 0.1
-    mean, std = kid(x, y, n_subsets=3, subset_size=1000)  # clipped to 40 = every row, in some order
+    with pytest.warns(UserWarning, match="subset_size 1000 exceeds the rows"):
+        mean, std = kid(x, y, n_subsets=3, subset_size=1000)  # clipped to 40 = every row, in some order
     assert mean == pytest.approx(brute_poly_mmd(x, y), rel=1e-10)
     assert std < 1e-10 * abs(mean)
 
@@ -244,8 +245,10 @@ def test_kid_unbiased_for_same_distribution():
 def test_kid_clips_subset_size_and_is_reproducible():
     g = make_generator(12)
     f1, f2 = torch.randn(30, 4, generator=g), torch.randn(80, 4, generator=g) + 1.0
-    a = kid(f1, f2, n_subsets=5, subset_size=1000, generator=make_generator(0))
-    assert a == kid(f1, f2, n_subsets=5, subset_size=1000)
+    with pytest.warns(UserWarning, match="exceeds the rows"):
+        a = kid(f1, f2, n_subsets=5, subset_size=1000, generator=make_generator(0))
+    with pytest.warns(UserWarning, match="exceeds the rows"):
+        assert a == kid(f1, f2, n_subsets=5, subset_size=1000)
     assert a[0] > 0 and a[1] > 0  # shifted: clearly positive; 30-of-80 subsets differ
     with pytest.raises(DataError, match="n_subsets"):
         kid(f1, f2, n_subsets=0)
