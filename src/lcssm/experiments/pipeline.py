@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from lcssm.config import check_types
 from lcssm.device import autocast, resolve_device, seed_everything
 from lcssm.diffusion import diffusion_loss
-from lcssm.errors import CheckpointError, ConfigError
+from lcssm.errors import CheckpointError, ConfigError, ResourceError, is_out_of_memory
 from lcssm.experiments.images import ImagesKind
 from lcssm.experiments.points import PointsKind
 from lcssm.experiments.spec import RunSpec, load_spec, meta
@@ -298,7 +298,13 @@ def bpd_run(run_dir: str | os.PathLike, options: LikelihoodOptions | None = None
     if run.sde is None:
         raise ConfigError(f"{run_dir} has no SDE (a single-noise-scale {run.spec.command} run): its likelihood has "
                           "no probability-flow ODE")
-    record = run.kind.bpd(run, options)
+    try:
+        record = run.kind.bpd(run, options)
+    except (RuntimeError, MemoryError) as e:
+        if not is_out_of_memory(e):
+            raise
+        raise ResourceError(f"out of memory evaluating the likelihood in batches of {options.batch_size} on "
+                            f"{run.device}; use a smaller --batch-size") from None
     record.update(step=run.step, checkpoint=run.checkpoint.name)
     append_metrics(run.run_dir, "bpd", record)
     return record

@@ -41,15 +41,16 @@ SIZES = {
 STAGES = ("training", "sampling + FID", "bits/dim")
 
 
-def run_spec(objective: str, s: dict, ctx: Context):
-    """The RunSpec of one objective: the digits preset with ``s["steps"]`` steps. The EMA decay is lowered to
-    1 − 10/steps for short runs (the initial weights then carry less than e⁻¹⁰ of the average) and the warmup to
-    a tenth of the run; no periodic sample grids, so seconds per step measure training alone."""
+def objective_spec(preset: str, objective: str, s: dict, ctx: Context):
+    """The RunSpec of one objective on an image preset at a size ``s`` (``nf``, ``batch``: None = the preset's;
+    ``steps``: None = the preset's). The EMA decay is lowered to 1 − 10/steps for short runs (the initial weights
+    then carry less than e⁻¹⁰ of the average) and the warmup to a tenth of the run; no periodic sample grids, so
+    seconds per step measure training alone. Shared by the ``digits`` and ``table3`` targets."""
     from lcssm.config import apply_overrides
     from lcssm.experiments.presets import ImagePreset, image_spec
 
-    spec = image_spec(ImagePreset(preset=PRESET, nf=s["nf"]))
-    steps, train = s["steps"], spec.train
+    spec = image_spec(ImagePreset(preset=preset, nf=s["nf"]))
+    steps, train = s["steps"] or spec.train.steps, spec.train
     overrides = [
         f"objective.name={objective}", f"train.steps={steps}", f"train.seed={ctx.seed}", f"train.device={ctx.device}",
         f"train.warmup={min(train.warmup, steps // 10)}",
@@ -59,6 +60,11 @@ def run_spec(objective: str, s: dict, ctx: Context):
     if s["batch"] is not None:
         overrides.append(f"train.batch_size={s['batch']}")
     return apply_overrides(spec, overrides)
+
+
+def run_spec(objective: str, s: dict, ctx: Context):
+    """The RunSpec of one objective: the digits preset at this size (:func:`objective_spec`)."""
+    return objective_spec(PRESET, objective, s, ctx)
 
 
 def _sampler(s: dict, ctx: Context, name: str) -> dict[str, Any]:

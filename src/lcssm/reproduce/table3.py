@@ -43,22 +43,11 @@ SIZES = {
 
 
 def run_spec(objective: str, s: dict, ctx: Context):
-    """The RunSpec of one objective: the mnist preset at this size (EMA decay at most 1 − 10/steps, warmup at most
-    a tenth of the run), no periodic grids, so seconds per step measure training alone."""
-    from lcssm.config import apply_overrides
-    from lcssm.experiments.presets import ImagePreset, image_spec
+    """The RunSpec of one objective: the mnist preset at this size (:func:`lcssm.reproduce.digits.objective_spec`:
+    EMA decay at most 1 − 10/steps, warmup at most a tenth of the run, no periodic grids)."""
+    from lcssm.reproduce.digits import objective_spec
 
-    spec = image_spec(ImagePreset(preset=PRESET, nf=s["nf"]))
-    steps = s["steps"] or spec.train.steps
-    overrides = [
-        f"objective.name={objective}", f"train.steps={steps}", f"train.seed={ctx.seed}", f"train.device={ctx.device}",
-        f"train.warmup={min(spec.train.warmup, steps // 10)}",
-        f"train.ema_decay={min(spec.train.ema_decay, max(0.0, 1.0 - 10.0 / steps))!r}", "train.ckpt_every=0",
-        f"train.log_every={max(1, min(50, steps // 20))}", "grids.every=0",
-    ]
-    if s["batch"] is not None:
-        overrides.append(f"train.batch_size={s['batch']}")
-    return apply_overrides(spec, overrides)
+    return objective_spec(PRESET, objective, s, ctx)
 
 
 def _features(ctx: Context):
