@@ -44,7 +44,7 @@ SETTINGS = {
              "repeats": 25, "warmup": 3, "max_seconds": 120.0},
 }
 
-SIGMA_TOY = 0.1  # the checkerboard noise scale (App. B / DESIGN.md)
+SIGMA_TOY = 0.1  # the checkerboard noise scale (paper App. B)
 IMAGE_PRESET = "ncsnv2_ffhq256"
 
 
