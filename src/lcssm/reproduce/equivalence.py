@@ -3,7 +3,8 @@
 For the same t and noise z, the per-sample losses of DSM and LCSS (γ = 1, one sample, the same Stein/denoising
 center) differ by ``½·(√λ/σ_t)²·‖z‖²`` (expand ``½‖s + z/σ‖²`` against paper Eq. 18; the README's objectives
 section), which does not depend on θ: the parameter gradients are identical. This target measures, on a
-time-conditional MLP (checkerboard) and the ``tiny`` U-Net (8×8 images), for VE, VP and subVP and centers ``marginal`` / ``data``:
+time-conditional MLP (checkerboard) and the ``tiny`` U-Net (8×8 images), for VE, VP and subVP and centers
+``marginal`` / ``data``:
 
 1. the residual of that loss identity and the gradient difference, in float32 and float64 (float precision
    expected);
