@@ -157,27 +157,22 @@ def noise_level(sde: SDE, t: Tensor) -> Tensor:
 def noise_conditional_score(score_fn: ScoreFn, sde: SDE) -> Callable[[Tensor, Tensor], Tensor]:
     """Turn a time-conditional score of an affine SDE into the noise-conditional score that
     :func:`annealed_langevin` expects: ``∇log q_ς(y) = α_t·s(α_t y, t)`` with t the time at which
-    :func:`noise_level` equals ς (found by bisection in float64, cached per level) and q_ς the data smoothed by
-    N(0, ς²I). Levels outside ``[ς_0, ς_T]`` are clamped to the end times."""
+    :func:`noise_level` equals ς (:func:`lcssm.schedules.time_of`, in float64, cached per level) and q_ς the data
+    smoothed by N(0, ς²I). Levels outside ``[ς_0, ς_T]`` are clamped to the end times."""
+    from lcssm.schedules import time_of  # schedules builds on this module
+
     if not sde.has_marginal:
         raise ConfigError(f"{sde!r} has no closed-form marginal, so its noise levels are not known")
     cache: dict[float, float] = {}
 
-    def time_of(level: float) -> float:
+    def time_of_level(level: float) -> float:
         if level not in cache:
-            lo, hi = 0.0, sde.T
-            for _ in range(64):
-                mid = 0.5 * (lo + hi)
-                if noise_level(sde, torch.tensor([mid], dtype=torch.float64)).item() < level:
-                    lo = mid
-                else:
-                    hi = mid
-            cache[level] = 0.5 * (lo + hi)
+            cache[level] = float(time_of(sde, torch.tensor([level], dtype=torch.float64)))
         return cache[level]
 
     def score(y: Tensor, sigma: Tensor) -> Tensor:
         levels = sigma.detach().double().cpu()
-        times = [time_of(v) for v in levels.unique().tolist()]
+        times = [time_of_level(v) for v in levels.unique().tolist()]
         t = torch.tensor(times, dtype=torch.float64)[torch.searchsorted(levels.unique(), levels)]
         t = t.to(device=y.device, dtype=y.dtype)
         alpha, _ = sde.marginal_coefficients(t)

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from lcssm.errors import ConfigError
+from lcssm.sampling import noise_level
 from lcssm.sde import SDE, ScoreFn
 from lcssm.tensors import bcast
 
@@ -41,9 +42,8 @@ def check_affine(sde: SDE, what: str = "the sigma-parametrised samplers") -> Non
 
 
 def level_of(sde: SDE, t: Tensor) -> Tensor:
-    """``ς_t = σ_t/α_t`` at the times ``t`` (float64 in, float64 out)."""
-    alpha, sigma = sde.marginal_coefficients(t.to(torch.float64))
-    return sigma / alpha
+    """``ς_t = σ_t/α_t`` (:func:`lcssm.sampling.noise_level`) at the times ``t``, in float64."""
+    return noise_level(sde, t.to(torch.float64))
 
 
 def time_of(sde: SDE, levels: Tensor) -> Tensor:
