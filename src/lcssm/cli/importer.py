@@ -10,7 +10,6 @@ checkpoint's step. The checkpoint file is read with ``torch.load(weights_only=Tr
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -51,16 +50,13 @@ def import_checkpoint(fmt: str, checkpoint: str | Path, preset: str, out: str | 
 
     from lcssm.checkpoint import FORMAT, checkpoint_path, list_checkpoints, save_checkpoint
     from lcssm.config import to_jsonable
-    from lcssm.data.digits import N_LEVELS
     from lcssm.experiments.presets import ImagePreset, image_spec
     from lcssm.files import atomic_write_text, claim_run_dir
     from lcssm.models.convert import from_ncsnv2, from_score_sde
 
     if fmt not in _FORMATS:
         raise ConfigError(f"unknown checkpoint format {fmt!r}; valid: {', '.join(_FORMATS)}")
-    spec = image_spec(ImagePreset(preset=preset), data)
-    n_bins = N_LEVELS if spec.data.source == "digits" else 256
-    spec = dataclasses.replace(spec, data=dataclasses.replace(spec.data, n_bins=n_bins), sde=spec.sde.resolved())
+    spec = image_spec(ImagePreset(preset=preset), data)  # resolved: its SDE's parameters, the data's grey levels
     state = _read(checkpoint)
     model = (from_score_sde if fmt == "score-sde" else from_ncsnv2)(state, preset)
     if (int(spec.data.shape[1]), int(spec.data.shape[0])) != (model.backbone.config.image_size,

@@ -8,6 +8,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from lcssm.config import TrainConfig, check_types
+from lcssm.data.digits import N_LEVELS as DIGITS_LEVELS
 from lcssm.errors import ConfigError
 from lcssm.experiments.spec import (
     DataSpec,
@@ -164,7 +165,8 @@ def image_spec(args: ImagePreset, source: str | None = None) -> RunSpec:
     return RunSpec(
         command="train", preset=p.name,
         data=DataSpec(kind="images", source=_DIGITS if digits else str(source), shape=(ch, res, res),
-                      scale=tr["data_scale"], random_flip=bool(tr["random_flip"])),
+                      n_bins=DIGITS_LEVELS if digits else 256, scale=tr["data_scale"],
+                      random_flip=bool(tr["random_flip"])),
         objective=ObjectiveSpec(weighting=tr["weighting"], reduce_mean=bool(tr["reduce_mean"])),
         sde=sde.resolved(),
         model=ModelSpec(arch="unet" if type(model).__name__ == "UNetConfig" else "ncsnv2",
