@@ -125,6 +125,7 @@ class ImagesKind:
     """Hooks of the ``images`` data kind (see :class:`lcssm.experiments.pipeline.DataKind`)."""
 
     samples_file = "samples.npz"
+    samples_need_data = False  # image samples are scored by lcssm fid, against the split it loads
 
     def load(self, spec, split: str = "train") -> ImageData:
         return load_split(spec.data, split)

@@ -42,6 +42,7 @@ class DataKind(Protocol):
     """What a data kind supplies to the pipeline."""
 
     samples_file: str
+    samples_need_data: bool  # whether sampling and evaluating samples read the training data (start, quality)
 
     def load(self, spec: RunSpec, split: str = "train") -> Any: ...
     def resolve(self, spec: RunSpec, data: Any) -> RunSpec: ...
@@ -234,7 +235,7 @@ def sample_run(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = No
             raise ConfigError(f"samples of a {spec.data.kind} run are saved as {suffix}: name the file "
                               f"{path.with_suffix(suffix).name}, not {path.name}")
         check_new_file(path.with_suffix(".png"), overwrite=overwrite)
-    data = kind.load(spec, "train") if spec.data.kind == "points" else None
+    data = kind.load(spec, "train") if kind.samples_need_data else None
     return _sample(run, spec, data, path, progress)
 
 

@@ -127,6 +127,7 @@ class PointsKind:
     """Hooks of the ``points`` data kind (see :class:`lcssm.experiments.pipeline.DataKind`)."""
 
     samples_file = "samples.npy"
+    samples_need_data = True  # the Langevin start and the sample quality are drawn from the data
 
     def load(self, spec, split: str = "train") -> DataSource:
         return DataSource(spec.data.source)
