@@ -17,12 +17,10 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from lcssm.errors import ConfigError, DataError
-from lcssm.odeint import rk45
 from lcssm.sampling import solve_ode
 from lcssm.sde import SDE, ScoreFn
 from lcssm.tensors import probe_noise
@@ -67,7 +65,7 @@ def log_likelihood(
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> tuple[Tensor, int]:
-    """Per-sample ``log p_eps(x)`` in nats, shape (B,), and the number of drift evaluations (nfe).
+    """Per-sample ``log p_{t_min}(x)`` in nats, shape (B,), and the number of drift evaluations (nfe).
 
     Integrates the probability-flow ODE (``method="RK45"``: :func:`lcssm.odeint.rk45` in torch on x's device;
     otherwise ``scipy.integrate.solve_ivp``; ``rtol``, ``atol``) from
@@ -96,15 +94,8 @@ def log_likelihood(
         return torch.cat([drift.double().flatten(), div.double()])
 
     y0 = torch.cat([x.detach().double().flatten(), torch.zeros(batch, dtype=torch.float64, device=dev)])
-    if method == "RK45":  # torch Dormand-Prince on x's device (lcssm.odeint), scipy's algorithm and step control
-        end, nfe = rk45(state_fn, t_min, sde.T, y0, rtol=rtol, atol=atol)
-    else:
-        def fun(t: float, y: np.ndarray) -> np.ndarray:
-            return state_fn(t, torch.from_numpy(y).to(dev)).cpu().numpy()
-
-        end_np, nfe = solve_ode(fun, t_min, sde.T, y0.cpu().numpy(), method=method, rtol=rtol, atol=atol,
-                                desc="log-likelihood ODE", progress=progress)
-        end = torch.from_numpy(end_np).to(dev)
+    end, nfe = solve_ode(state_fn, t_min, sde.T, y0, method=method, rtol=rtol, atol=atol, desc="log-likelihood ODE",
+                         progress=progress)
     x_T = end[:n].view(shape)
     delta = end[n:]
     logp = sde.prior_logp(x_T) + delta

@@ -198,7 +198,7 @@ def _resolve(
     return generator.device if generator is not None else torch.device("cpu")
 
 
-def _check_eps(t_min: float, sde: SDE) -> None:
+def _check_t_min(t_min: float, sde: SDE) -> None:
     if not 0 < t_min < sde.T:
         raise ConfigError(f"t_min must lie in (0, T={sde.T}), got {t_min!r}")
 
@@ -278,7 +278,7 @@ def pc_sample(
     _check_count("n_steps", n_steps, 1)
     _check_count("n_corrector_steps", n_corrector_steps, 0)
     _check_positive("snr", snr)
-    _check_eps(t_min, sde)
+    _check_t_min(t_min, sde)
     dev = _resolve(shape, device, generator, x_init)
     x = _start(sde, shape, dev, generator, x_init, dtype)
     rsde = sde.reverse(score_fn, probability_flow=False)
@@ -322,41 +322,48 @@ ODE_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
 
 
 def solve_ode(
-    fun: Callable[[float, np.ndarray], np.ndarray],
+    fun: Callable[[float, Tensor], Tensor],
     t0: float,
     t1: float,
-    y0: np.ndarray,
+    y0: Tensor,
     *,
     method: str = "RK45",
     rtol: float = 1e-5,
     atol: float = 1e-5,
     desc: str = "ODE",
     progress: bool = False,
-) -> tuple[np.ndarray, int]:
-    """Integrate ``dy/dt = fun(t, y)`` from t0 to t1 with ``scipy.integrate.solve_ivp``; returns ``(y(t1), nfe)``.
+) -> tuple[Tensor, int]:
+    """Integrate ``dy/dt = fun(t, y)`` (torch tensors of ``y0``'s shape) from t0 to t1; returns ``(y(t1), nfe)``.
 
-    Shared by :func:`ode_sample` and :mod:`lcssm.likelihood`. Raises ConfigError for a bad method or
-    tolerance, RuntimeError if the solver fails (e.g. a non-finite drift).
+    ``method="RK45"``: :func:`lcssm.odeint.rk45` in torch on ``y0``'s device (scipy's algorithm and step control,
+    no host round trip); the other methods: ``scipy.integrate.solve_ivp`` on a flat float64 copy. Shared by
+    :func:`ode_sample` and :mod:`lcssm.likelihood`; a progress bar in t when ``progress``. Raises ConfigError for a
+    bad method or tolerance, RuntimeError if the solver fails (e.g. a non-finite drift).
     """
-    from scipy.integrate import solve_ivp
-
     if method not in ODE_METHODS:
         raise ConfigError(f"unknown ODE method {method!r}; valid: {', '.join(ODE_METHODS)}")
     _check_positive("rtol", rtol)
     _check_positive("atol", atol)
     bar = _Progress(t0, t1, desc, progress)
 
-    def tracked(t: float, y: np.ndarray) -> np.ndarray:
+    def tracked(t: float, y: Tensor) -> Tensor:
         bar.update(t)
         return fun(t, y)
 
     try:
-        sol = solve_ivp(tracked, (t0, t1), y0, method=method, rtol=rtol, atol=atol)
+        if method == "RK45":
+            return rk45(tracked, t0, t1, y0, rtol=rtol, atol=atol)
+        from scipy.integrate import solve_ivp
+
+        def flat(t: float, y: np.ndarray) -> np.ndarray:
+            return tracked(t, torch.from_numpy(y).to(y0.device).view(y0.shape)).double().cpu().numpy().ravel()
+
+        sol = solve_ivp(flat, (t0, t1), y0.double().cpu().numpy().ravel(), method=method, rtol=rtol, atol=atol)
     finally:
         bar.bar.close()
     if not sol.success:
         raise RuntimeError(f"ODE solver failed: {sol.message}")
-    return sol.y[:, -1], int(sol.nfev)
+    return torch.from_numpy(sol.y[:, -1]).to(y0.device).view(y0.shape), int(sol.nfev)
 
 
 @torch.no_grad()
@@ -386,29 +393,20 @@ def ode_sample(
     :func:`denoise_step`. Returns ``(samples, nfe)``, nfe the number of drift evaluations (the denoising step
     adds one more score call).
     """
-    _check_eps(t_min, sde)
+    _check_t_min(t_min, sde)
     dev = _resolve(shape, device, generator, x_init)
     x = _start(sde, shape, dev, generator, x_init, dtype)
     dtype = x.dtype
     rsde = sde.reverse(score_fn, probability_flow=True)
-    batch, shape_t = x.shape[0], x.shape
+    batch = x.shape[0]
 
     def drift(t: float, y: Tensor) -> Tensor:
         out, _ = rsde.sde(y.to(dtype), torch.full((batch,), t, device=dev, dtype=dtype))
         return out.double()
 
-    if method == "RK45":  # torch Dormand-Prince on the device (lcssm.odeint), the batch as one float64 state
-        _check_positive("rtol", rtol)
-        _check_positive("atol", atol)
-        y, nfe = rk45(drift, sde.T, t_min, x.double(), rtol=rtol, atol=atol)
-        x = y.to(dtype)
-    else:
-        def fun(t: float, y: np.ndarray) -> np.ndarray:
-            return drift(t, torch.from_numpy(y).to(dev).view(shape_t)).cpu().numpy().ravel()
-
-        y, nfe = solve_ode(fun, sde.T, t_min, x.double().cpu().numpy().ravel(), method=method, rtol=rtol,
-                           atol=atol, desc="probability-flow ODE", progress=progress)
-        x = torch.from_numpy(y).to(device=dev, dtype=dtype).view(shape_t)
+    y, nfe = solve_ode(drift, sde.T, t_min, x.double(), method=method, rtol=rtol, atol=atol,
+                       desc="probability-flow ODE", progress=progress)
+    x = y.to(dtype)
     if denoise:
         x = denoise_step(score_fn, sde, x, t_min)
     return x, nfe
