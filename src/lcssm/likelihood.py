@@ -3,7 +3,7 @@
 For the ODE ``dx/dt = F(x, t) = f(x, t) − ½g(t)²s(x, t)`` (Song et al. 2021, Eq. 13) the instantaneous
 change-of-variables formula (Chen et al. 2018) gives
 
-    log p_eps(x_eps) = log p_T(x_T) + ∫_eps^T ∇·F(x_t, t) dt,
+    log p_{t_min}(x_{t_min}) = log p_T(x_T) + ∫_{t_min}^T ∇·F(x_t, t) dt,
 
 integrated jointly with x_t from ``t_min`` to ``T`` (Song et al. 2021, App. D.2). The divergence is either exact
 (d vector-Jacobian products, small d only) or Hutchinson's estimate ``vᵀ(∂F/∂x)v`` with one noise draw v per
