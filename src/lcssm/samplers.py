@@ -9,6 +9,7 @@ function here and one registry entry (plus a spec field for each new option).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -169,7 +170,7 @@ def _available_bytes() -> int | None:
 def _check_room(n: int, shape: tuple[int, ...]) -> None:
     """ResourceError before any work when the float32 result of ``n`` samples cannot fit in memory (twice: the
     batches and their concatenation exist together for a moment)."""
-    need = 2 * 4 * n * int(torch.tensor(shape).prod()) if shape else 8 * n
+    need = 2 * 4 * n * math.prod(shape)
     room = _available_bytes()
     if room is not None and need > room:
         raise ResourceError(f"{n:,} samples of shape {tuple(shape)} need {need / 2**30:.1f} GiB to be collected, "
