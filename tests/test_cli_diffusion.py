@@ -10,8 +10,8 @@ import pytest
 
 from lcssm.cli import main
 
-TINY = ["--steps", "30", "--batch-size", "128", "--hidden", "32", "--n-samples", "200", "--set", "sampler.n_steps=20",
-        "--no-progress"]
+TINY = ["--steps", "30", "--batch-size", "128", "--hidden", "32", "--n-samples", "200", "--sampler", "pc",
+        "--set", "sampler.n_steps=20", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def _parser_error(command: str, message: str) -> str:
 
 @pytest.mark.parametrize(("argv", "match"), [
     (["--center", "simulated", "--objective", "dsm"], "dsm needs"),
-    (["--sde", "tanh"], "no closed-form marginal; use --center simulated"),
+    (["--sde", "tanh", "--center", "marginal"], "no closed-form marginal; use --center simulated"),
     (["--sde", "vpp"], "--sde: .*must be one of ve, vp, subvp, tanh.*, got 'vpp'"),
     (["--sde", "ve", "--beta-max", "3"], "--beta-max: sde.beta_max does not apply to the 've' SDE"),
     (["--objective", "lcsss"], "--objective: .*must be one of exact_sm, .*, got 'lcsss'"),

@@ -28,7 +28,8 @@ def test_toy_run_writes_every_file(tmp_path, objective, capsys):
                         (sampled, "in_support_ceiling")]:
         assert key in record and np.isfinite(record[key]), key
     assert trained["steps"] == 30 and trained["objective"] == objective
-    assert sampled["sampler"] == "langevin" and sampled["n"] == 300 and sampled["nfe"] == 20
+    assert sampled["sampler"] == "mala" and sampled["n"] == 300 and sampled["nfe"] == 20 + 1
+    assert 0 < sampled["acceptance_rate"] <= 1
     assert 0.0 <= sampled["in_support"] <= 1.0
     assert abs(sampled["in_support_ceiling"] - 0.9227) < 1e-3
     lines = (out / "loss.csv").read_text().strip().splitlines()
@@ -99,7 +100,7 @@ def test_toy_bad_inputs_exit_2_with_one_line(tmp_path, capsys, argv, match):
 
 
 @pytest.mark.parametrize("argv", [["--no-such-flag"], ["--langevin-step", "0.1"],  # no abbreviations
-                                  ["--model", "score_mlp", "--sampler", "ode"]])  # a train/sample option
+                                  ["--model", "score_mlp", "--rtol", "1e-3"]])  # a sample option
 def test_toy_unknown_flags_exit_2_with_one_line(tmp_path, capsys, argv):
     with pytest.raises(SystemExit) as e:
         raise SystemExit(main(["toy", "--out", str(tmp_path / "r"), *TINY, *argv]))

@@ -194,12 +194,15 @@ def test_overrides_on_a_run_spec_reach_every_section_and_rerun_its_checks():
                                           "sde.beta_max=10", "model.hidden=32", "grids.every=2"])
     assert (spec.train.steps, spec.sampler.n_steps, spec.objective.center) == (4, 20, "data")
     assert (spec.sde.beta_max, spec.model.hidden, spec.grids.every) == (10.0, 32, 2)
-    assert spec.sde.beta_min is None and point_spec().train.steps == 2000  # others untouched, input unchanged
+    assert spec.sde.beta_min is None and point_spec().train.steps == 3000  # others untouched, input unchanged
     with pytest.raises(ConfigError, match=r"^sampler\.snr must be > 0"):  # a section's own check, qualified
         apply_overrides(spec, ["sampler.snr=0"])
     with pytest.raises(ConfigError, match="has no closed-form marginal; use --center simulated"):  # across sections
         apply_overrides(spec, ["sde.name=tanh"])
-    assert apply_overrides(spec, ["sde.name=tanh", "objective.center=simulated"]).sde.name == "tanh"
+    with pytest.raises(ConfigError, match="time_sampling mixed draws noise levels"):
+        apply_overrides(spec, ["sde.name=tanh", "objective.center=simulated"])
+    tanh = ["sde.name=tanh", "objective.center=simulated", "objective.time_sampling=uniform", "sampler.name=pc"]
+    assert apply_overrides(spec, tanh).sde.name == "tanh"
     with pytest.raises(ConfigError, match="does not apply to the 've' SDE"):
         apply_overrides(spec, ["sde.name=ve"])  # beta_max=10 was set above
     with pytest.raises(ConfigError, match="objective lcss without an SDE needs objective.sigma"):

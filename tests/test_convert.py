@@ -240,7 +240,8 @@ def test_a_config_saved_before_the_new_fields_builds_the_same_network(name):
     x = torch.randn(2, 1, 8, 8, generator=g)
     with torch.no_grad():
         y = net(x, torch.tensor([0.3, 0.8]), torch.tensor([0.5, 3.0]))
-    assert torch.allclose(y.flatten()[::9], torch.tensor(BEFORE[name]), rtol=0, atol=2e-7)
+    # float32 kernels differ between CPUs by ~1e-5 relative here; FIR or the DDPM spacing would move it by > 10 %
+    assert torch.allclose(y.flatten()[::9], torch.tensor(BEFORE[name]), rtol=1e-4, atol=1e-5)
 
 
 def test_image_spec_carries_the_published_settings():

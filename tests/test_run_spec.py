@@ -168,8 +168,10 @@ def _rewrite(new_dir: Path, old_dir: Path, config: dict, rename) -> None:
 
 
 def test_an_old_format_point_run_opens_and_samples_like_its_new_format_twin(tmp_path):
-    spec = apply_overrides(point_spec(), ["model.hidden=16", "model.n_hidden=2", "train.steps=2",
-                                          "train.batch_size=32", "sampler.n_samples=0"])
+    # the old format knew only the score MLP, PC sampling and times uniform in t
+    spec = apply_overrides(point_spec(), ["model.arch=score_mlp", "model.hidden=16", "model.n_hidden=2",
+                                          "sampler.name=pc", "sampler.nfe=35", "objective.time_sampling=uniform",
+                                          "train.steps=2", "train.batch_size=32", "sampler.n_samples=0"])
     new_dir, old_dir = tmp_path / "new", tmp_path / "old"
     train_run(spec, new_dir, progress=False)
     new_spec = open_run(new_dir, device="cpu").spec
@@ -192,8 +194,9 @@ def test_an_old_format_point_run_opens_and_samples_like_its_new_format_twin(tmp_
 
 
 def test_an_old_format_toy_run_opens_and_samples_like_its_new_format_twin(tmp_path):
+    # the old format sampled by unadjusted Langevin only
     spec = apply_overrides(toy_spec("quick"), ["model.hidden=16", "train.steps=2", "train.batch_size=32",
-                                               "sampler.n_samples=0"])
+                                               "sampler.n_samples=0", "sampler.name=langevin"])
     new_dir, old_dir = tmp_path / "new", tmp_path / "old"
     train_run(spec, new_dir, progress=False)
     new_spec = open_run(new_dir, device="cpu").spec
@@ -495,7 +498,7 @@ def _option_help(text: str, flag: str) -> str:
 
 def test_train_help_shows_the_point_defaults_and_what_the_digits_preset_uses(capsys, monkeypatch):
     text = _help("train", capsys, monkeypatch)
-    assert "(default: 2000; with --preset digits: 4000)" in _option_help(text, "--steps")
+    assert "(default: 3000; with --preset digits: 4000)" in _option_help(text, "--steps")
     assert "(default: 512; with --preset digits: 128)" in _option_help(text, "--batch-size")
     assert "(default: vp; with --preset digits: ve)" in _option_help(text, "--sde")
     assert "(default: lcss)" in _option_help(text, "--objective")

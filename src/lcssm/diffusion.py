@@ -10,6 +10,11 @@
 
 The Jacobian objectives (exact_sm, ssm, ssm_vr, fdssm) are evaluated at a point drawn from that same kernel.
 Weightings: ``sigma2`` (λ = σ_t²), ``g2`` (λ = g(t)², likelihood weighting), ``none``.
+
+The training times need not be uniform: :func:`sample_times` also draws them so that the noise level ς_t = σ_t/α_t
+is log-uniform, or log-normal as in EDM's training (Karras et al. 2022, Sec. 5: ln ς ~ N(P_mean, P_std²)), or half
+of each. This moves the network's capacity to the small noise levels where thin structure is resolved; each
+noise level's regression target is unchanged, so the minimiser (the true score at every t) is too.
 """
 
 from __future__ import annotations
@@ -21,18 +26,58 @@ import torch
 from torch import Tensor
 
 from lcssm.errors import ConfigError
+from lcssm.noise_levels import level_of, time_of
 from lcssm.objectives import get_objective
 from lcssm.sde import SDE
 from lcssm.tensors import bcast
 
-__all__ = ["CENTERS", "WEIGHTINGS", "diffusion_loss", "time_conditional"]
+__all__ = ["CENTERS", "TIME_SAMPLINGS", "WEIGHTINGS", "diffusion_loss", "sample_times", "time_conditional"]
 
 Center = Literal["marginal", "data", "simulated"]
 Weighting = Literal["sigma2", "g2", "none"]
 CENTERS = ("marginal", "data", "simulated")
 WEIGHTINGS = ("sigma2", "g2", "none")
+TIME_SAMPLINGS = ("uniform", "log_level", "lognormal", "mixed")
 
 TimeScoreFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def sample_times(sde: SDE, n: int, *, kind: str = "uniform", t_min: float = 1e-5, p_mean: float = -1.2,
+                 p_std: float = 1.2, generator: torch.Generator | None = None, device: torch.device | str | None = None,
+                 dtype: torch.dtype = torch.float32) -> Tensor:
+    """``n`` training times on [t_min, T] drawn by ``kind``:
+
+    - ``uniform``: t ~ U(t_min, T) (score_sde);
+    - ``log_level``: ln ς_t ~ U(ln ς_{t_min}, ln ς_T);
+    - ``lognormal``: ln ς_t ~ N(p_mean, p_std²) (EDM's P_mean = −1.2, P_std = 1.2), clamped to [t_min, T];
+    - ``mixed``: the even rows ``log_level``, the odd rows ``lognormal``.
+
+    All but ``uniform`` need an affine SDE (a noise level ς_t); the times are found by
+    :func:`lcssm.noise_levels.time_of` on the host, in float64, and then moved to ``device``."""
+    _check_choice(kind, TIME_SAMPLINGS, "time sampling")
+    if not 0 < t_min < sde.T:
+        raise ConfigError(f"t_min must lie in (0, T={sde.T}), got {t_min}")
+    if kind == "uniform":
+        return t_min + (sde.T - t_min) * torch.rand(n, generator=generator, device=device, dtype=dtype)
+    if not sde.has_marginal:
+        raise ConfigError(f"time sampling {kind!r} draws noise levels sigma_t/alpha_t, which {sde!r} does not have; "
+                          "use uniform")
+    if not p_std > 0:
+        raise ConfigError(f"p_std must be > 0, got {p_std}")
+    # the draws follow the generator's device, the root finding stays on the host
+    gen_device = generator.device if generator is not None else "cpu"
+    u = torch.rand(n, generator=generator, device=gen_device, dtype=torch.float64).cpu()
+    e = torch.randn(n, generator=generator, device=gen_device, dtype=torch.float64).cpu()
+    lo, hi = level_of(sde, torch.tensor([t_min, sde.T])).log().tolist()
+    log_uniform, log_normal = lo + (hi - lo) * u, p_mean + p_std * e
+    if kind == "log_level":
+        log_level = log_uniform
+    elif kind == "lognormal":
+        log_level = log_normal
+    else:
+        log_level = torch.where(torch.arange(n) % 2 == 0, log_uniform, log_normal)
+    t = time_of(sde, log_level.exp()).clamp(t_min, sde.T)
+    return t.to(device=device, dtype=dtype)
 
 
 def time_conditional(score_model: TimeScoreFn, t: Tensor) -> Callable[[Tensor], Tensor]:
@@ -71,10 +116,10 @@ def diffusion_loss(
 ) -> Tensor:
     """Per-sample weighted loss ``λ(t)·J(θ, x0, t)``, shape (B,).
 
-    ``t`` defaults to U(t_min, T) draws from ``generator``. ``sigma_s`` and ``n_sim_steps`` are used by the
-    ``simulated`` center only (smoothing std and Euler–Maruyama steps). ``options`` go to the objective by its
-    own keyword names (e.g. ``gamma``, ``antithetic``, ``n_samples`` for lcss, ``fd_eps``, ``n_slices`` for
-    fdssm; :data:`lcssm.objectives.OBJECTIVES` records them).
+    ``t`` defaults to U(t_min, T) draws from ``generator`` (:func:`sample_times` draws others). ``sigma_s`` and
+    ``n_sim_steps`` are used by the ``simulated`` center only (smoothing std and Euler–Maruyama steps). ``options``
+    go to the objective by its own keyword names (e.g. ``gamma``, ``antithetic``, ``n_samples`` for lcss,
+    ``fd_eps``, ``n_slices`` for fdssm; :data:`lcssm.objectives.OBJECTIVES` records them).
     """
     fn = get_objective(objective)
     _check_choice(center, CENTERS, "center")
@@ -90,7 +135,7 @@ def diffusion_loss(
         raise ConfigError(f"{sde!r} has no closed-form marginal; use center='simulated'")
     batch = x0.shape[0]
     if t is None:
-        t = t_min + (sde.T - t_min) * torch.rand(batch, generator=generator, device=x0.device, dtype=x0.dtype)
+        t = sample_times(sde, batch, t_min=t_min, generator=generator, device=x0.device, dtype=x0.dtype)
 
     if center == "simulated":
         if not sigma_s > 0:

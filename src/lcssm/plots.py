@@ -37,19 +37,29 @@ def bounds_of(x: np.ndarray | torch.Tensor, margin: float = 0.1) -> Bounds:
 
 def plot_samples_2d(path: str | Path, samples, reference=None, *, bounds: Bounds | None = None,
                     title: str = "samples") -> None:
-    """2-D histogram of samples, next to the reference data when given."""
+    """2-D histogram of samples, next to as many reference points when given: the same range, the same bins and
+    one colour scale (points per bin) for both panels, with a colour bar and a caption saying so."""
     samples = np.asarray(samples)
-    panels = [(samples, title)] + ([(np.asarray(reference), "data")] if reference is not None else [])
+    n = len(samples)
+    panels = [(samples, title)] + ([(np.asarray(reference)[:n], "data")] if reference is not None else [])
     bounds = bounds or bounds_of(panels[-1][0])
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)
-    for ax, (pts, name) in zip(axes[0], panels):
-        bins = int(np.clip(1.5 * np.sqrt(len(pts)), 40, 200))  # enough points per bin to see the shape
-        ax.hist2d(pts[:, 0], pts[:, 1], bins=bins, range=[bounds[:2], bounds[2:]], cmap="magma")
-        ax.set_title(name)
-        ax.set_aspect("equal")
-        ax.set_xticks([])
-        ax.set_yticks([])
-    save_figure(fig, path)
+    bins = int(np.clip(1.5 * np.sqrt(n), 40, 200))  # enough points per bin to see the shape
+    edges = [np.linspace(bounds[0], bounds[1], bins + 1), np.linspace(bounds[2], bounds[3], bins + 1)]
+    counts = [np.histogram2d(pts[:, 0], pts[:, 1], bins=edges)[0] for pts, _ in panels]
+    vmax = max(float(c.max()) for c in counts) or 1.0
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels) + 0.8, 3.8), squeeze=False)
+    for ax, (pts, name), c in zip(axes[0], panels, counts):
+        image = ax.imshow(c.T, origin="lower", extent=bounds, cmap="magma", vmin=0, vmax=vmax, aspect="equal",
+                          interpolation="nearest")
+        ax.set_title(f"{name} ({len(pts):,} points)")
+        ax.set_xlabel("$x_1$")
+        ax.set_ylabel("$x_2$")
+    fig.colorbar(image, ax=list(axes[0]), shrink=0.85, label="points per bin")
+    width = (bounds[1] - bounds[0]) / bins
+    fig.text(0.02, 0.0, f"2-D histograms on the same {bins}×{bins} bins (width {width:.3g}) and colour scale",
+             fontsize=8)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
 
 
 def density_grid(log_density: Callable[[torch.Tensor], torch.Tensor], bounds: Bounds, n: int = 200
@@ -68,27 +78,31 @@ def density_grid(log_density: Callable[[torch.Tensor], torch.Tensor], bounds: Bo
 
 def plot_density_2d(path: str | Path, log_density: Callable[[torch.Tensor], torch.Tensor], bounds: Bounds,
                     *, title: str = "learned density exp f") -> None:
+    """An unnormalised log-density f as exp f, normalised to integrate to 1 over the plotted box (captioned)."""
     xs, ys, p = density_grid(log_density, bounds)
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    ax.imshow(p, origin="lower", extent=bounds, cmap="magma", aspect="equal")
+    fig, ax = plt.subplots(figsize=(5, 4.4))
+    image = ax.imshow(p, origin="lower", extent=bounds, cmap="magma", aspect="equal")
     ax.set_title(title)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    save_figure(fig, path)
+    ax.set_xlabel("$x_1$")
+    ax.set_ylabel("$x_2$")
+    fig.colorbar(image, ax=ax, shrink=0.85, label="density")
+    fig.text(0.01, 0.01, f"exp f on a {len(xs)}×{len(ys)} grid, normalised over the plotted box", fontsize=8)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
 
 
 def plot_losses(path: str | Path, curves: dict[str, Sequence[float]], *, title: str = "training loss",
                 smooth: int = 50) -> None:
-    """Loss curves (raw, faint) with a moving average, one line per named run."""
+    """Loss curves, one colour per named run: the raw per-step loss (faint) and its moving average over ``smooth``
+    steps (solid), each labelled."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, losses in curves.items():
         y = np.asarray(losses, dtype=float)
-        line = ax.plot(y, alpha=0.25, lw=0.8)[0]
+        line = ax.plot(y, alpha=0.25, lw=0.8, label=f"{name}, raw")[0]
         if len(y) > smooth:
             avg = np.convolve(y, np.ones(smooth) / smooth, mode="valid")
-            ax.plot(np.arange(smooth - 1, len(y)), avg, color=line.get_color(), label=name)
-        else:
-            line.set_label(name)
+            ax.plot(np.arange(smooth - 1, len(y)), avg, color=line.get_color(),
+                    label=f"{name}, mean of {smooth} steps")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title)

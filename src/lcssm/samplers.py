@@ -23,6 +23,7 @@ from lcssm.sampling import (
     annealed_langevin,
     geometric_sigmas,
     langevin,
+    mala,
     noise_conditional_score,
     noise_level,
     ode_sample,
@@ -33,7 +34,7 @@ from lcssm.solvers import SOLVERS, sample
 
 __all__ = ["SAMPLERS", "Sampler", "draw", "get_sampler", "start"]
 
-SamplerFn = Callable[..., tuple[Tensor, int]]
+SamplerFn = Callable[..., tuple]  # (samples, nfe) or (samples, nfe, {statistic: value})
 
 #: the largest batch of one sampler call when the spec sets none (batch_size 0): larger n are drawn in chunks
 MAX_BATCH = 50_000
@@ -90,6 +91,15 @@ def _langevin(score_fn, sde: SDE | None, x: Tensor, spec, generator, progress: b
     return out, spec.langevin_steps
 
 
+def _mala(score_fn, sde: SDE | None, x: Tensor, spec, generator, progress: bool) -> tuple[Tensor, int, dict]:
+    log_density = getattr(score_fn, "log_density", None)
+    if log_density is None:
+        raise ConfigError("the mala sampler needs the model's log-density (an energy model); use langevin")
+    out, rate = mala(score_fn, log_density, x, step_size=spec.langevin_step_size, n_steps=spec.langevin_steps,
+                     generator=generator, progress=progress)
+    return out, spec.langevin_steps + 1, {"acceptance_rate": rate}  # score evaluations (and as many of f)
+
+
 def _fixed_grid(name: str) -> SamplerFn:
     """The adapter of the fixed-grid solver ``name`` (:mod:`lcssm.solvers`): nfe, schedule, rho, t_min (and the
     churn parameters of edm) from the spec; the NFE is the count of score evaluations the solver made."""
@@ -112,6 +122,8 @@ SAMPLERS: dict[str, Sampler] = {s.name: s for s in (
             "annealed Langevin dynamics over geometric noise levels sigma_t/alpha_t"),
     Sampler("langevin", _langevin, "data", False, False, ("langevin_steps", "langevin_step_size", "init"),
             "unadjusted Langevin dynamics of a single-noise-scale score (paper Eq. 31)"),
+    Sampler("mala", _mala, "data", False, False, ("langevin_steps", "langevin_step_size", "init"),
+            "Metropolis-adjusted Langevin of an energy model (exact for exp f at any step size)"),
     *(Sampler(name, run, "prior", True, True, run.fields, solver.help)
       for name, solver in SOLVERS.items() for run in (_fixed_grid(name),)),
 )}
@@ -198,16 +210,17 @@ def draw(score_fn, sde: SDE | None, shape: tuple[int, ...], spec, *, device: tor
     from_data = sampler.start == "data"
     if from_data:  # the start is drawn from data on the CPU, the sampler's noise on the device
         start_generator, generator = make_generator(spec.seed), make_generator(spec.seed + 1, device)
-    chunks, nfes = [], []
+    chunks, nfes, extras = [], [], []
     began = time.perf_counter()
     try:
         for i in range(0, n, size):
             b = min(size, n - i)
             x = start_fn(b, start_generator).to(device) if from_data else start(sampler, sde, (b, *shape),
                                                                                 generator, device)
-            out, nfe = sampler.run(score_fn, sde, x, spec, generator, progress)
+            out, nfe, *info = sampler.run(score_fn, sde, x, spec, generator, progress)
             chunks.append(out.float().cpu())
             nfes.append(int(nfe))
+            extras.append(info[0] if info else {})
         samples = torch.cat(chunks)
     except (RuntimeError, MemoryError) as e:
         if not is_out_of_memory(e):
@@ -218,4 +231,6 @@ def draw(score_fn, sde: SDE | None, shape: tuple[int, ...], spec, *, device: tor
               "batch_size": spec.batch_size, "seed": spec.seed, "nfe": sum(nfes) / len(nfes), "nfe_per_batch": nfes,
               "seconds": time.perf_counter() - began,
               "non_finite": int((~torch.isfinite(samples).flatten(1).all(1)).sum())}
+    for key in extras[0]:  # a sampler's own statistics (MALA's acceptance rate), averaged over the batches
+        record[key] = sum(e[key] * len(c) for e, c in zip(extras, chunks)) / n
     return samples, record

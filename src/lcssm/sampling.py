@@ -25,6 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lcssm.errors import ConfigError
+from lcssm.noise_levels import noise_level, time_of
 from lcssm.odeint import rk45
 from lcssm.sde import SDE, ScoreFn
 from lcssm.tensors import bcast
@@ -38,6 +39,7 @@ __all__ = [
     "geometric_sigmas",
     "langevin",
     "noise_conditional_score",
+    "mala",
     "noise_level",
     "ode_sample",
     "pc_sample",
@@ -95,6 +97,44 @@ def langevin(
     return x
 
 
+@torch.no_grad()
+def mala(
+    score_fn: Callable[[Tensor], Tensor],
+    log_density: Callable[[Tensor], Tensor],
+    x0: Tensor,
+    *,
+    step_size: float,
+    n_steps: int,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> tuple[Tensor, float]:
+    """Metropolis-adjusted Langevin (Roberts & Tweedie 1996): the Langevin proposal
+    ``x′ = x + (ε/2) s(x) + √ε z`` is accepted with probability
+    ``min(1, exp(f(x′) − f(x) + log q(x | x′) − log q(x′ | x)))``, ``log q(b | a) = −‖b − a − (ε/2) s(a)‖²/(2ε)``,
+    so the chain leaves exp f invariant at any step size (unadjusted Langevin, :func:`langevin`, is biased by
+    O(ε)). ``log_density`` is the unnormalised log-density f, ``score_fn`` its gradient. Returns the samples and
+    the mean acceptance rate over all steps and chains."""
+    _check_positive("step_size", step_size)
+    _check_count("n_steps", n_steps, 0)
+    x = x0.clone()
+    half, noise_scale = 0.5 * step_size, math.sqrt(step_size)
+    f_x, s_x = log_density(x), score_fn(x)
+    accepted = 0.0
+    for _ in tqdm(range(n_steps), desc="mala", disable=not progress, leave=False):
+        z = _randn_like(x, generator)
+        y = x + half * s_x + noise_scale * z
+        f_y, s_y = log_density(y), score_fn(y)
+        forward = -0.5 * (z**2).flatten(1).sum(1)  # log q(y | x) up to the shared constant: z = (y − x − εs/2)/√ε
+        backward = -((x - y - half * s_y) ** 2).flatten(1).sum(1) / (2 * step_size)
+        log_ratio = f_y - f_x + backward - forward
+        u = torch.rand(log_ratio.shape, generator=generator, device=x.device, dtype=log_ratio.dtype)
+        accept = u.log() < log_ratio
+        keep = bcast(accept, x)
+        x, s_x, f_x = torch.where(keep, y, x), torch.where(keep, s_y, s_x), torch.where(accept, f_y, f_x)
+        accepted += float(accept.float().mean())
+    return x, accepted / max(n_steps, 1)
+
+
 def geometric_sigmas(sigma_max: float, sigma_min: float, n: int) -> Tensor:
     """``n`` noise levels from ``sigma_max`` down to ``sigma_min`` in geometric progression (float64)."""
     _check_count("n", n, 1)
@@ -145,22 +185,11 @@ def annealed_langevin(
     return x
 
 
-def noise_level(sde: SDE, t: Tensor) -> Tensor:
-    """``ς_t = σ_t / α_t``: x_t = α_t(x_0 + ς_t z), so p_t is the data smoothed by N(0, ς_t²I), rescaled by α_t.
-
-    Increasing in t for VE (σ_t), VP (√(e^{∫β} − 1)) and subVP (2 sinh(½∫β)). Needs a closed-form marginal.
-    """
-    alpha, sigma = sde.marginal_coefficients(t)
-    return sigma / alpha
-
-
 def noise_conditional_score(score_fn: ScoreFn, sde: SDE) -> Callable[[Tensor, Tensor], Tensor]:
     """Turn a time-conditional score of an affine SDE into the noise-conditional score that
     :func:`annealed_langevin` expects: ``∇log q_ς(y) = α_t·s(α_t y, t)`` with t the time at which
-    :func:`noise_level` equals ς (:func:`lcssm.schedules.time_of`, in float64, cached per level) and q_ς the data
+    :func:`noise_level` equals ς (:func:`lcssm.noise_levels.time_of`, in float64, cached per level) and q_ς the data
     smoothed by N(0, ς²I). Levels outside ``[ς_0, ς_T]`` are clamped to the end times."""
-    from lcssm.schedules import time_of  # schedules builds on this module
-
     if not sde.has_marginal:
         raise ConfigError(f"{sde!r} has no closed-form marginal, so its noise levels are not known")
     cache: dict[float, float] = {}

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from lcssm.errors import ConfigError
-from lcssm.sampling import noise_level
+from lcssm.noise_levels import level_of, time_of
 from lcssm.sde import SDE, ScoreFn
 from lcssm.tensors import bcast
 
@@ -39,39 +39,6 @@ def check_affine(sde: SDE, what: str = "the sigma-parametrised samplers") -> Non
     if not getattr(sde, "has_marginal", False):
         raise ConfigError(f"{what} need an SDE with a closed-form Gaussian marginal (ve, vp, subvp); {sde!r} has "
                           "none: use the pc or ode sampler")
-
-
-def level_of(sde: SDE, t: Tensor) -> Tensor:
-    """``ς_t = σ_t/α_t`` (:func:`lcssm.sampling.noise_level`) at the times ``t``, in float64."""
-    return noise_level(sde, t.to(torch.float64))
-
-
-def time_of(sde: SDE, levels: Tensor) -> Tensor:
-    """The times at which ``ς_t`` equals ``levels`` (float64, any shape) on [T·1e-12, T] (ς_t is increasing in t
-    for every affine SDE); levels outside go to the end times. The root of ``log ς_t − log level`` is bracketed
-    and found by the Illinois variant of regula falsi (superlinear; ``log ς_t`` is linear in t for VE, so one
-    step), at most 100 iterations, until t moves by less than float64 resolution. The work is on a handful of host
-    scalars, never on the batch."""
-    target = levels.to(torch.float64).flatten().log()
-    lo, hi = torch.full_like(target, sde.T * 1e-12), torch.full_like(target, sde.T)
-    f_lo, f_hi = level_of(sde, lo).log() - target, level_of(sde, hi).log() - target
-    side = torch.zeros_like(target)  # +1 / -1: the end that moved last (Illinois halves the other's value)
-    t = torch.where(f_lo >= 0, lo, hi)
-    todo = (f_lo < 0) & (f_hi > 0)
-    for _ in range(100):
-        if not bool(todo.any()):
-            break
-        t_old, t = t, torch.where(todo, (lo * f_hi - hi * f_lo) / (f_hi - f_lo), t)
-        f = level_of(sde, t).log() - target
-        low = todo & (f < 0)
-        high = todo & (f >= 0)
-        f_hi = torch.where(low & (side < 0), f_hi / 2, f_hi)
-        f_lo = torch.where(high & (side > 0), f_lo / 2, f_lo)
-        lo, f_lo = torch.where(low, t, lo), torch.where(low, f, f_lo)
-        hi, f_hi = torch.where(high, t, hi), torch.where(high, f, f_hi)
-        side = torch.where(low, -1.0, torch.where(high, 1.0, side))
-        todo = todo & (f.abs() > 1e-15) & (hi - lo > 4e-16 * hi) & ((t - t_old).abs() > 4e-16 * t)
-    return t.view(levels.shape)
 
 
 def noise_schedule(sde: SDE, n: int, schedule: str = "karras", *, t_min: float = 1e-3, rho: float = 7.0) -> Tensor:

@@ -210,6 +210,10 @@ class VESDE(SDE):
     def prior_std(self) -> float:
         return self.sigma_max
 
+    def time_at_level(self, level: Tensor) -> Tensor:
+        """The time at which the noise level σ_t/α_t = σ(t) equals ``level`` (unclamped): the inverse of σ(t)."""
+        return self.T * torch.log(level / self.sigma_min) / self._log_ratio
+
     discretize = SDE._kernel_discretize
 
     def __repr__(self) -> str:
@@ -246,6 +250,17 @@ class VPSDE(SDE):
     def prior_std(self) -> float:
         return 1.0
 
+    def integrated_beta_at_level(self, level: Tensor) -> Tensor:
+        """∫₀ᵗβ at the time where σ_t/α_t = ``level``: σ_t/α_t = √(e^{∫β} − 1), so ∫β = ln(1 + level²)."""
+        return torch.log1p(level**2)
+
+    def time_at_level(self, level: Tensor) -> Tensor:
+        """The time at which σ_t/α_t equals ``level`` (unclamped): the positive root of
+        ½(β_max − β_min)t²/T + β_min·t = ∫β, written as 2∫β/(β_min + √(β_min² + 2(β_max − β_min)∫β/T))."""
+        ib = self.integrated_beta_at_level(level)
+        slope = (self.beta_max - self.beta_min) / self.T
+        return 2 * ib / (self.beta_min + torch.sqrt(self.beta_min**2 + 2 * slope * ib))
+
     discretize = SDE._kernel_discretize
 
     def __repr__(self) -> str:
@@ -263,6 +278,10 @@ class SubVPSDE(VPSDE):
     def marginal(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         ib = self.integrated_beta(_as_time(t, x0))
         return bcast(torch.exp(-0.5 * ib), x0) * x0, -torch.expm1(-ib)
+
+    def integrated_beta_at_level(self, level: Tensor) -> Tensor:
+        """σ_t/α_t = (1 − e^{−∫β})/e^{−∫β/2} = 2 sinh(∫β/2), so ∫β = 2 asinh(level/2)."""
+        return 2 * torch.asinh(level / 2)
 
 
 def _log_cosh(x: Tensor) -> Tensor:

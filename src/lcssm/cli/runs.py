@@ -63,7 +63,9 @@ def _toy(args: argparse.Namespace) -> int:
     from lcssm.experiments.presets import ToyPreset, toy_spec
 
     preset = apply_options(ToyPreset(), args, args.preset_flags)
-    spec = apply_options(toy_spec(preset.preset), args, args.spec_flags, with_set=True)
+    arch = getattr(args, "model__arch", "energy_mlp")  # a score model samples by unadjusted Langevin
+    spec = apply_options(toy_spec(preset.preset, arch if arch == "score_mlp" else "energy_mlp"), args,
+                         args.spec_flags, with_set=True)
     cmd = apply_options(CommandOptions(out="runs/toy"), args, args.command_flags)
     metrics = train_run(spec, _out(cmd), resume=cmd.resume, overwrite=cmd.overwrite, progress=cmd.progress)
     return 0 if metrics is None else _print(metrics, f"wrote {cmd.out}")
@@ -99,8 +101,9 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from lcssm.experiments.pipeline import train_run
-    from lcssm.experiments.presets import ImagePreset, fit_point_model, image_spec, point_spec
+    from lcssm.experiments.presets import ImagePreset, image_spec, point_spec
     from lcssm.experiments.spec import SDESpec
+    from lcssm.sde import SDES
 
     preset = apply_options(ImagePreset(), args, args.preset_flags)
     kind = "points" if preset.preset is None else "images"
@@ -110,7 +113,8 @@ def _train(args: argparse.Namespace) -> int:
         raise ConfigError(f"{wrong[0]} is an image option; it needs --preset NAME" if kind == "points" else
                           f"{wrong[0]} applies to point data, not to --preset {preset.preset} (see lcssm train --help)")
     if preset.preset is None:
-        spec = fit_point_model(apply_options(point_spec(), args, args.spec_flags, with_set=True))
+        sde = getattr(args, "sde__name", "vp")  # the defaults that fit this SDE; a bad name fails in apply_options
+        spec = apply_options(point_spec(sde if sde in SDES else "vp"), args, args.spec_flags, with_set=True)
     else:
         spec = image_spec(preset, getattr(args, "data__source", None))
         if getattr(args, "sde__name", spec.sde.name) != spec.sde.name:  # another SDE family: its own parameters

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from lcssm.config import check_types
 from lcssm.device import autocast, resolve_device, seed_everything
-from lcssm.diffusion import diffusion_loss
+from lcssm.diffusion import diffusion_loss, sample_times
 from lcssm.errors import CheckpointError, ConfigError, ResourceError, is_out_of_memory
 from lcssm.experiments.images import ImagesKind
 from lcssm.experiments.points import PointsKind
@@ -74,8 +74,8 @@ def make_loss(spec: RunSpec, sde: SDE | None):
         return objective(model, x, sigma=sigma, generator=generator, **options)
 
     def time_conditional(model: nn.Module, x0: Tensor, generator: torch.Generator):
-        t = obj.t_min + (sde.T - obj.t_min) * torch.rand(len(x0), generator=generator, device=x0.device,
-                                                         dtype=x0.dtype)
+        t = sample_times(sde, len(x0), kind=obj.time_sampling, t_min=obj.t_min, p_mean=obj.p_mean, p_std=obj.p_std,
+                         generator=generator, device=x0.device, dtype=x0.dtype)
         loss = diffusion_loss(model, sde, x0, objective=obj.name, center=obj.center, weighting=obj.weighting,
                               t_min=obj.t_min, sigma_s=obj.sigma_s, n_sim_steps=obj.n_sim_steps, t=t,
                               generator=generator, **options)
@@ -164,6 +164,7 @@ class Run:
                 out = model(x) if t is None else model(x, t)
             return out.to(x.dtype)
 
+        score_fn.log_density = model.log_density  # type: ignore[attr-defined]  (MALA's acceptance test)
         return cls(spec, model.sde, model, score_fn, step, checkpoint, run_dir, device)
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lcssm.config import TrainConfig, check_types, from_dict, meta, to_jsonable
-from lcssm.diffusion import CENTERS, WEIGHTINGS
+from lcssm.diffusion import CENTERS, TIME_SAMPLINGS, WEIGHTINGS
 from lcssm.errors import ConfigError
 from lcssm.objectives import OBJECTIVES
 from lcssm.samplers import SAMPLERS
@@ -117,7 +117,12 @@ class ObjectiveSpec:
     probe: str = _f("rademacher", "SSM / SSM-VR slice distribution: rademacher or gaussian")
     center: str = _f("marginal", "center of the Stein / denoising kernel", commands=TRAIN, choices=CENTERS)
     weighting: str = _f("sigma2", "time weighting lambda(t)", commands=TRAIN, choices=WEIGHTINGS)
-    t_min: float = _f(1e-5, "smallest training time: t ~ U(t_min, T)")
+    t_min: float = _f(1e-5, "smallest training time", commands=TRAIN)
+    time_sampling: str = _f("uniform", "training times: uniform in t (score_sde), log_level (log sigma_t/alpha_t "
+                            "uniform), lognormal (EDM: ln(sigma_t/alpha_t) ~ N(p_mean, p_std^2)) or mixed (half each)",
+                            commands=TRAIN, choices=TIME_SAMPLINGS)
+    p_mean: float = _f(-1.2, "lognormal time sampling: mean of ln(sigma_t/alpha_t) (EDM's P_mean)")
+    p_std: float = _f(1.2, "lognormal time sampling: std of ln(sigma_t/alpha_t) (EDM's P_std)")
     sigma_s: float = _f(0.05, "smoothing std of the simulated center", commands=TRAIN)
     n_sim_steps: int = _f(100, "Euler-Maruyama steps of the simulated center")
     reduce_mean: bool = _f(False, "divide the per-example loss by the dimension (score_sde's reduce_mean)")
@@ -126,7 +131,10 @@ class ObjectiveSpec:
         check_types(self)
         _check([
             _choice(self.name, list(OBJECTIVES), "name"), _choice(self.center, CENTERS, "center"),
-            _choice(self.weighting, WEIGHTINGS, "weighting"), _choice(self.probe, ("rademacher", "gaussian"), "probe"),
+            _choice(self.weighting, WEIGHTINGS, "weighting"),
+            _choice(self.time_sampling, TIME_SAMPLINGS, "time_sampling"),
+            (self.p_std > 0, "p_std", f"must be > 0, got {self.p_std}"),
+            _choice(self.probe, ("rademacher", "gaussian"), "probe"),
             (self.sigma is None or self.sigma > 0, "sigma", f"must be > 0, got {self.sigma}"),
             (self.gamma > 0, "gamma", f"must be > 0, got {self.gamma}"),
             (self.n_noise >= 1, "n_noise", f"must be >= 1, got {self.n_noise}"),
@@ -241,7 +249,7 @@ class SamplerSpec:
     ``n_steps`` is the number of predictor steps of ``pc`` and noise levels of ``ald``."""
 
     name: str = _f("pc", "sampler: " + "; ".join(f"{s.name}: {s.help}" for s in SAMPLERS.values()), flag="--sampler",
-                   commands=(*TRAIN, *SAMPLE), choices=tuple(SAMPLERS))
+                   commands=(*RUNS, *SAMPLE), choices=tuple(SAMPLERS))
     n_samples: int = _f(2000, "number of samples (0 after training: none)", commands=(*RUNS, *SAMPLE))
     n_steps: int = _f(500, "pc: predictor steps; ald: noise levels", commands=(*TRAIN, *SAMPLE))
     predictor: str = _f("reverse_diffusion", "pc predictor", commands=SAMPLE, choices=PREDICTORS)
@@ -267,8 +275,8 @@ class SamplerSpec:
     s_tmin: float = _f(0.05, "edm: churn only at noise levels >= S_tmin", commands=SAMPLE)
     s_tmax: float = _f(1.0, "edm: churn only at noise levels <= S_tmax", commands=SAMPLE)
     s_noise: float = _f(1.007, "edm: noise inflation S_noise", commands=SAMPLE)
-    langevin_steps: int = _f(1000, "langevin: steps", commands=TOY)
-    langevin_step_size: float = _f(0.003, "langevin: step size eps", commands=TOY)
+    langevin_steps: int = _f(1000, "langevin, mala: steps", commands=(*TOY, "sample"))
+    langevin_step_size: float = _f(0.003, "langevin, mala: step size eps", commands=(*TOY, "sample"))
     init: str = _f("uniform", "langevin start: uniform over the data's bounding box, or gaussian", commands=TOY,
                    choices=("uniform", "gaussian"))
     seed: int = _f(0, "sampling seed", flag="--sample-seed", commands=(*RUNS, *SAMPLE))
@@ -358,9 +366,15 @@ class RunSpec:
             sde = self.sde.build()
             if self.objective.center != "simulated" and not sde.has_marginal:
                 raise ConfigError(f"SDE {self.sde.name!r} has no closed-form marginal; use --center simulated")
+            if self.objective.time_sampling != "uniform" and not sde.has_marginal:
+                raise ConfigError(f"objective.time_sampling {self.objective.time_sampling} draws noise levels "
+                                  f"sigma_t/alpha_t, which SDE {self.sde.name!r} does not have; use uniform")
             for key, t_min in (("objective.t_min", self.objective.t_min), ("sampler.t_min", self.sampler.t_min)):
                 if not t_min < sde.T:
                     raise ConfigError(f"{key} must lie in (0, {sde.T}), got {t_min}")
+        if self.sampler.name == "mala" and self.model.arch != "energy_mlp":
+            raise ConfigError(f"the mala sampler needs an energy model's log-density; model.arch {self.model.arch} "
+                              "models the score: use --sampler langevin")
         from lcssm.samplers import get_sampler
 
         get_sampler(self.sampler.name, self.sde.build())  # a sampler that cannot sample this run fails now

@@ -43,6 +43,14 @@ class ScoreModel(nn.Module):
             raise ConfigError(f"{sde!r} has no closed-form sigma_t: use c_in='none', c_out='none'")
         self.backbone, self.sde, self.c_in, self.c_out = backbone, sde, c_in, c_out
 
+    def log_density(self, x: Tensor) -> Tensor:
+        """The unnormalised log-density f of an energy backbone (score = ∇ₓf) without an SDE: what MALA's
+        acceptance test needs. ConfigError for a backbone that models the score directly."""
+        if self.sde is not None or not hasattr(self.backbone, "log_density"):
+            raise ConfigError("this model has no log-density: MALA needs an energy model (model.arch energy_mlp, "
+                              "lcssm toy); use the langevin sampler")
+        return self.backbone.log_density(x)
+
     def forward(self, x: Tensor, t: Tensor | None = None) -> Tensor:
         if self.sde is None:
             return self.backbone(x)
