@@ -33,6 +33,9 @@ def test_closed_form_inverse_equals_root_finding(name):
     assert torch.allclose(closed, root, rtol=1e-12, atol=1e-15)
     t = torch.linspace(1e-4, 1.0, 257, dtype=torch.float64)
     assert torch.allclose(time_of(sde, level_of(sde, t)), t, rtol=1e-10, atol=0)
+    # levels outside [ς_{T·1e-12}, ς_T] go to the end times, as the root finder sends them
+    ends = torch.tensor([0.0, 1e-320, 1e200, math.inf], dtype=torch.float64)
+    assert torch.allclose(time_of(sde, ends), time_of_by_root(sde, ends), rtol=1e-12, atol=0)
 
 
 def test_uniform_is_the_score_sde_draw():

@@ -39,9 +39,8 @@ def time_of(sde: SDE, levels: Tensor) -> Tensor:
     closed_form = getattr(sde, "time_at_level", None)
     if closed_form is None:
         return time_of_by_root(sde, levels)
-    levels = levels.to(torch.float64)
-    t = torch.where(levels > 0, closed_form(levels.clamp_min(1e-300)), torch.zeros_like(levels))
-    return t.nan_to_num(0.0).clamp(sde.T * 1e-12, sde.T)
+    lo, hi = level_of(sde, torch.tensor([sde.T * 1e-12, sde.T])).tolist()
+    return closed_form(levels.to(torch.float64).clamp(lo, hi)).clamp(sde.T * 1e-12, sde.T)
 
 
 def time_of_by_root(sde: SDE, levels: Tensor) -> Tensor:

@@ -20,10 +20,15 @@ from lcssm.errors import DataError  # noqa: E402
 Bounds = tuple[float, float, float, float]
 
 
-def save_figure(fig, path: str | Path, *, dpi: int = 120, **layout) -> None:
-    """Lay out, write and close a figure (``layout`` goes to ``tight_layout``)."""
-    fig.tight_layout(**layout)
-    fig.savefig(path, dpi=dpi)
+def save_figure(fig, path: str | Path, *, dpi: int = 120, crop: bool = False, **layout) -> None:
+    """Lay out, write and close a figure: ``layout`` goes to ``tight_layout``; with ``crop`` the saved image is
+    cropped to what is drawn instead (``bbox_inches="tight"``: figures with a colour bar over several axes or a
+    caption placed in figure coordinates, which ``tight_layout`` does not arrange)."""
+    if crop:
+        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    else:
+        fig.tight_layout(**layout)
+        fig.savefig(path, dpi=dpi)
     plt.close(fig)
 
 
@@ -58,8 +63,7 @@ def plot_samples_2d(path: str | Path, samples, reference=None, *, bounds: Bounds
     width = (bounds[1] - bounds[0]) / bins
     fig.text(0.02, 0.0, f"2-D histograms on the same {bins}×{bins} bins (width {width:.3g}) and colour scale",
              fontsize=8)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path, crop=True)
 
 
 def density_grid(log_density: Callable[[torch.Tensor], torch.Tensor], bounds: Bounds, n: int = 200
@@ -87,8 +91,7 @@ def plot_density_2d(path: str | Path, log_density: Callable[[torch.Tensor], torc
     ax.set_ylabel("$x_2$")
     fig.colorbar(image, ax=ax, shrink=0.85, label="density")
     fig.text(0.01, 0.01, f"exp f on a {len(xs)}×{len(ys)} grid, normalised over the plotted box", fontsize=8)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path, crop=True)
 
 
 def plot_losses(path: str | Path, curves: dict[str, Sequence[float]], *, title: str = "training loss",
