@@ -109,7 +109,7 @@ def test_mala_is_exact_where_unadjusted_langevin_is_biased():
 
     step, x0 = 0.8, torch.zeros(20_000, 2)
     ula = langevin(score, x0, step_size=step, n_steps=100, generator=torch.Generator().manual_seed(0))
-    exact, rate = mala(score, log_density, x0, step_size=step, n_steps=100, generator=torch.Generator().manual_seed(0))
+    exact, rate = mala(log_density, x0, step_size=step, n_steps=100, generator=torch.Generator().manual_seed(0))
     # ULA on N(0, I) is the AR(1) chain x <- (1 - e/2)x + sqrt(e)z: stationary variance 1/(1 - e/4) = 1.25
     assert float(ula.var(0).mean()) == pytest.approx(1 / (1 - step / 4), rel=0.02)
     assert float(exact.var(0).mean()) == pytest.approx(1.0, rel=0.02)

@@ -95,9 +95,9 @@ def _mala(score_fn, sde: SDE | None, x: Tensor, spec, generator, progress: bool)
     log_density = getattr(score_fn, "log_density", None)
     if log_density is None:
         raise ConfigError("the mala sampler needs the model's log-density (an energy model); use langevin")
-    out, rate = mala(score_fn, log_density, x, step_size=spec.langevin_step_size, n_steps=spec.langevin_steps,
+    out, rate = mala(log_density, x, step_size=spec.langevin_step_size, n_steps=spec.langevin_steps,
                      generator=generator, progress=progress)
-    return out, spec.langevin_steps + 1, {"acceptance_rate": rate}  # score evaluations (and as many of f)
+    return out, spec.langevin_steps + 1, {"acceptance_rate": rate}  # evaluations of f and its gradient
 
 
 def _fixed_grid(name: str) -> SamplerFn:

@@ -98,8 +98,16 @@ def langevin(
 
 
 @torch.no_grad()
+def _value_and_score(log_density: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
+    """f(x) and ∇ₓf(x) from one forward and one backward pass, detached."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        f = log_density(x)
+        (score,) = torch.autograd.grad(f.sum(), x)
+    return f.detach(), score
+
+
 def mala(
-    score_fn: Callable[[Tensor], Tensor],
     log_density: Callable[[Tensor], Tensor],
     x0: Tensor,
     *,
@@ -108,22 +116,22 @@ def mala(
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> tuple[Tensor, float]:
-    """Metropolis-adjusted Langevin (Roberts & Tweedie 1996): the Langevin proposal
-    ``x′ = x + (ε/2) s(x) + √ε z`` is accepted with probability
-    ``min(1, exp(f(x′) − f(x) + log q(x | x′) − log q(x′ | x)))``, ``log q(b | a) = −‖b − a − (ε/2) s(a)‖²/(2ε)``,
+    """Metropolis-adjusted Langevin (Roberts & Tweedie 1996) of the unnormalised log-density f: the Langevin
+    proposal ``x′ = x + (ε/2) ∇f(x) + √ε z`` is accepted with probability
+    ``min(1, exp(f(x′) − f(x) + log q(x | x′) − log q(x′ | x)))``, ``log q(b | a) = −‖b − a − (ε/2) ∇f(a)‖²/(2ε)``,
     so the chain leaves exp f invariant at any step size (unadjusted Langevin, :func:`langevin`, is biased by
-    O(ε)). ``log_density`` is the unnormalised log-density f, ``score_fn`` its gradient. Returns the samples and
-    the mean acceptance rate over all steps and chains."""
+    O(ε)). f and ∇f come from one forward and one backward pass of ``log_density`` per step. Returns the samples
+    and the mean acceptance rate over all steps and chains."""
     _check_positive("step_size", step_size)
     _check_count("n_steps", n_steps, 0)
-    x = x0.clone()
+    x = x0.detach().clone()
     half, noise_scale = 0.5 * step_size, math.sqrt(step_size)
-    f_x, s_x = log_density(x), score_fn(x)
+    f_x, s_x = _value_and_score(log_density, x)
     accepted = 0.0
     for _ in tqdm(range(n_steps), desc="mala", disable=not progress, leave=False):
         z = _randn_like(x, generator)
         y = x + half * s_x + noise_scale * z
-        f_y, s_y = log_density(y), score_fn(y)
+        f_y, s_y = _value_and_score(log_density, y)
         forward = -0.5 * (z**2).flatten(1).sum(1)  # log q(y | x) up to the shared constant: z = (y − x − εs/2)/√ε
         backward = -((x - y - half * s_y) ** 2).flatten(1).sum(1) / (2 * step_size)
         log_ratio = f_y - f_x + backward - forward
