@@ -97,7 +97,6 @@ def langevin(
     return x
 
 
-@torch.no_grad()
 def _value_and_score(log_density: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
     """f(x) and ∇ₓf(x) from one forward and one backward pass, detached."""
     with torch.enable_grad():
@@ -107,6 +106,7 @@ def _value_and_score(log_density: Callable[[Tensor], Tensor], x: Tensor) -> tupl
     return f.detach(), score
 
 
+@torch.no_grad()
 def mala(
     log_density: Callable[[Tensor], Tensor],
     x0: Tensor,
