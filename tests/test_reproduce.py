@@ -35,7 +35,8 @@ def _check_report(out, name):
 
 
 def test_every_target_is_registered():
-    assert set(TARGETS) == {"table1", "fig8", "table2", "fig7", "digits", "table3", "equivalence", "variance"}
+    assert set(TARGETS) == {"table1", "fig8", "table2", "fig7", "digits", "table3", "samplers", "points",
+                            "equivalence", "variance"}
 
 
 @pytest.mark.parametrize("name", [n for n in TARGETS if n not in ("table1", "fig8")])
@@ -49,6 +50,78 @@ def test_target_smoke_writes_a_complete_report(name, tmp_path):
         _check_digits(out)
     if name == "table3":
         _check_table3(out)
+    if name == "points":
+        _check_points(out)
+    if name == "samplers":
+        _check_samplers(out)
+
+
+def _check_points(out):
+    """A row per cell with its floors; a second run reads the finished cells instead of retraining them."""
+    from lcssm.reproduce.points import SIZES, cell_name
+
+    s = SIZES["smoke"]
+    res = json.loads((out / "results.json").read_text())
+    assert len(res["tables"]["points"]["rows"]) == len(s["datasets"]) * len(s["cells"])
+    cells = res["results"]["cells"]
+    assert set(cells) == {cell_name(d, o, e) for d in s["datasets"] for o, e in s["cells"]}
+    assert not any(r["reused"] for r in cells.values())
+    for r in cells.values():
+        q = r["sample"]
+        assert 0 <= q["precision"] <= 1 and 0 <= q["recall_floor"] <= 1 and q["knn_k"] == 5
+    assert main(["reproduce", "points", "--out", str(out), "--smoke", "--seed", "3"]) == 0
+    again = json.loads((out / "results.json").read_text())["results"]["cells"]
+    assert all(r["reused"] for r in again.values())
+    assert {k: r["sample"]["precision"] for k, r in again.items()} == {
+        k: r["sample"]["precision"] for k, r in cells.items()}
+
+
+def _check_samplers(out):
+    """A point per solver and NFE, PC and the ODE, each with a finite FID and its NFE; a rerun reads the trained
+    run and the finished points."""
+    from lcssm.reproduce.samplers import SIZES
+
+    s = SIZES["smoke"]
+    res = json.loads((out / "results.json").read_text())["results"]
+    points = res["points"]
+    assert [p["key"] for p in points] == [f"{n}@{k}" for n in s["solvers"] for k in s["nfes"]] + [
+        "pc@3", "ode@0.01"]
+    for p in points:
+        assert math.isfinite(p["fid"]) and p["nfe"] > 0 and p["n"] == s["n_samples"], p
+    heun = {p["overrides"]["nfe"]: p["nfe"] for p in points if p["sampler"] == "heun"}
+    assert all(v <= k for k, v in heun.items())  # heun skips the last correction: 2n - 1 evaluations for n levels
+    assert not res["reused_run"]
+    lines = (out / "sweep.jsonl").read_text().splitlines()
+    assert main(["reproduce", "samplers", "--out", str(out), "--smoke", "--seed", "3"]) == 0
+    again = json.loads((out / "results.json").read_text())["results"]
+    assert again["reused_run"] and (out / "sweep.jsonl").read_text().splitlines() == lines
+    assert [p["fid"] for p in again["points"]] == [p["fid"] for p in points]
+
+
+def test_points_reruns_a_cell_whose_spec_changed(tmp_path):
+    """A finished run of another spec (here another seed) in a cell's directory is not taken for that cell."""
+    from lcssm.experiments.pipeline import train_run
+    from lcssm.reproduce.points import SIZES, cell_spec
+    from lcssm.reproduce.reuse import finished_records
+
+    s = SIZES["smoke"]
+    ctx = Context(out_dir=tmp_path, size="smoke", seed=1, command="test", device=torch.device("cpu"))
+    spec = cell_spec("moons", "dsm", "vp", s, ctx)
+    train_run(spec, tmp_path / "run", progress=False)
+    assert finished_records(tmp_path / "run", spec, ("train", "sample")) is not None
+    other = cell_spec("moons", "dsm", "vp", s, Context(out_dir=tmp_path, size="smoke", seed=2, command="test",
+                                                         device=torch.device("cpu")))
+    assert finished_records(tmp_path / "run", other, ("train", "sample")) is None
+    assert finished_records(tmp_path / "run", spec, ("train", "fid")) is None  # never measured
+
+
+def test_points_pass_rule_is_both_floors_within_tolerance():
+    from lcssm.reproduce.points import TOLERANCE, passes
+
+    floor = {"precision_floor": 0.98, "recall_floor": 0.99}
+    assert passes({**floor, "precision": 0.98 - TOLERANCE + 1e-9, "recall": 0.99})
+    assert not passes({**floor, "precision": 0.98 - TOLERANCE - 1e-3, "recall": 0.99})
+    assert not passes({**floor, "precision": 0.99, "recall": 0.99 - TOLERANCE - 1e-3})
 
 
 def _skip_without_table3_data():

@@ -40,6 +40,27 @@ def bounds_of(x: np.ndarray | torch.Tensor, margin: float = 0.1) -> Bounds:
     return float(lo[0] - pad[0]), float(hi[0] + pad[0]), float(lo[1] - pad[1]), float(hi[1] + pad[1])
 
 
+def histogram_bins(n: int) -> int:
+    """Bins per axis for a 2-D histogram of ``n`` points: enough points per bin to see the shape."""
+    return int(np.clip(1.5 * np.sqrt(n), 40, 200))
+
+
+def histogram_counts(points: np.ndarray, bounds: Bounds, bins: int) -> np.ndarray:
+    """Points per bin of a ``bins`` × ``bins`` grid over ``bounds``, indexed ``[x_1, x_2]``."""
+    edges = [np.linspace(bounds[0], bounds[1], bins + 1), np.linspace(bounds[2], bounds[3], bins + 1)]
+    return np.histogram2d(points[:, 0], points[:, 1], bins=edges)[0]
+
+
+def histogram_panel(ax, counts: np.ndarray, bounds: Bounds, vmax: float, title: str | None = None):
+    """Draw one 2-D histogram from :func:`histogram_counts` on ``ax`` (colour scale 0 … ``vmax``); returns the image
+    for a colour bar."""
+    image = ax.imshow(counts.T, origin="lower", extent=bounds, cmap="magma", vmin=0, vmax=vmax or 1.0,
+                      aspect="equal", interpolation="nearest")
+    if title is not None:
+        ax.set_title(title)
+    return image
+
+
 def plot_samples_2d(path: str | Path, samples, reference=None, *, bounds: Bounds | None = None,
                     title: str = "samples") -> None:
     """2-D histogram of samples, next to as many reference points when given: the same range, the same bins and
@@ -48,15 +69,12 @@ def plot_samples_2d(path: str | Path, samples, reference=None, *, bounds: Bounds
     n = len(samples)
     panels = [(samples, title)] + ([(np.asarray(reference)[:n], "data")] if reference is not None else [])
     bounds = bounds or bounds_of(panels[-1][0])
-    bins = int(np.clip(1.5 * np.sqrt(n), 40, 200))  # enough points per bin to see the shape
-    edges = [np.linspace(bounds[0], bounds[1], bins + 1), np.linspace(bounds[2], bounds[3], bins + 1)]
-    counts = [np.histogram2d(pts[:, 0], pts[:, 1], bins=edges)[0] for pts, _ in panels]
-    vmax = max(float(c.max()) for c in counts) or 1.0
+    bins = histogram_bins(n)
+    counts = [histogram_counts(pts, bounds, bins) for pts, _ in panels]
+    vmax = max(float(c.max()) for c in counts)
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels) + 0.8, 3.8), squeeze=False)
     for ax, (pts, name), c in zip(axes[0], panels, counts):
-        image = ax.imshow(c.T, origin="lower", extent=bounds, cmap="magma", vmin=0, vmax=vmax, aspect="equal",
-                          interpolation="nearest")
-        ax.set_title(f"{name} ({len(pts):,} points)")
+        image = histogram_panel(ax, c, bounds, vmax, f"{name} ({len(pts):,} points)")
         ax.set_xlabel("$x_1$")
         ax.set_ylabel("$x_2$")
     fig.colorbar(image, ax=list(axes[0]), shrink=0.85, label="points per bin")

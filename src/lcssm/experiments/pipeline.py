@@ -35,7 +35,8 @@ from lcssm.objectives import get_objective
 from lcssm.sde import SDE
 from lcssm.train import TrainResult, train
 
-__all__ = ["KINDS", "LikelihoodOptions", "Run", "bpd_run", "make_loss", "open_run", "sample_run", "train_run"]
+__all__ = ["KINDS", "LikelihoodOptions", "Run", "bpd_run", "make_loss", "open_run", "resolved_spec", "sample_run",
+           "train_run"]
 
 
 class DataKind(Protocol):
@@ -101,7 +102,7 @@ def train_run(spec: RunSpec, out_dir: str | os.PathLike, *, resume: bool = False
     out = Path(out_dir)
     kind = KINDS[spec.data.kind]
     data = kind.load(spec)
-    spec = dataclasses.replace(kind.resolve(spec, data), sde=spec.sde.resolved())
+    spec = _resolve(spec, data)
     sde = spec.sde.build()
     seed_everything(spec.train.seed)  # parameter initialisation
     model = build_score_model(spec.model, sde, spec.data.shape[0])
@@ -123,6 +124,16 @@ def train_run(spec: RunSpec, out_dir: str | os.PathLike, *, resume: bool = False
                      resolve_device(spec.train.device))
         metrics["sample"] = _sample(run, spec, data, out / kind.samples_file, progress, trained=True)
     return metrics
+
+
+def _resolve(spec: RunSpec, data: Any) -> RunSpec:
+    return dataclasses.replace(KINDS[spec.data.kind].resolve(spec, data), sde=spec.sde.resolved())
+
+
+def resolved_spec(spec: RunSpec) -> RunSpec:
+    """The spec as :func:`train_run` stores it in ``config.json``: filled from the data (shape, statistics) and
+    with the SDE's defaults written out."""
+    return _resolve(spec, KINDS[spec.data.kind].load(spec))
 
 
 def _banner(spec: RunSpec, model: nn.Module, data: Any) -> str:

@@ -82,6 +82,10 @@ TARGETS: dict[str, Target] = {
                "digits-FID/KID of PC and ODE samples, sample grids (docs/DIGITS.md)"),
         Target("table3", "table3", "LCSS, DSM, SSM-VR and FD-SSM on the mnist preset (MNIST-5k): real-Inception "
                "FID (tf convention) vs the held-out split with its floor, test bits/dim, s/step (paper Table 3)"),
+        Target("samplers", "samplers", "digits-FID against NFE for every fixed-grid solver (NFE 10-200), PC and "
+               "the adaptive ODE on one LCSS run of the digits preset, with the plot"),
+        Target("points", "points", "point diffusion with the default `lcssm train` on six 2-D datasets for every "
+               "objective and SDE: k-NN precision / recall, density / coverage, histogram TV, each with its floor"),
         Target("equivalence", "equivalence", "LCSS vs DSM: loss identity and gradient difference for VE / VP / "
                "subVP and centers marginal / data; the data-center bias"),
         Target("variance", "variance", "gradient variance of each objective as sigma shrinks; score error "
