@@ -608,3 +608,31 @@ def test_neg_inv_sigma_gives_the_score_of_the_optimal_noise_predictor():
     assert torch.allclose(model(x, t), -x / (alpha**2 + s**2)[:, None], rtol=1e-14, atol=0)
     with pytest.raises(ConfigError):
         ScoreModel(OptimalNoise(), sde, c_out="minus_sigma")
+
+
+@pytest.mark.parametrize("sde_name", ["ve", "vp", "subvp"])
+def test_gaussian_skip_is_exact_for_unit_gaussian_data_and_adds_the_network_over_sigma(sde_name):
+    """c_out = gaussian_skip: a zero network gives the exact score −x/(α_t² + σ_t²) of N(0, I) data diffused to t,
+    which the closed-form marginal N(0, (α_t² + σ_t²) I) confirms by autograd; a non-zero network adds output/σ_t."""
+    from lcssm.models.precond import ScoreModel
+    from lcssm.sde import get_sde
+
+    sde = get_sde(sde_name)
+
+    class Constant(torch.nn.Module):
+        def __init__(self, value):
+            super().__init__()
+            self.value = value
+
+        def forward(self, x, t, sigma):
+            return torch.full_like(x, self.value)
+
+    x = torch.randn(3, 2, dtype=torch.float64)
+    t = torch.tensor([0.01, 0.4, 1.0], dtype=torch.float64)
+    alpha, s = sde.marginal_coefficients(t)
+    var = (alpha**2 + s**2)[:, None]
+    xg = x.clone().requires_grad_(True)
+    (exact,) = torch.autograd.grad((-0.5 * xg**2 / var).sum(), xg)
+    assert torch.allclose(ScoreModel(Constant(0.0), sde, c_out="gaussian_skip")(x, t), exact, rtol=1e-13, atol=0)
+    got = ScoreModel(Constant(0.5), sde, c_out="gaussian_skip")(x, t)
+    assert torch.allclose(got, exact + 0.5 / s[:, None], rtol=1e-13, atol=0)

@@ -168,8 +168,9 @@ def _rewrite(new_dir: Path, old_dir: Path, config: dict, rename) -> None:
 
 
 def test_an_old_format_point_run_opens_and_samples_like_its_new_format_twin(tmp_path):
-    # the old format knew only the score MLP, PC sampling and times uniform in t
-    spec = apply_overrides(point_spec(), ["model.arch=score_mlp", "model.hidden=16", "model.n_hidden=2",
+    # the old format knew only the score MLP (output / sigma_t), PC sampling and times uniform in t
+    spec = apply_overrides(point_spec(), ["model.arch=score_mlp", "model.c_out=inv_sigma", "model.hidden=16",
+                                          "model.n_hidden=2",
                                           "sampler.name=pc", "sampler.nfe=35", "objective.time_sampling=uniform",
                                           "train.steps=2", "train.batch_size=32", "sampler.n_samples=0"])
     new_dir, old_dir = tmp_path / "new", tmp_path / "old"

@@ -14,7 +14,7 @@ from lcssm.data.toy import get_toy
 from lcssm.device import make_generator
 from lcssm.errors import DataError
 from lcssm.experiments.points import sample_quality
-from lcssm.metrics import density_coverage, histogram_distance, knn_precision_recall
+from lcssm.metrics import density_coverage, histogram_distance, knn_precision_recall, outside_fraction
 
 
 def _brute(real: torch.Tensor, fake: torch.Tensor, k: int) -> tuple[float, float, float, float]:
@@ -85,6 +85,29 @@ def test_bad_inputs():
         histogram_distance(torch.randn(5, 3), torch.randn(5, 3))
 
 
+def test_outside_fraction_by_hand():
+    """Box of the real points [0, 1] x [0, 2], widened by 0.25 of its extent: x in [-0.25, 1.25], y in [-0.5, 2.5]."""
+    real = torch.tensor([[0.0, 0.0], [1.0, 2.0], [0.5, 1.0]])
+    fake = torch.tensor([[-0.2, 2.4], [1.3, 1.0], [0.5, -0.6], [1.2, 2.5], [40.0, 40.0]])
+    assert outside_fraction(real, fake) == pytest.approx(3 / 5)
+    assert outside_fraction(real, fake, margin=0.0) == 1.0  # every fake point leaves the unwidened box
+    assert outside_fraction(real, real, margin=0.0) == 0.0
+    with pytest.raises(DataError, match="same dimension"):
+        outside_fraction(real, torch.zeros(4, 3))
+
+
+def test_far_strays_cost_precision_little_but_the_outside_fraction_sees_them():
+    """Five samples in 2,000 at 20x the data's radius: the failure of the probability-flow ODE runs."""
+    spirals = get_toy("2spirals")
+    real = spirals(2000, make_generator(3))
+    strays = real.clone()
+    strays[:5] = 80.0
+    good, bad = sample_quality(real, spirals, seed=0), sample_quality(strays, spirals, seed=0)
+    assert good["outside"] == 0.0 and good["outside_floor"] == 0.0
+    assert bad["outside"] == pytest.approx(5 / 2000)
+    assert good["precision"] - bad["precision"] < 0.005
+
+
 def test_a_blob_scores_clearly_worse_than_real_samples_of_two_spirals():
     """The failure the energy distance missed: a Gaussian with the spirals' mean and covariance."""
     spirals = get_toy("2spirals")
@@ -109,5 +132,6 @@ def test_every_point_run_records_the_structure_metrics(tmp_path):
     import json
 
     record = json.loads((out / "metrics.json").read_text())["sample"][-1]
-    for key, floor in itertools.product(("precision", "recall", "density", "coverage", "hist_tv"), ("", "_floor")):
+    for key, floor in itertools.product(("precision", "recall", "density", "coverage", "hist_tv", "outside"),
+                                        ("", "_floor")):
         assert math.isfinite(record[key + floor]), key + floor

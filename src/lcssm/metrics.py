@@ -339,4 +339,9 @@ def fid_features(images: torch.Tensor, *, convention: str = "tf", weights=None, 
 
 
 # sample-quality metrics that see structure (k-NN precision/recall, density/coverage, histogram distance)
-from lcssm.structure import density_coverage, histogram_distance, knn_precision_recall  # noqa: E402, F401
+from lcssm.structure import (  # noqa: E402, F401
+    density_coverage,
+    histogram_distance,
+    knn_precision_recall,
+    outside_fraction,
+)

@@ -12,6 +12,10 @@ distance to its k-th nearest other real point, and the real manifold is the unio
 - density = ``(1/(kM)) Σ_j Σ_i 1[f_j ∈ B(r_i, ρ_k(r_i))]`` (about 1 for matching distributions, unbounded above);
   coverage = fraction of real balls that hold at least one fake point (Naeem et al., Eq. 3-4).
 
+- outside fraction = fraction of fake points outside the real points' bounding box widened by ``margin`` times its
+  extent on every side: far strays, which cost precision only their share of the points (five samples at 20× the
+  data's radius in 2,000 move precision by 0.0025) but squeeze a scatter plot with automatic axes to a dot.
+
 A collapsed or blurred model fails them where energy distance may not: a round blob over two spirals has high recall
 but low precision; samples on half the support have high precision but recall about ½.
 """
@@ -24,7 +28,7 @@ from torch import Tensor
 
 from lcssm.errors import DataError
 
-__all__ = ["density_coverage", "histogram_distance", "knn_precision_recall", "knn_radii"]
+__all__ = ["density_coverage", "histogram_distance", "knn_precision_recall", "knn_radii", "outside_fraction"]
 
 
 def _as_points(x, name: str) -> Tensor:
@@ -96,3 +100,16 @@ def histogram_distance(a, b, *, bins: int = 40, bounds: tuple[float, float, floa
     q = np.histogram2d(b[:, 0].numpy(), b[:, 1].numpy(), bins=edges)[0] / len(b)
     outside = abs((1 - p.sum()) - (1 - q.sum()))
     return float(0.5 * (np.abs(p - q).sum() + outside))
+
+
+def outside_fraction(real, fake, *, margin: float = 0.25) -> float:
+    """Fraction of ``fake`` points outside the box ``[lo − margin·(hi − lo), hi + margin·(hi − lo)]`` of ``real``
+    (per coordinate; a point is outside when any coordinate is)."""
+    real, fake = _as_points(real, "real"), _as_points(fake, "fake")
+    if real.shape[1] != fake.shape[1]:
+        raise DataError(f"real and fake must have the same dimension, got {real.shape[1]} and {fake.shape[1]}")
+    if not margin >= 0:
+        raise DataError(f"margin must be >= 0, got {margin}")
+    lo, hi = real.min(0).values, real.max(0).values
+    pad = margin * (hi - lo)
+    return ((fake < lo - pad) | (fake > hi + pad)).any(1).double().mean().item()

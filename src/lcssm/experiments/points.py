@@ -79,18 +79,21 @@ def initial_points(init: str, n: int, data: DataSource, generator: torch.Generat
 KNN_K = 5  # the k of the k-NN metrics (Kynkäänniemi et al. 2019 use k = 3-5)
 KNN_POINTS = 2000  # samples and held-out points compared by the k-NN and histogram metrics
 HIST_BINS = 40  # bins per axis of the 2-D histogram distance
+OUTSIDE_MARGIN = 0.25  # the held-out box is widened by this fraction of its extent for the outside fraction
 
 
 def structure_quality(fake: Tensor, ref_a: Tensor, ref_b: Tensor) -> dict:
-    """k-NN precision / recall and density / coverage of ``fake`` against held-out ``ref_a`` (k = KNN_K), each with
-    its floor (``ref_b`` against ``ref_a``: what a perfect model scores), and for 2-D points the histogram total
-    variation on a HIST_BINS² grid over ``ref_a``'s box, with its floor (the bin width is recorded)."""
-    from lcssm.structure import density_coverage, histogram_distance, knn_precision_recall
+    """k-NN precision / recall, density / coverage (k = KNN_K) and the outside fraction (OUTSIDE_MARGIN) of ``fake``
+    against held-out ``ref_a``, each with its floor (``ref_b`` against ``ref_a``: what a perfect model scores), and
+    for 2-D points the histogram total variation on a HIST_BINS² grid over ``ref_a``'s box, with its floor (the bin
+    width is recorded)."""
+    from lcssm.structure import density_coverage, histogram_distance, knn_precision_recall, outside_fraction
 
-    out: dict = {"knn_k": KNN_K, "knn_points": len(fake)}
+    out: dict = {"knn_k": KNN_K, "knn_points": len(fake), "outside_margin": OUTSIDE_MARGIN}
     for name, sample in (("", fake), ("_floor", ref_b)):
         out[f"precision{name}"], out[f"recall{name}"] = knn_precision_recall(ref_a, sample, k=KNN_K)
         out[f"density{name}"], out[f"coverage{name}"] = density_coverage(ref_a, sample, k=KNN_K)
+        out[f"outside{name}"] = outside_fraction(ref_a, sample, margin=OUTSIDE_MARGIN)
     if fake.shape[1] == 2:
         lo, hi = ref_a.min(0).values, ref_a.max(0).values
         bounds = (lo[0].item(), hi[0].item(), lo[1].item(), hi[1].item())

@@ -75,8 +75,10 @@ def point_spec(sde: str = "vp") -> RunSpec:
     """Score-based diffusion on points under the SDE ``sde``: a residual time-conditional MLP (two blocks of width
     256), Heun sampling in 49 evaluations after training.
 
-    With a closed-form marginal (ve, vp, subvp) the network is preconditioned like score_sde's (input scaled to
-    unit variance, output divided by σ_t), and half the training times are log-uniform in the noise level, half
+    With a closed-form marginal (ve, vp, subvp) the network is preconditioned (input scaled to unit variance, output
+    divided by σ_t and added to the score of unit-variance Gaussian data: EDM's c_skip; without that term about one
+    sample in 400 left the probability-flow ODE 10-25× outside the data, where the network had not been trained),
+    and half the training times are log-uniform in the noise level, half
     log-normal (EDM's): this puts the training where thin structure is resolved. On two spirals (k = 5) the
     k-NN precision is 0.959 against 0.76-0.88 for the variants with times uniform in t or log-normal alone, for a
     floor of 0.983 (docs/RESULTS.md). Without one (tanh) the kernel center is simulated, the times are uniform in
@@ -89,7 +91,7 @@ def point_spec(sde: str = "vp") -> RunSpec:
                                 center="marginal" if affine else "simulated"),
         sde=sde_spec,
         model=ModelSpec(arch="res_mlp", n_hidden=2, c_in="unit_variance" if affine else "none",
-                        c_out="inv_sigma" if affine else "none"),
+                        c_out="gaussian_skip" if affine else "none"),
         sampler=SamplerSpec(name="heun", nfe=49) if affine else SamplerSpec(name="pc"),
         train=TrainConfig(steps=3000, batch_size=512, lr=2e-3, ema_decay=0.99, log_every=50),
     )

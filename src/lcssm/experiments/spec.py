@@ -21,6 +21,7 @@ from typing import Any
 from lcssm.config import TrainConfig, check_types, from_dict, meta, to_jsonable
 from lcssm.diffusion import CENTERS, TIME_SAMPLINGS, WEIGHTINGS
 from lcssm.errors import ConfigError
+from lcssm.models.precond import C_IN, C_OUT
 from lcssm.objectives import OBJECTIVES
 from lcssm.samplers import SAMPLERS
 from lcssm.sampling import CORRECTORS, ODE_METHODS, PREDICTORS
@@ -200,8 +201,6 @@ class SDESpec:
 
 # ---------------------------------------------------------------------------------------------------- model
 ARCHS = ("energy_mlp", "score_mlp", "res_mlp", "unet", "ncsnv2")
-C_IN = ("none", "unit_variance")
-C_OUT = ("none", "inv_sigma", "neg_inv_sigma")
 
 
 @dataclass
@@ -212,7 +211,8 @@ class ModelSpec:
     hyper-parameter from ``config`` (all fields of :class:`~lcssm.models.UNetConfig` or
     :class:`~lcssm.models.NCSNv2Config`, saved whole). ``c_in``: ``unit_variance`` scales the input by
     1/√(α_t² + σ_t²); ``c_out``: ``inv_sigma`` divides the output by σ_t (the network predicts −z),
-    ``neg_inv_sigma`` by −σ_t (the network predicts z, DDPM++'s score −output/σ_t in score_sde).
+    ``neg_inv_sigma`` by −σ_t (the network predicts z, DDPM++'s score −output/σ_t in score_sde), ``gaussian_skip``
+    adds the score of unit-variance Gaussian data to ``output/σ_t`` (EDM's c_skip).
     """
 
     arch: str = _f("score_mlp", "backbone: energy_mlp (score = grad f), score_mlp, res_mlp (time-conditional "
@@ -226,8 +226,9 @@ class ModelSpec:
     config: dict = field(default_factory=dict, metadata=meta(
         "hyper-parameters of an image backbone (every field of its config class)"))
     c_in: str = _f("none", "input scaling: none or unit_variance")
-    c_out: str = _f("none", "output scaling: none, inv_sigma (score = output/sigma_t) or neg_inv_sigma "
-                    "(score = -output/sigma_t)")
+    c_out: str = _f("none", "output scaling: none, inv_sigma (score = output/sigma_t), neg_inv_sigma "
+                    "(score = -output/sigma_t) or gaussian_skip (score = -x/(alpha_t^2 + sigma_t^2) + "
+                    "output/sigma_t)")
 
     def __post_init__(self) -> None:
         check_types(self)

@@ -9,7 +9,10 @@ network, in the spirit of EDM's preconditioning (Karras et al. 2022, Table 1):
 - input scaling ``c_in``: ``unit_variance`` feeds ``x/√(α_t² + σ_t²)`` (the std of x_t for unit-variance data);
 - output scaling ``c_out``: ``inv_sigma`` divides the output by σ_t (the network predicts −z for x_t = α_t x0 +
   σ_t z, so its target stays O(1) at every t); ``neg_inv_sigma`` divides it by −σ_t (the network predicts z, as
-  DDPM++ does: score_sde's ``get_score_fn`` returns −output/σ_t for VP and subVP SDEs).
+  DDPM++ does: score_sde's ``get_score_fn`` returns −output/σ_t for VP and subVP SDEs); ``gaussian_skip`` adds
+  to ``output/σ_t`` the exact score ``−x/(α_t² + σ_t²)`` of unit-variance Gaussian data diffused to t (EDM's
+  c_skip, written for the score): the network learns only the data's departure from that Gaussian, and where it
+  has seen no training points (the prior's tails at large σ_t) the score still pulls towards the data.
 
 Pipelines, samplers and DDP see only ``ScoreModel(x, t)``; a run without an SDE (one noise scale, ``lcssm toy``)
 calls ``ScoreModel(x)``.
@@ -24,7 +27,10 @@ from lcssm.errors import ConfigError
 from lcssm.sde import SDE
 from lcssm.tensors import bcast
 
-__all__ = ["ScoreModel", "build_backbone", "build_score_model"]
+__all__ = ["C_IN", "C_OUT", "ScoreModel", "build_backbone", "build_score_model"]
+
+C_IN = ("none", "unit_variance")
+C_OUT = ("none", "inv_sigma", "neg_inv_sigma", "gaussian_skip")
 
 
 class ScoreModel(nn.Module):
@@ -35,7 +41,7 @@ class ScoreModel(nn.Module):
 
     def __init__(self, backbone: nn.Module, sde: SDE | None, *, c_in: str = "none", c_out: str = "none") -> None:
         super().__init__()
-        if c_in not in ("none", "unit_variance") or c_out not in ("none", "inv_sigma", "neg_inv_sigma"):
+        if c_in not in C_IN or c_out not in C_OUT:
             raise ConfigError(f"unknown preconditioning c_in={c_in!r}, c_out={c_out!r}")
         if sde is None and (c_in, c_out) != ("none", "none"):
             raise ConfigError("input/output scaling needs an SDE (its sigma_t)")
@@ -63,8 +69,11 @@ class ScoreModel(nn.Module):
         out = self.backbone(x_in, t, sigma)
         if self.c_out == "none":
             return out
-        scale = sigma.to(out.dtype) if self.c_out == "inv_sigma" else -sigma.to(out.dtype)
-        return out / bcast(scale, out)
+        scale = -sigma.to(out.dtype) if self.c_out == "neg_inv_sigma" else sigma.to(out.dtype)
+        out = out / bcast(scale, out)
+        if self.c_out == "gaussian_skip":
+            out = out - x * bcast(1 / (alpha**2 + sigma**2), x).to(out.dtype)
+        return out
 
 
 def build_backbone(spec, dim: int | None = None, *, time_conditional: bool = True) -> nn.Module:

@@ -89,27 +89,31 @@ def passes(sample: dict[str, Any], tolerance: float = TOLERANCE) -> bool:
 
 def _row(data: str, objective: str, sde: str, r: dict[str, Any]) -> list[Any]:
     if "diverged" in r:
-        return [data, objective, sde, r["diverged"]] + ["-"] * 9
+        return [data, objective, sde, r["diverged"]] + ["-"] * 10
     t, q = r["train"], r["sample"]
     return [data, objective, sde, "yes" if passes(q) else "**no**",
             f"{q['precision']:.3f} ({q['precision_floor']:.3f})", f"{q['recall']:.3f} ({q['recall_floor']:.3f})",
             f"{q['density']:.3f} ({q['density_floor']:.3f})", f"{q['coverage']:.3f} ({q['coverage_floor']:.3f})",
-            f"{q['hist_tv']:.3f} ({q['hist_tv_floor']:.3f})", q["energy_distance"],
+            f"{q['hist_tv']:.3f} ({q['hist_tv_floor']:.3f})",
+            f"{q['outside']:.4f} ({q['outside_floor']:.4f})" if "outside" in q else "-", q["energy_distance"],
             t["train_seconds"], q["seconds"], t["train_seconds"] + q["seconds"]]
 
 
 def _caption(spec, s: dict, first: dict[str, Any] | None) -> str:
+    from lcssm.experiments.points import HIST_BINS, OUTSIDE_MARGIN
+
     q = first["sample"] if first else {}
     k, n = q.get("knn_k", 5), q.get("knn_points", spec.sampler.n_samples)
-    width = q.get("hist_bin_width", [float("nan")] * 2)
     return (
         f"Each row is `lcssm train --data D --objective O --sde S` ({spec.train.steps} steps of batch "
         f"{spec.train.batch_size}, EMA {spec.train.ema_decay}; VE, VP, subVP sampled by Heun in 49 evaluations, tanh "
         f"by PC). Metrics of {n:,} samples against {n:,} held-out data points, in brackets the floor (another "
         f"{n:,} held-out points scored the same way): k-NN precision / recall and density / coverage with k = {k}; "
-        f"histogram TV: total variation between 2-D histograms on a grid over the held-out points' box (bin width "
-        f"≈ {width[0]:.3g} × {width[1]:.3g}); energy distance (floor ≈ 0). Pass: precision and recall both within "
-        f"{TOLERANCE} of their floors. Seconds: training, sampling + metrics, and their sum, on one torch thread.")
+        f"histogram TV: total variation between 2-D histograms on {HIST_BINS} × {HIST_BINS} bins over the held-out "
+        f"points' box (bin widths in each run's record); outside: fraction of points outside the held-out box widened "
+        f"by {OUTSIDE_MARGIN} of its extent per side; energy distance (floor ≈ 0). Pass: precision and recall "
+        f"both within {TOLERANCE} of their floors. Seconds: training, sampling + metrics, and their sum, on one "
+        "torch thread.")
 
 
 def plot_cells(path: Path, cells: dict[tuple[str, str, str], dict[str, Any]], datasets: tuple[str, ...],
@@ -123,7 +127,8 @@ def plot_cells(path: Path, cells: dict[tuple[str, str, str], dict[str, Any]], da
     from lcssm.plots import bounds_of, histogram_bins, histogram_counts, histogram_panel, save_figure
 
     fig, axes = plt.subplots(len(datasets), len(columns) + 1, squeeze=False,
-                             figsize=(1.6 * (len(columns) + 1), 1.6 * len(datasets) + 0.5))
+                             figsize=(1.5 * (len(columns) + 1), 1.5 * len(datasets) + 0.4))
+    fig.subplots_adjust(left=0.03, right=0.97, top=0.95, bottom=0.05, wspace=0.06, hspace=0.1)
     for i, data in enumerate(datasets):
         ref = DataSource(data).reference(n, make_generator(1)).numpy()
         bounds = bounds_of(ref)
@@ -139,13 +144,15 @@ def plot_cells(path: Path, cells: dict[tuple[str, str, str], dict[str, Any]], da
             if c is None:
                 ax.text(0.5, 0.5, "no samples", ha="center", va="center", transform=ax.transAxes)
             else:
-                histogram_panel(ax, c, bounds, vmax)
+                image = histogram_panel(ax, c, bounds, vmax)
             if i == 0:
                 ax.set_title(name, fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])
         axes[i][0].set_ylabel(data, fontsize=8)
-    fig.text(0.01, 0.0, f"2-D histograms of {n:,} samples per run; each row shares its data's range, bins and "
+        bar = fig.colorbar(image, ax=list(axes[i]), fraction=0.012, pad=0.005)
+        bar.ax.tick_params(labelsize=6)
+    fig.text(0.03, 0.02, f"2-D histograms of {n:,} samples per run; each row shares its data's range, bins and "
              "colour scale (points per bin, 0 = black); the last column is held-out data.", fontsize=7)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_figure(fig, path, crop=True)
@@ -166,7 +173,7 @@ def run(ctx: Context) -> Report:
     report.section("Structure metrics against their floors")
     report.table("points", Table(
         ["data", "objective", "SDE", "pass", "precision (floor)", "recall (floor)", "density (floor)",
-         "coverage (floor)", "histogram TV (floor)", "energy distance", "train s", "sample s", "s"],
+         "coverage (floor)", "histogram TV (floor)", "outside (floor)", "energy distance", "train s", "sample s", "s"],
         [_row(*k, r) for k, r in cells.items()], _caption(spec, s, next(iter(ok.values()), None))))
     by_column = Table(["objective / SDE", "passes", "mean precision − floor", "mean recall − floor"], [
         [f"{o}/{e}", f"{sum(passes(cells[(d, o, e)]['sample']) for d in datasets if (d, o, e) in ok)}"
