@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Train an energy model on the checkerboard with LCSS and sample it (about two minutes on 2 cores).
+# Train an energy model on the checkerboard with LCSS and sample it (about 1.5 minutes on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
