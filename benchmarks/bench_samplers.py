@@ -7,7 +7,8 @@
 
 The sweep of ``lcssm reproduce samplers`` (:mod:`lcssm.reproduce.samplers`) on a run of your own. Each point is one
 ``lcssm fid RUN_DIR`` (digits runs: digits-FID; the same seed and sample count for every sampler), appended to
-``--jsonl`` as it finishes; a rerun skips the points already there. The markdown table (FID, NFE, ms per sample)
+``--jsonl`` as it finishes; a rerun skips the points already there with the same request (give a new file after
+retraining the run). The markdown table (FID, NFE, ms per sample)
 is printed at the end and the plot of FID against NFE written to ``--plot``.
 """
 

@@ -98,6 +98,29 @@ def _check_samplers(out):
     assert [p["fid"] for p in again["points"]] == [p["fid"] for p in points]
 
 
+def test_sampler_sweep_reads_a_point_only_for_the_same_request(tmp_path, monkeypatch):
+    """A point in the log is reused for the same overrides, sample count, batch and seed; any of them changed, it
+    is drawn again."""
+    import lcssm.experiments.fid as fid
+    from lcssm.reproduce.samplers import sweep, sweep_points
+
+    calls = []
+
+    def fake_fid_run(run_dir, request, **kwargs):
+        calls.append(request)
+        return {"fid": 1.0 + len(calls), "kid": 0.0, "kid_std": 0.0, "nfe": request.get("nfe", 7), "n":
+                request["n_samples"], "sample_seconds": 0.1, "file": "f.npz"}
+
+    monkeypatch.setattr(fid, "fid_run", fake_fid_run)
+    points, log = sweep_points(("euler",), (4,), 3, ()), tmp_path / "sweep.jsonl"
+    first = sweep(tmp_path, points, log, n_samples=10, batch_size=10, seed=0)
+    assert len(calls) == 2 and sweep(tmp_path, points, log, n_samples=10, batch_size=10, seed=0) == first
+    assert len(calls) == 2
+    for changed in ({"seed": 1}, {"n_samples": 20}, {"batch_size": 5}):
+        sweep(tmp_path, points, log, **{"n_samples": 10, "batch_size": 10, "seed": 0, **changed})
+    assert len(calls) == 2 + 3 * 2 and calls[-1]["batch_size"] == 5 and calls[2]["seed"] == 1
+
+
 def test_points_reruns_a_cell_whose_spec_changed(tmp_path):
     """A finished run of another spec (here another seed) in a cell's directory is not taken for that cell."""
     from lcssm.experiments.pipeline import train_run

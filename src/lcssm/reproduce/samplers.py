@@ -54,18 +54,20 @@ def sweep_points(solvers: tuple[str, ...], nfes: tuple[int, ...], pc_steps: int 
 def sweep(run_dir: Path, points: list[tuple[str, dict[str, Any]]], log: Path, *, n_samples: int, batch_size: int,
           seed: int = 0, device: Any = "auto", progress: bool = False) -> list[dict[str, Any]]:
     """One FID record per point (:func:`lcssm.experiments.fid.fid_run`, ``n_samples`` each), appended to the JSON
-    lines file ``log`` as it finishes; points already in ``log`` with the same overrides are read, not redrawn."""
+    lines file ``log`` as it finishes; a point already in ``log`` with the same request (sampler overrides, number
+    of samples, batch size and seed) is read, not redrawn. The log does not know the run's weights: start a new one
+    after retraining."""
     from lcssm.experiments.fid import fid_run
 
     done = {}
     if log.is_file():
-        done = {r["key"]: r for r in map(json.loads, log.read_text().splitlines()) if r.get("n") == n_samples}
+        done = {r["key"]: r for r in map(json.loads, log.read_text().splitlines())}
     records = []
     for key, overrides in points:
-        if key not in done or done[key].get("overrides") != overrides:
-            rec = fid_run(run_dir, {**overrides, "n_samples": n_samples, "batch_size": batch_size, "seed": seed},
-                          device=device, progress=progress)
-            done[key] = {"key": key, "overrides": overrides, "sampler": overrides["name"],
+        request = {**overrides, "n_samples": n_samples, "batch_size": batch_size, "seed": seed}
+        if key not in done or done[key].get("request") != request:
+            rec = fid_run(run_dir, request, device=device, progress=progress)
+            done[key] = {"key": key, "overrides": overrides, "request": request, "sampler": overrides["name"],
                          **{k: rec[k] for k in ("fid", "kid", "kid_std", "nfe", "n", "sample_seconds", "file")}}
             with log.open("a") as f:
                 f.write(json.dumps(done[key]) + "\n")
@@ -85,9 +87,10 @@ def plot_fid_against_nfe(path: Path, records: list[dict[str, Any]], metric: str 
         by_name.setdefault(r["sampler"], []).append(r)
     for name, rs in by_name.items():
         rs = sorted(rs, key=lambda r: r["nfe"])
-        linestyle = "--" if name not in DETERMINISTIC and len(rs) > 1 else "-"
-        ax.plot([r["nfe"] for r in rs], [r["fid"] for r in rs], marker="o" if len(rs) > 1 else "s",
-                linestyle=linestyle if len(rs) > 1 else "none", label=name, markersize=5)
+        single = len(rs) == 1
+        linestyle = "none" if single else "-" if name in DETERMINISTIC else "--"
+        ax.plot([r["nfe"] for r in rs], [r["fid"] for r in rs], marker="s" if single else "o", linestyle=linestyle,
+                label=name, markersize=5)
     ax.set(xscale="log", yscale="log", xlabel="network evaluations per sample (NFE)", ylabel=f"{metric} (log)",
            title="sample quality against NFE")
     ax.grid(True, which="both", alpha=0.3)
@@ -146,11 +149,13 @@ def run(ctx: Context) -> Report:
     began = time.perf_counter()
     train = finished_records(run_dir, spec)
     reused = train is not None
+    log = ctx.out_dir / "sweep.jsonl"
     if not reused:
         train = train_run(spec, run_dir, overwrite=True, progress=ctx.progress)
+        log.unlink(missing_ok=True)  # its points, if any, are of the weights just replaced
     train_seconds = train["train"]["train_seconds"]
     records = sweep(run_dir, sweep_points(s["solvers"], s["nfes"], s["pc_steps"], (s["ode_tol"],)),
-                    ctx.out_dir / "sweep.jsonl", n_samples=s["n_samples"], batch_size=s["sample_batch"],
+                    log, n_samples=s["n_samples"], batch_size=s["sample_batch"],
                     seed=ctx.seed, device=ctx.device, progress=ctx.progress)
     report.section("Digits-FID against NFE")
     rows = [[r["sampler"], r["nfe"], r["fid"], r["kid"], r["kid_std"], 1000 * r["sample_seconds"] / r["n"]]
