@@ -138,6 +138,23 @@ def test_points_reruns_a_cell_whose_spec_changed(tmp_path):
     assert finished_records(tmp_path / "run", spec, ("train", "fid")) is None  # never measured
 
 
+def test_cached_record_is_read_only_for_an_equal_request(tmp_path):
+    from lcssm.reproduce.reuse import cached_record
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"fid": float(len(calls))}
+
+    path = tmp_path / "rows" / "a.json"
+    assert cached_record(path, {"n": 3, "sizes": (1, 2)}, compute) == ({"fid": 1.0}, False)
+    assert cached_record(path, {"n": 3, "sizes": [1, 2]}, compute) == ({"fid": 1.0}, True)  # compared as JSON
+    assert cached_record(path, {"n": 4, "sizes": (1, 2)}, compute) == ({"fid": 2.0}, False)
+    assert cached_record(path, {"n": 3, "sizes": (1, 2)}, compute) == ({"fid": 3.0}, False)  # only the last is kept
+    assert len(calls) == 3
+
+
 def test_points_pass_rule_is_both_floors_within_tolerance():
     from lcssm.reproduce.points import TOLERANCE, passes
 
@@ -173,6 +190,17 @@ def _check_table3(out):
         assert row[1] > 0 and math.isfinite(row[2]) and row[4] > 0, row  # s/step, bpd, FID
     assert math.isfinite(rows[-1][4])
     assert all((out / "table3" / f"{o}.png").exists() for o in OBJECTIVES)
+    first = res["results"]["rows"]
+    assert not any(r["reused"] for r in first.values())
+    assert main(["reproduce", "table3", "--out", str(out), "--smoke", "--seed", "3"]) == 0  # reads the kept rows
+    again = json.loads((out / "results.json").read_text())["results"]["rows"]
+    assert all(r["reused"] for r in again.values())
+    assert [r["fid"]["fid"] for r in again.values()] == [r["fid"]["fid"] for r in first.values()]
+    for o in OBJECTIVES:
+        (out / "rows" / f"{o}.json").unlink()
+    assert main(["reproduce", "table3", "--out", str(out), "--smoke", "--seed", "3"]) == 0  # reads the trained runs
+    metrics = json.loads((out / "runs" / OBJECTIVES[0] / "metrics.json").read_text())
+    assert len(metrics["train"]) == 1 and len(metrics["sample"]) == 2
 
 
 def _check_digits(out):

