@@ -117,8 +117,7 @@ def measure_row(objective: str, spec, s: dict, ctx: Context, features, reference
             train = train_run(spec, run_dir, overwrite=True, progress=ctx.progress)
     except NonFiniteLossError as e:
         return {"diverged": f"diverged at step {e.step}", "minutes": (time.perf_counter() - began) / 60}
-    row: dict[str, Any] = {"seconds_per_step": train["train"]["train_seconds"] / spec.train.steps,
-                           "threads": torch.get_num_threads()}
+    row: dict[str, Any] = {"seconds_per_step": train["train"]["train_seconds"] / spec.train.steps}
     sampled = sample_run(run_dir, {"name": "pc", "n_samples": s["n_samples"], "n_steps": s["pc_steps"],
                                    "seed": ctx.seed, "batch_size": s["sample_batch"]},
                          device=ctx.device, progress=ctx.progress)
