@@ -16,6 +16,7 @@ import torch
 from lcssm.checkpoint import (
     FORMAT,
     checkpoint_path,
+    file_digest,
     get_rng_state,
     latest_good_checkpoint,
     list_checkpoints,
@@ -279,3 +280,11 @@ def test_stale_temporaries_of_a_killed_writer_are_removed(tmp_path):
     stale.write_bytes(b"half a checkpoint")
     remove_stale_temporaries(tmp_path)
     assert not stale.exists() and kept.exists() and [s for s, _ in list_checkpoints(tmp_path)] == [5]
+
+
+def test_file_digest_equals_hashlib_across_chunk_boundaries(tmp_path):
+    data = bytes(range(256)) * 41 + b"tail"  # 10,500 bytes: chunks of 1,000 leave a partial last one
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data)
+    assert file_digest(path, chunk=1000) == hashlib.sha256(data).hexdigest() == file_digest(path)
+    assert file_digest(path, "sha1", chunk=7) == hashlib.sha1(data).hexdigest()

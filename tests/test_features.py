@@ -12,11 +12,11 @@ from lcssm.features import (
     INCEPTION_ENV,
     INCEPTION_FILENAME,
     digits_features,
+    file_digest,
     inception_features,
     load_digits_classifier,
     load_inception,
     preprocess_for_inception,
-    sha256_file,
 )
 from lcssm.inception import N_CLASSES, POOL3_DIM, FIDInceptionV3, _avg_pool_3x3
 from lcssm.metrics import fid_from_features
@@ -84,7 +84,7 @@ def test_inception_parameter_count(inception_file):
 
 def test_inception_hash_check_rejects_wrong_file(inception_file):
     path, _ = inception_file
-    assert not sha256_file(path).startswith("6726825d")
+    assert not file_digest(path).startswith("6726825d")
     with pytest.raises(DataError) as exc:
         load_inception(path)
     msg = str(exc.value)
@@ -105,7 +105,7 @@ def test_inception_missing_file_and_env(tmp_path, monkeypatch):
 def test_inception_loads_strictly_and_gives_pool3(inception_file, monkeypatch):
     path, reference = inception_file
     monkeypatch.setenv(INCEPTION_ENV, str(path))
-    model = load_inception(expected_sha256_prefix=sha256_file(path)[:8], device="cpu")  # accepted prefix
+    model = load_inception(expected_sha256_prefix=file_digest(path)[:8], device="cpu")  # accepted prefix
     for k, v in reference.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1

@@ -192,6 +192,9 @@ def _check_table3(out):
     assert all((out / "table3" / f"{o}.png").exists() for o in OBJECTIVES)
     first = res["results"]["rows"]
     assert not any(r["reused"] for r in first.values())
+    threads = torch.get_num_threads()
+    assert all(r["train_threads"] == threads for r in first.values())  # the train record's, not guessed
+    assert f"training on {threads} torch threads" in res["tables"]["table3"]["caption"]
     assert main(["reproduce", "table3", "--out", str(out), "--smoke", "--seed", "3"]) == 0  # reads the kept rows
     again = json.loads((out / "results.json").read_text())["results"]["rows"]
     assert all(r["reused"] for r in again.values())
@@ -463,3 +466,12 @@ def test_benchmark_smoke_prints_every_section():
     assert "nan" not in text.lower()
     for kind in ("mlp", "unet"):
         assert all(math.isfinite(r.median) and r.median > 0 for r in res[f"steps_{kind}"]["ratios"].values())
+
+
+def test_table3_caption_names_each_rows_training_threads():
+    """Rows trained with different thread counts, or before the count was recorded, are named one by one."""
+    from lcssm.reproduce.table3 import _threads
+
+    assert _threads({"lcss": {"train_threads": 2}, "dsm": {"train_threads": 2}}) == "training on 2 torch threads"
+    assert _threads({"lcss": {}, "dsm": {"train_threads": 2}, "fdssm": {"diverged": "diverged at step 3"}}) == (
+        "torch threads of each row's training: lcss not recorded, dsm 2")

@@ -112,6 +112,24 @@ def test_a_new_point_run_saves_the_parameters_of_its_sde(tmp_path):
     assert (saved["beta_min"], saved["beta_max"]) == (0.1, 20.0), saved
 
 
+
+@pytest.mark.parametrize("name", ["ve", "vp", "subvp", "tanh"])
+def test_every_sde_parameter_is_a_spec_field_and_resolves(name):
+    """The spec's SDE parameters are read from each SDE's constructor: each must be a field of SDESpec, settable,
+    and kept by resolved() (a constructor parameter without a field would fail here, not in a user's run)."""
+    from lcssm.experiments.spec import SDESpec
+    from lcssm.sde import SDES
+
+    params = [p for p in inspect.signature(SDES[name]).parameters if p != "T"]
+    assert params and set(params) <= {f.name for f in dataclasses.fields(SDESpec)}
+    values = {p: v for p, v in zip(params, (0.05, 30.0))}
+    resolved = SDESpec(name, **values).resolved()
+    assert {p: getattr(resolved, p) for p in params} == values
+    assert {p: getattr(resolved.build(), p) for p in params} == values
+    other = ({"sigma_min", "sigma_max", "beta_min", "beta_max"} - set(params)).pop()
+    with pytest.raises(ConfigError, match=f"does not apply to the '{name}' SDE"):
+        SDESpec(name, **{other: 1.0})
+
 # ------------------------------------------------------------------------------ (b) runs of the previous format
 def _old_point_config(spec: RunSpec) -> dict:
     """A DiffusionConfig-era config.json (``kind: points``) holding the values of ``spec``."""

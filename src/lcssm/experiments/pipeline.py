@@ -112,7 +112,8 @@ def train_run(spec: RunSpec, out_dir: str | os.PathLike, *, resume: bool = False
     if not is_main_process():
         return None
     record = {"objective": spec.objective.name, "sde": spec.sde.name, "data": spec.data.source,
-              "steps": result.steps, "train_seconds": result.train_seconds, "final_loss": result.final_loss,
+              "steps": result.steps, "train_seconds": result.train_seconds, "torch_threads": torch.get_num_threads(),
+              "final_loss": result.final_loss,
               "final_loss_avg100": float(np.mean(result.losses[-100:])) if result.losses else float("nan"),
               "checkpoint": str(result.checkpoint)}
     metrics = {"train": record}

@@ -15,6 +15,7 @@ See docs/ARCHITECTURE.md for how a run flows through them.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,8 +158,9 @@ class ObjectiveSpec:
 
 # ------------------------------------------------------------------------------------------------------ SDE
 SDE_NAMES = (*SDES, "none")
-_SDE_PARAMS = {"ve": ("sigma_min", "sigma_max"), "vp": ("beta_min", "beta_max"), "subvp": ("beta_min", "beta_max"),
-               "tanh": ("beta_min", "beta_max"), "none": ()}
+#: each SDE's parameters a spec can set: its constructor's, less the horizon T (fixed at 1)
+_SDE_PARAMS = {name: tuple(p for p in inspect.signature(cls).parameters if p != "T") for name, cls in SDES.items()}
+_SDE_PARAMS["none"] = ()
 
 
 @dataclass

@@ -117,7 +117,8 @@ def measure_row(objective: str, spec, s: dict, ctx: Context, features, reference
             train = train_run(spec, run_dir, overwrite=True, progress=ctx.progress)
     except NonFiniteLossError as e:
         return {"diverged": f"diverged at step {e.step}", "minutes": (time.perf_counter() - began) / 60}
-    row: dict[str, Any] = {"seconds_per_step": train["train"]["train_seconds"] / spec.train.steps}
+    row: dict[str, Any] = {"seconds_per_step": train["train"]["train_seconds"] / spec.train.steps,
+                           "train_threads": train["train"].get("torch_threads")}
     sampled = sample_run(run_dir, {"name": "pc", "n_samples": s["n_samples"], "n_steps": s["pc_steps"],
                                    "seed": ctx.seed, "batch_size": s["sample_batch"]},
                          device=ctx.device, progress=ctx.progress)
@@ -150,11 +151,21 @@ def _rows(rows: dict[str, dict], floor: dict[str, Any]) -> list[list[Any]]:
     return out
 
 
+def _threads(rows: dict[str, dict]) -> str:
+    """The torch threads each row's training ran with, as its train record holds them (rows trained before lcssm
+    recorded the count say so): one number when all rows agree."""
+    threads = {obj: r.get("train_threads") for obj, r in rows.items() if "diverged" not in r}
+    if len(set(threads.values())) == 1 and None not in threads.values():
+        return f"training on {next(iter(threads.values()))} torch threads"
+    return "torch threads of each row's training: " + ", ".join(
+        f"{obj} {n if n is not None else 'not recorded'}" for obj, n in threads.items())
+
+
 def _caption(s: dict, rows: dict[str, dict], floor: dict[str, Any], features) -> str:
     first = next((r for r in rows.values() if "diverged" not in r), None)
     n_ref = first["fid"]["n_reference"] if first else math.nan
     return (
-        f"s / step: wall-clock seconds per optimizer step, {torch.get_num_threads()} torch threads. Test bits/dim: "
+        f"s / step: wall-clock seconds per optimizer step ({_threads(rows)}). Test bits/dim: "
         f"{s['bpd_images']} held-out MNIST-5k digits, 8-bit levels dequantized uniformly, probability-flow ODE "
         f"(RK45, rtol = atol = {s['bpd_tol']:g}), one Rademacher probe per image; ± standard error. FID / KID: "
         f"{s['n_samples']} PC samples ({s['pc_steps']} steps of reverse diffusion + 1 Langevin corrector step, then "
