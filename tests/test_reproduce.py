@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from lcssm.cli import main
+from lcssm.errors import ConfigError
 from lcssm.reproduce import TARGETS, Context, run_all
 from lcssm.reproduce.report import Report, Table, format_cell
 from lcssm.reproduce.timing import TimingStats, graph_memory, paired_ratio, time_round_robin
@@ -204,6 +206,34 @@ def _check_table3(out):
     assert main(["reproduce", "table3", "--out", str(out), "--smoke", "--seed", "3"]) == 0  # reads the trained runs
     metrics = json.loads((out / "runs" / OBJECTIVES[0] / "metrics.json").read_text())
     assert len(metrics["train"]) == 1 and len(metrics["sample"]) == 2
+    # scripts/table3_rows.py measures one row into the same OUT: the trained run is sampled again, same numbers
+    (out / "rows" / "dsm.json").unlink()
+    assert _script("table3_rows").main(["dsm", "--out", str(out), "--smoke", "--seed", "3"]) == 0
+    kept = json.loads((out / "rows" / "dsm.json").read_text())["record"]
+    assert kept["fid"]["fid"] == first["dsm"]["fid"]["fid"] and kept["bpd"]["bpd"] == first["dsm"]["bpd"]["bpd"]
+    assert len(json.loads((out / "runs" / "dsm" / "metrics.json").read_text())["train"]) == 1
+
+
+def _script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_table3_rows_refuses_unknown_or_no_objectives(tmp_path):
+    from lcssm.reproduce.table3 import measure_rows
+
+    ctx = Context(out_dir=tmp_path, size="smoke")
+    with pytest.raises(ConfigError, match="unknown objective 'ssm'; valid: lcss, dsm, ssm_vr, fdssm"):
+        measure_rows(ctx, ["dsm", "ssm"])
+    with pytest.raises(ConfigError, match="at least one objective"):
+        measure_rows(ctx, [])
+    with pytest.raises(SystemExit) as e:
+        _script("table3_rows").main(["ssm", "--out", str(tmp_path)])
+    assert e.value.code == 2 and not any(tmp_path.iterdir())
 
 
 def _check_digits(out):

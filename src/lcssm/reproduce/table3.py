@@ -13,7 +13,9 @@ sampled without retraining: the table resumes where it was stopped, row by row.
 
 Sizes: ``full`` is the preset (its 4,000 steps, nf 16, batch 64), 1,000 samples against all 1,000 held-out
 digits, floor against all 4,000 training digits, bits/dim of 200 test digits; about 5 hours on 2 idle cores
-(measured: the floor 13 minutes, the LCSS row 20 minutes of training and 54 of sampling at batch 500). ``quick``: 150
+(measured, docs/MNIST.md: the floor 13 minutes; the LCSS and DSM rows 20 minutes of training and 32 of sampling and
+scoring each, FD-SSM 36 + 30; SSM-VR about 4x LCSS per step). :func:`measure_rows` takes chosen rows, so the
+table can be split across sessions. ``quick``: 150
 steps at nf 8, 48 samples against 96 held-out digits (minutes; smoke-level numbers). ``smoke``: seconds of
 training, a handful of images.
 """
@@ -22,12 +24,14 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from lcssm.errors import ConfigError
 from lcssm.reproduce import Context, TargetUnavailable
 from lcssm.reproduce.report import Report, Table
 
@@ -178,9 +182,27 @@ def _caption(s: dict, rows: dict[str, dict], floor: dict[str, Any], features) ->
         "upwards at small n; numbers at different n are not comparable.")
 
 
-def run(ctx: Context) -> Report:
+def measure_rows(ctx: Context, objectives: Sequence[str] = OBJECTIVES) -> dict[str, dict[str, Any]]:
+    """The rows of ``objectives``, in the given order, each kept in ``OUT/rows`` (or read from there) as the target
+    keeps it, without the floor or a report: the hours of the full table can be split across sessions and taken in
+    any order, and ``lcssm reproduce table3 --out OUT`` then reads the kept rows (``scripts/table3_rows.py``)."""
+    unknown = [o for o in objectives if o not in OBJECTIVES]
+    if unknown or not objectives:
+        raise ConfigError(f"table3 rows: unknown objective {unknown[0]!r}; valid: {', '.join(OBJECTIVES)}"
+                          if unknown else "table3 rows: name at least one objective")
+    features, data, s, reference = _inputs(ctx)
+    return {obj: measure(obj, s, ctx, features, reference) for obj in objectives}
+
+
+def _inputs(ctx: Context):
+    """The FID network, the data spec, this size's settings and the held-out reference images."""
     features, data = _features(ctx)
     s = ctx.pick(SIZES)
+    return features, data, s, _split(data, "test", s["n_ref"], ctx.seed)
+
+
+def run(ctx: Context) -> Report:
+    features, data, s, reference = _inputs(ctx)
     train = run_spec(OBJECTIVES[0], s, ctx).train
     report = ctx.report("table3", "Table 3 analogue: four objectives on MNIST-5k, real-Inception FID", {
         **s, "steps": train.steps, "nf": s["nf"] or 16, "batch": train.batch_size, "lr": train.lr,
@@ -189,7 +211,6 @@ def run(ctx: Context) -> Report:
     from lcssm.reproduce.reuse import cached_record
 
     began = time.perf_counter()
-    reference = _split(data, "test", s["n_ref"], ctx.seed)
     floor, _ = cached_record(
         ctx.out_dir / "rows" / "floor.json", {k: s[k] for k in ("n_ref", "n_train")} | {
             "seed": ctx.seed, "features": features.key},
