@@ -8,7 +8,8 @@ held-out digits, test bits/dim) is kept in `OUT/rows/OBJ.json`, exactly as the t
 by `lcssm reproduce table3 --out OUT` with the same size and seed, which then adds the floor and writes the
 report. The full table takes hours of a CPU (docs/MNIST.md); this splits it across sessions, in any order. Rows
 already kept for the same request are read, not measured again; a row's `OUT/runs/OBJ` holding a finished run of
-its spec is sampled without retraining. Needs the `fid` and `mnist` extras.
+its spec is sampled without retraining, and one stopped mid-training (Ctrl-C, SIGTERM) resumes from its newest
+checkpoint when the same command is run again. Needs the `fid` and `mnist` extras.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = measure_rows(ctx, args.objectives)
     except (TargetUnavailable, *USER_ERRORS) as e:
         print(f"table3_rows: {e}", file=sys.stderr)
-        return 2
+        return int(getattr(e, "exit_code", 2))  # 130 / 143 when a signal stopped training
     for obj, r in rows.items():
         summary = {"diverged": r["diverged"]} if "diverged" in r else {
             "s_per_step": round(r["seconds_per_step"], 4), "fid": round(r["fid"]["fid"], 3),

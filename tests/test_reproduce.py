@@ -206,12 +206,18 @@ def _check_table3(out):
     assert main(["reproduce", "table3", "--out", str(out), "--smoke", "--seed", "3"]) == 0  # reads the trained runs
     metrics = json.loads((out / "runs" / OBJECTIVES[0] / "metrics.json").read_text())
     assert len(metrics["train"]) == 1 and len(metrics["sample"]) == 2
-    # scripts/table3_rows.py measures one row into the same OUT: the trained run is sampled again, same numbers
+    # scripts/table3_rows.py measures one row into the same OUT. Its run looks stopped before its train record was
+    # written (config and checkpoints, no record): it resumes from the last checkpoint, no step retrained
     (out / "rows" / "dsm.json").unlink()
+    metrics_file = out / "runs" / "dsm" / "metrics.json"
+    metrics_file.write_text(json.dumps({k: v for k, v in json.loads(metrics_file.read_text()).items() if k != "train"}))
+    ckpts = {c.name: (c.stat().st_ino, c.stat().st_mtime_ns) for c in (out / "runs" / "dsm" / "checkpoints").iterdir()}
     assert _script("table3_rows").main(["dsm", "--out", str(out), "--smoke", "--seed", "3"]) == 0
     kept = json.loads((out / "rows" / "dsm.json").read_text())["record"]
     assert kept["fid"]["fid"] == first["dsm"]["fid"]["fid"] and kept["bpd"]["bpd"] == first["dsm"]["bpd"]["bpd"]
-    assert len(json.loads((out / "runs" / "dsm" / "metrics.json").read_text())["train"]) == 1
+    assert len(json.loads(metrics_file.read_text())["train"]) == 1
+    assert ckpts == {c.name: (c.stat().st_ino, c.stat().st_mtime_ns)  # resumed at the last step: none rewritten
+                     for c in (out / "runs" / "dsm" / "checkpoints").iterdir()}
 
 
 def _script(name: str):

@@ -15,19 +15,26 @@ def finished_records(run_dir: Path, spec, kinds: tuple[str, ...] = ("train",)) -
     """The last record of each of ``kinds`` in ``run_dir/metrics.json`` when the directory holds a finished run of
     ``spec`` (its ``config.json`` equal to ``spec`` resolved as training stores it); None when it holds none, when
     a kind has no record, or when its ``config.json`` is another spec."""
-    from lcssm.experiments.pipeline import resolved_spec
-    from lcssm.experiments.spec import load_spec
     from lcssm.files import read_metrics
 
-    config = run_dir / "config.json"
-    if not config.is_file():
+    if not holds_spec(run_dir, spec):
         return None
     metrics = read_metrics(run_dir)
     if not all(metrics.get(kind) for kind in kinds):
         return None
-    if load_spec(json.loads(config.read_text()), str(config)).to_dict() != resolved_spec(spec).to_dict():
-        return None
     return {kind: metrics[kind][-1] for kind in kinds}
+
+
+def holds_spec(run_dir: Path, spec) -> bool:
+    """Whether ``run_dir/config.json`` is ``spec`` resolved as training stores it (a run of it, finished or
+    stopped: a stopped one resumes from its newest checkpoint with ``train_run(..., resume=True)``)."""
+    from lcssm.experiments.pipeline import resolved_spec
+    from lcssm.experiments.spec import load_spec
+
+    config = run_dir / "config.json"
+    if not config.is_file():
+        return False
+    return load_spec(json.loads(config.read_text()), str(config)).to_dict() == resolved_spec(spec).to_dict()
 
 
 def cached_record(path: Path, request: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> tuple[dict, bool]:

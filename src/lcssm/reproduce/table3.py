@@ -9,12 +9,13 @@ Runs go through the pipeline (:func:`lcssm.experiments.presets.image_spec`, ``tr
 Inception weights (:func:`lcssm.features.fid_helper_weights_path`), reference features cached under
 ``OUT/fid-cache``. Each finished row (and the floor) is kept in ``OUT/rows/`` with its request and read again
 by a rerun with the same request, and a run directory ``OUT/runs/OBJ`` holding a finished run of the row's spec is
-sampled without retraining: the table resumes where it was stopped, row by row.
+sampled without retraining (one stopped mid-training resumes from its newest checkpoint): the table resumes where it
+was stopped.
 
 Sizes: ``full`` is the preset (its 4,000 steps, nf 16, batch 64), 1,000 samples against all 1,000 held-out
 digits, floor against all 4,000 training digits, bits/dim of 200 test digits; about 5 hours on 2 idle cores
 (measured, docs/MNIST.md: the floor 13 minutes; the LCSS and DSM rows 20 minutes of training and 32 of sampling and
-scoring each, FD-SSM 36 + 30; SSM-VR about 4x LCSS per step). :func:`measure_rows` takes chosen rows, so the
+scoring each, FD-SSM 36 + 30; SSM-VR 0.78 s per step, 2.6x LCSS's). :func:`measure_rows` takes chosen rows, so the
 table can be split across sessions. ``quick``: 150
 steps at nf 8, 48 samples against 96 held-out digits (minutes; smoke-level numbers). ``smoke``: seconds of
 training, a handful of images.
@@ -110,17 +111,23 @@ def measure_row(objective: str, spec, s: dict, ctx: Context, features, reference
     from lcssm.experiments.fid import image_quality
     from lcssm.experiments.pipeline import LikelihoodOptions, bpd_run, sample_run, train_run
     from lcssm.plots import save_image_grid
-    from lcssm.reproduce.reuse import finished_records
+    from lcssm.reproduce.reuse import finished_records, holds_spec
     from lcssm.train import NonFiniteLossError
+    from lcssm.train_stop import TrainingInterrupted
 
     run_dir = ctx.out_dir / "runs" / objective
     began = time.perf_counter()
     train = finished_records(run_dir, spec)
     try:
         if train is None:
-            train = train_run(spec, run_dir, overwrite=True, progress=ctx.progress)
+            resume = holds_spec(run_dir, spec)  # stopped mid-training: go on from its newest checkpoint
+            train = train_run(spec, run_dir, resume=resume, overwrite=not resume, progress=ctx.progress)
     except NonFiniteLossError as e:
         return {"diverged": f"diverged at step {e.step}", "minutes": (time.perf_counter() - began) / 60}
+    except TrainingInterrupted as e:
+        raise TrainingInterrupted(f"table3 row {objective}: stopped by a signal after step {e.step}; checkpoint "
+                                  f"{e.checkpoint}; the same command again resumes this row's training from it",
+                                  signum=e.signum, step=e.step, checkpoint=e.checkpoint) from None
     row: dict[str, Any] = {"seconds_per_step": train["train"]["train_seconds"] / spec.train.steps,
                            "train_threads": train["train"].get("torch_threads")}
     sampled = sample_run(run_dir, {"name": "pc", "n_samples": s["n_samples"], "n_steps": s["pc_steps"],
