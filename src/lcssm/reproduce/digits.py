@@ -80,15 +80,16 @@ def measure(objective: str, s: dict, ctx: Context, stages: dict[str, float]) -> 
     the sample grid of its first 64 PC samples (``OUT/digits/<objective>.png``); a diverged run has
     ``diverged``."""
     from lcssm.experiments.fid import fid_run
-    from lcssm.experiments.pipeline import LikelihoodOptions, bpd_run, open_run, train_run
+    from lcssm.experiments.pipeline import LikelihoodOptions, bpd_run, open_run
     from lcssm.models import count_parameters
     from lcssm.plots import save_image_grid
+    from lcssm.reproduce.reuse import train_or_resume
     from lcssm.train import NonFiniteLossError
 
     spec, run_dir = run_spec(objective, s, ctx), ctx.out_dir / "runs" / objective
     began = t0 = time.perf_counter()
     try:
-        train = train_run(spec, run_dir, overwrite=True, progress=ctx.progress)["train"]
+        train = train_or_resume(spec, run_dir, progress=ctx.progress, label=f"digits row {objective}")["train"]
     except NonFiniteLossError as e:
         stages["training"] += time.perf_counter() - t0
         return {"diverged": f"diverged at step {e.step}", "minutes": (time.perf_counter() - began) / 60}

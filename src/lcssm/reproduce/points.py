@@ -65,8 +65,7 @@ def cell_spec(data: str, objective: str, sde: str, s: dict, ctx: Context):
 def measure(data: str, objective: str, sde: str, s: dict, ctx: Context) -> dict[str, Any]:
     """One cell's train and sample records, trained now unless ``OUT/runs/D-O-S`` already holds them; with
     ``diverged`` when training stopped on a non-finite loss."""
-    from lcssm.experiments.pipeline import train_run
-    from lcssm.reproduce.reuse import finished_records
+    from lcssm.reproduce.reuse import finished_records, train_or_resume
     from lcssm.train import NonFiniteLossError
 
     spec, run_dir = cell_spec(data, objective, sde, s, ctx), ctx.out_dir / "runs" / cell_name(data, objective, sde)
@@ -75,7 +74,7 @@ def measure(data: str, objective: str, sde: str, s: dict, ctx: Context) -> dict[
         return {**done, "reused": True, "dir": str(run_dir)}
     began = time.perf_counter()
     try:
-        records = train_run(spec, run_dir, overwrite=True, progress=ctx.progress)
+        records = train_or_resume(spec, run_dir, progress=ctx.progress, label=f"points cell {run_dir.name}")
     except NonFiniteLossError as e:
         return {"diverged": f"diverged at step {e.step}", "seconds": time.perf_counter() - began}
     return {**records, "reused": False, "dir": str(run_dir), "seconds": time.perf_counter() - began}

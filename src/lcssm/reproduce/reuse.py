@@ -54,3 +54,19 @@ def cached_record(path: Path, request: dict[str, Any], compute: Callable[[], dic
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(to_jsonable({"request": request, "record": record}), indent=1))
     return record, False
+
+
+def train_or_resume(spec, run_dir: Path, *, progress: bool, label: str) -> dict[str, Any]:
+    """``train_run`` of ``spec`` into ``run_dir``: resumed from its newest checkpoint when the directory holds a run
+    of the same spec (stopped by Ctrl-C or SIGTERM, or finished without its records), else trained afresh over
+    whatever it holds. A signal stops it with a message saying that the same command resumes ``label``."""
+    from lcssm.experiments.pipeline import train_run
+    from lcssm.train_stop import TrainingInterrupted
+
+    resume = holds_spec(run_dir, spec)
+    try:
+        return train_run(spec, run_dir, resume=resume, overwrite=not resume, progress=progress)
+    except TrainingInterrupted as e:
+        raise TrainingInterrupted(f"{label}: stopped by a signal after step {e.step}; checkpoint {e.checkpoint}; the "
+                                  "same command again resumes its training from there", signum=e.signum, step=e.step,
+                                  checkpoint=e.checkpoint) from None

@@ -135,9 +135,8 @@ def verdict(records: list[dict[str, Any]], within: float = WITHIN) -> list[str]:
 
 
 def run(ctx: Context) -> Report:
-    from lcssm.experiments.pipeline import train_run
     from lcssm.reproduce.digits import objective_spec
-    from lcssm.reproduce.reuse import finished_records
+    from lcssm.reproduce.reuse import finished_records, train_or_resume
 
     require_digits("samplers")
     s = ctx.pick(SIZES)
@@ -151,7 +150,7 @@ def run(ctx: Context) -> Report:
     reused = train is not None
     log = ctx.out_dir / "sweep.jsonl"
     if not reused:
-        train = train_run(spec, run_dir, overwrite=True, progress=ctx.progress)
+        train = train_or_resume(spec, run_dir, progress=ctx.progress, label="samplers run")
         log.unlink(missing_ok=True)  # its points, if any, are of the weights just replaced
     train_seconds = train["train"]["train_seconds"]
     records = sweep(run_dir, sweep_points(s["solvers"], s["nfes"], s["pc_steps"], (s["ode_tol"],)),

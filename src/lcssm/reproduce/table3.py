@@ -109,25 +109,19 @@ def measure_row(objective: str, spec, s: dict, ctx: Context, features, reference
     runs can be trained beforehand with the same spec), draw PC samples, score them against ``reference``, and
     measure test bits/dim."""
     from lcssm.experiments.fid import image_quality
-    from lcssm.experiments.pipeline import LikelihoodOptions, bpd_run, sample_run, train_run
+    from lcssm.experiments.pipeline import LikelihoodOptions, bpd_run, sample_run
     from lcssm.plots import save_image_grid
-    from lcssm.reproduce.reuse import finished_records, holds_spec
+    from lcssm.reproduce.reuse import finished_records, train_or_resume
     from lcssm.train import NonFiniteLossError
-    from lcssm.train_stop import TrainingInterrupted
 
     run_dir = ctx.out_dir / "runs" / objective
     began = time.perf_counter()
     train = finished_records(run_dir, spec)
     try:
         if train is None:
-            resume = holds_spec(run_dir, spec)  # stopped mid-training: go on from its newest checkpoint
-            train = train_run(spec, run_dir, resume=resume, overwrite=not resume, progress=ctx.progress)
+            train = train_or_resume(spec, run_dir, progress=ctx.progress, label=f"table3 row {objective}")
     except NonFiniteLossError as e:
         return {"diverged": f"diverged at step {e.step}", "minutes": (time.perf_counter() - began) / 60}
-    except TrainingInterrupted as e:
-        raise TrainingInterrupted(f"table3 row {objective}: stopped by a signal after step {e.step}; checkpoint "
-                                  f"{e.checkpoint}; the same command again resumes this row's training from it",
-                                  signum=e.signum, step=e.step, checkpoint=e.checkpoint) from None
     row: dict[str, Any] = {"seconds_per_step": train["train"]["train_seconds"] / spec.train.steps,
                            "train_threads": train["train"].get("torch_threads")}
     sampled = sample_run(run_dir, {"name": "pc", "n_samples": s["n_samples"], "n_steps": s["pc_steps"],
