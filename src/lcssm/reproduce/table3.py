@@ -187,10 +187,11 @@ def measure_rows(ctx: Context, objectives: Sequence[str] = OBJECTIVES) -> dict[s
     """The rows of ``objectives``, in the given order, each kept in ``OUT/rows`` (or read from there) as the target
     keeps it, without the floor or a report: the hours of the full table can be split across sessions and taken in
     any order, and ``lcssm reproduce table3 --out OUT`` then reads the kept rows (``scripts/table3_rows.py``)."""
-    unknown = [o for o in objectives if o not in OBJECTIVES]
-    if unknown or not objectives:
-        raise ConfigError(f"table3 rows: unknown objective {unknown[0]!r}; valid: {', '.join(OBJECTIVES)}"
-                          if unknown else "table3 rows: name at least one objective")
+    if not objectives:
+        raise ConfigError("table3 rows: name at least one objective")
+    for o in objectives:
+        if o not in OBJECTIVES:
+            raise ConfigError(f"table3 rows: unknown objective {o!r}; valid: {', '.join(OBJECTIVES)}")
     features, data, s, reference = _inputs(ctx)
     return {obj: measure(obj, s, ctx, features, reference) for obj in objectives}
 
