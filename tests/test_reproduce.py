@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from lcssm.cli import main
+from lcssm.device import cpu_model
 from lcssm.errors import ConfigError
 from lcssm.reproduce import TARGETS, Context, run_all
 from lcssm.reproduce.report import Report, Table, format_cell
@@ -196,7 +197,8 @@ def _check_table3(out):
     assert not any(r["reused"] for r in first.values())
     threads = torch.get_num_threads()
     assert all(r["train_threads"] == threads for r in first.values())  # the train record's, not guessed
-    assert f"training on {threads} torch threads" in res["tables"]["table3"]["caption"]
+    assert all(r["train_cpu"] == cpu_model() for r in first.values())
+    assert f"training on {threads} torch threads; training on {cpu_model()}" in res["tables"]["table3"]["caption"]
     assert main(["reproduce", "table3", "--out", str(out), "--smoke", "--seed", "3"]) == 0  # reads the kept rows
     again = json.loads((out / "results.json").read_text())["results"]["rows"]
     assert all(r["reused"] for r in again.values())
@@ -504,10 +506,14 @@ def test_benchmark_smoke_prints_every_section():
         assert all(math.isfinite(r.median) and r.median > 0 for r in res[f"steps_{kind}"]["ratios"].values())
 
 
-def test_table3_caption_names_each_rows_training_threads():
-    """Rows trained with different thread counts, or before the count was recorded, are named one by one."""
-    from lcssm.reproduce.table3 import _threads
+def test_table3_caption_names_each_rows_training_threads_and_cpu():
+    """Rows trained with different thread counts or CPUs, or before these were recorded, are named one by one."""
+    from lcssm.reproduce.table3 import _training_setting
 
-    assert _threads({"lcss": {"train_threads": 2}, "dsm": {"train_threads": 2}}) == "training on 2 torch threads"
-    assert _threads({"lcss": {}, "dsm": {"train_threads": 2}, "fdssm": {"diverged": "diverged at step 3"}}) == (
-        "torch threads of each row's training: lcss not recorded, dsm 2")
+    same = {"train_threads": 2, "train_cpu": "Xeon"}
+    assert _training_setting({"lcss": same, "dsm": same}) == "training on 2 torch threads; training on Xeon"
+    mixed = {"lcss": {}, "dsm": {"train_threads": 2, "train_cpu": "EPYC"}, "ssm_vr": same,
+             "fdssm": {"diverged": "diverged at step 3"}}
+    assert _training_setting(mixed) == (
+        "torch threads of each row's training: lcss not recorded, dsm 2, ssm_vr 2; "
+        "CPU of each row's training: lcss not recorded, dsm EPYC, ssm_vr Xeon")

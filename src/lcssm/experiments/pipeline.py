@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from lcssm.config import check_types
-from lcssm.device import autocast, resolve_device, seed_everything
+from lcssm.device import autocast, cpu_model, resolve_device, seed_everything
 from lcssm.diffusion import diffusion_loss, sample_times
 from lcssm.errors import CheckpointError, ConfigError, ResourceError, is_out_of_memory
 from lcssm.experiments.images import ImagesKind
@@ -113,7 +113,7 @@ def train_run(spec: RunSpec, out_dir: str | os.PathLike, *, resume: bool = False
         return None
     record = {"objective": spec.objective.name, "sde": spec.sde.name, "data": spec.data.source,
               "steps": result.steps, "train_seconds": result.train_seconds, "torch_threads": torch.get_num_threads(),
-              "final_loss": result.final_loss,
+              "cpu": cpu_model(), "final_loss": result.final_loss,
               "final_loss_avg100": float(np.mean(result.losses[-100:])) if result.losses else float("nan"),
               "checkpoint": str(result.checkpoint)}
     metrics = {"train": record}

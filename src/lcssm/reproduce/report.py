@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from lcssm.device import cpu_model
+
 __all__ = ["Report", "Table", "format_cell", "machine_info", "command_line"]
 
 
@@ -31,16 +33,6 @@ def command_line(argv: list[str] | None = None) -> str:
     if argv and Path(argv[0]).name in ("lcssm", "__main__.py"):
         argv[0] = "lcssm"
     return " ".join(shlex.quote(a) for a in argv)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
 
 
 def _git_commit() -> str | None:
@@ -65,7 +57,7 @@ def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:
     import numpy as np
 
     info: dict[str, Any] = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "logical_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),

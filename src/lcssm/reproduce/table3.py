@@ -13,10 +13,10 @@ sampled without retraining (one stopped mid-training resumes from its newest che
 was stopped.
 
 Sizes: ``full`` is the preset (its 4,000 steps, nf 16, batch 64), 1,000 samples against all 1,000 held-out
-digits, floor against all 4,000 training digits, bits/dim of 200 test digits; about 5 hours on 2 idle cores
+digits, floor against all 4,000 training digits, bits/dim of 200 test digits; about 4¼ hours on 2 idle cores
 (measured, docs/MNIST.md: the floor 13 minutes; the LCSS and DSM rows 20 minutes of training and 32 of sampling and
-scoring each, FD-SSM 36 + 30; SSM-VR 0.78 s per step, 2.6x LCSS's). :func:`measure_rows` takes chosen rows, so the
-table can be split across sessions. ``quick``: 150
+scoring each, FD-SSM 36 + 30, SSM-VR 46 + 22 on a faster CPU, where its step cost 3.3x LCSS's).
+:func:`measure_rows` takes chosen rows, so the table can be split across sessions. ``quick``: 150
 steps at nf 8, 48 samples against 96 held-out digits (minutes; smoke-level numbers). ``smoke``: seconds of
 training, a handful of images.
 """
@@ -123,7 +123,7 @@ def measure_row(objective: str, spec, s: dict, ctx: Context, features, reference
     except NonFiniteLossError as e:
         return {"diverged": f"diverged at step {e.step}", "minutes": (time.perf_counter() - began) / 60}
     row: dict[str, Any] = {"seconds_per_step": train["train"]["train_seconds"] / spec.train.steps,
-                           "train_threads": train["train"].get("torch_threads")}
+                           "train_threads": train["train"].get("torch_threads"), "train_cpu": train["train"].get("cpu")}
     sampled = sample_run(run_dir, {"name": "pc", "n_samples": s["n_samples"], "n_steps": s["pc_steps"],
                                    "seed": ctx.seed, "batch_size": s["sample_batch"]},
                          device=ctx.device, progress=ctx.progress)
@@ -156,21 +156,27 @@ def _rows(rows: dict[str, dict], floor: dict[str, Any]) -> list[list[Any]]:
     return out
 
 
-def _threads(rows: dict[str, dict]) -> str:
-    """The torch threads each row's training ran with, as its train record holds them (rows trained before lcssm
-    recorded the count say so): one number when all rows agree."""
-    threads = {obj: r.get("train_threads") for obj, r in rows.items() if "diverged" not in r}
-    if len(set(threads.values())) == 1 and None not in threads.values():
-        return f"training on {next(iter(threads.values()))} torch threads"
-    return "torch threads of each row's training: " + ", ".join(
-        f"{obj} {n if n is not None else 'not recorded'}" for obj, n in threads.items())
+def _training_setting(rows: dict[str, dict]) -> str:
+    """The torch threads and the CPU each row's training ran on, as its train record holds them (rows trained
+    before lcssm recorded them say so): one value when all rows agree, each row's otherwise, because seconds per
+    step from different machines are not comparable."""
+    trained = {obj: r for obj, r in rows.items() if "diverged" not in r}
+    parts = []
+    for key, what, unit in (("train_threads", "torch threads", " torch threads"), ("train_cpu", "CPU", "")):
+        values = {obj: r.get(key) for obj, r in trained.items()}
+        if len(set(values.values())) == 1 and None not in values.values():
+            parts.append(f"training on {next(iter(values.values()))}{unit}")
+        else:
+            parts.append(f"{what} of each row's training: " + ", ".join(
+                f"{obj} {v if v is not None else 'not recorded'}" for obj, v in values.items()))
+    return "; ".join(parts)
 
 
 def _caption(s: dict, rows: dict[str, dict], floor: dict[str, Any], features) -> str:
     first = next((r for r in rows.values() if "diverged" not in r), None)
     n_ref = first["fid"]["n_reference"] if first else math.nan
     return (
-        f"s / step: wall-clock seconds per optimizer step ({_threads(rows)}). Test bits/dim: "
+        f"s / step: wall-clock seconds per optimizer step ({_training_setting(rows)}). Test bits/dim: "
         f"{s['bpd_images']} held-out MNIST-5k digits, 8-bit levels dequantized uniformly, probability-flow ODE "
         f"(RK45, rtol = atol = {s['bpd_tol']:g}), one Rademacher probe per image; ± standard error. FID / KID: "
         f"{s['n_samples']} PC samples ({s['pc_steps']} steps of reverse diffusion + 1 Langevin corrector step, then "
