@@ -423,6 +423,19 @@ def test_gamma_rescales_the_lcss_minimiser():
         assert losses[gamma] < losses[gamma / 2] and losses[gamma] < losses[2 * gamma], losses
 
 
+def test_fig7_rerun_resumes_its_finished_runs_instead_of_training_over(tmp_path):
+    """A second ``fig7`` into the same OUT reads its γ runs (resumed at their last step: no checkpoint rewritten)
+    and reports the same numbers; before, every rerun trained each γ again over its directory."""
+    out = tmp_path / "f7"
+    assert main(["reproduce", "fig7", "--smoke", "--out", str(out)]) == 0
+    ckpts = {c: (c.stat().st_ino, c.stat().st_mtime_ns) for c in out.glob("runs/*/checkpoints/ckpt_*.pt")}
+    first = json.loads((out / "results.json").read_text())["tables"]
+    assert len(ckpts) == 4
+    assert main(["reproduce", "fig7", "--smoke", "--out", str(out)]) == 0
+    assert {c: (c.stat().st_ino, c.stat().st_mtime_ns) for c in out.glob("runs/*/checkpoints/ckpt_*.pt")} == ckpts
+    assert json.loads((out / "results.json").read_text())["tables"] == first
+
+
 # ------------------------------------------------------------------------------------------ report & timing
 def test_format_cell_and_problems(tmp_path):
     assert format_cell(0.000123) == "1.230e-04" and format_cell(12.345678) == "12.35" and format_cell(3) == "3"

@@ -74,11 +74,12 @@ def gamma_spec(gamma: float, cfg: dict, ctx: Context):
 
 
 def train_gamma(gamma: float, cfg: dict, ctx: Context, out_dir: Path) -> tuple[Run, dict[str, Any]]:
-    """Train the digits U-Net with LCSS(γ) in ``out_dir``; returns the opened run (its EMA model) and the train
-    record."""
-    from lcssm.experiments.pipeline import open_run, train_run
+    """Train the digits U-Net with LCSS(γ) in ``out_dir`` (resumed from its newest checkpoint when the directory
+    holds a run of the same spec); returns the opened run (its EMA model) and the train record."""
+    from lcssm.experiments.pipeline import open_run
+    from lcssm.reproduce.reuse import train_or_resume
 
-    records = train_run(gamma_spec(gamma, cfg, ctx), out_dir, overwrite=True, progress=ctx.progress)
+    records = train_or_resume(gamma_spec(gamma, cfg, ctx), out_dir, progress=ctx.progress, label=f"fig7 γ = {gamma:g}")
     return open_run(out_dir, ctx.device), records["train"]
 
 
