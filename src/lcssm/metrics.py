@@ -282,7 +282,8 @@ def kid(
     Each subset draws ``min(subset_size, N1, N2)`` rows of each feature set without replacement (with a
     warning when that is fewer than ``subset_size``, since the estimate's variance depends on it)
     (``generator`` on CPU; ``None`` = seeded with 0); the std is across subsets (ddof 0, as in
-    torch-fidelity and clean-fid). The estimate has mean 0 for identical distributions.
+    torch-fidelity and clean-fid); when the subsets are both whole sets, the MMD² is computed once and its std
+    is 0 (the subsets only permute the rows). The estimate has mean 0 for identical distributions.
     """
     if not isinstance(n_subsets, int) or n_subsets < 1:
         raise DataError(f"n_subsets must be a positive integer, got {n_subsets!r}")
@@ -294,6 +295,8 @@ def kid(
     if m < subset_size:
         warnings.warn(f"KID: subset_size {subset_size} exceeds the rows ({x.shape[0]}, {y.shape[0]}); using subsets "
                       f"of {m} (pass subset_size <= the smaller set to silence this)", stacklevel=2)
+    if m == x.shape[0] == y.shape[0]:  # every subset is both whole sets: one value, spread exactly 0
+        return float(_poly_mmd2(x, y)), 0.0
     vals = []
     for _ in range(n_subsets):
         ix = torch.randperm(x.shape[0], generator=g)[:m].to(x.device)
