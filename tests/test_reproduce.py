@@ -424,8 +424,8 @@ def test_gamma_rescales_the_lcss_minimiser():
 
 
 def test_fig7_rerun_resumes_its_finished_runs_instead_of_training_over(tmp_path):
-    """A second ``fig7`` into the same OUT reads its γ runs (resumed at their last step: no checkpoint rewritten)
-    and reports the same numbers; before, every rerun trained each γ again over its directory."""
+    """A second ``fig7`` into the same OUT reads its finished γ runs (no checkpoint rewritten, no second train
+    record) and reports the same numbers; before, every rerun trained each γ again over its directory."""
     out = tmp_path / "f7"
     assert main(["reproduce", "fig7", "--smoke", "--out", str(out)]) == 0
     ckpts = {c: (c.stat().st_ino, c.stat().st_mtime_ns) for c in out.glob("runs/*/checkpoints/ckpt_*.pt")}
@@ -434,6 +434,7 @@ def test_fig7_rerun_resumes_its_finished_runs_instead_of_training_over(tmp_path)
     assert main(["reproduce", "fig7", "--smoke", "--out", str(out)]) == 0
     assert {c: (c.stat().st_ino, c.stat().st_mtime_ns) for c in out.glob("runs/*/checkpoints/ckpt_*.pt")} == ckpts
     assert json.loads((out / "results.json").read_text())["tables"] == first
+    assert all(len(json.loads(m.read_text())["train"]) == 1 for m in out.glob("runs/*/metrics.json"))  # read, not rerun
 
 
 # ------------------------------------------------------------------------------------------ report & timing

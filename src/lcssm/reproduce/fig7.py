@@ -74,12 +74,15 @@ def gamma_spec(gamma: float, cfg: dict, ctx: Context):
 
 
 def train_gamma(gamma: float, cfg: dict, ctx: Context, out_dir: Path) -> tuple[Run, dict[str, Any]]:
-    """Train the digits U-Net with LCSS(γ) in ``out_dir`` (resumed from its newest checkpoint when the directory
-    holds a run of the same spec); returns the opened run (its EMA model) and the train record."""
+    """Train the digits U-Net with LCSS(γ) in ``out_dir`` (read when the directory holds a finished run of the same
+    spec, resumed from its newest checkpoint when it holds a stopped one); returns the opened run (its EMA model) and
+    the train record."""
     from lcssm.experiments.pipeline import open_run
-    from lcssm.reproduce.reuse import train_or_resume
+    from lcssm.reproduce.reuse import finished_records, train_or_resume
 
-    records = train_or_resume(gamma_spec(gamma, cfg, ctx), out_dir, progress=ctx.progress, label=f"fig7 γ = {gamma:g}")
+    spec = gamma_spec(gamma, cfg, ctx)
+    records = finished_records(out_dir, spec) or train_or_resume(spec, out_dir, progress=ctx.progress,
+                                                                 label=f"fig7 γ = {gamma:g}")
     return open_run(out_dir, ctx.device), records["train"]
 
 
