@@ -17,9 +17,9 @@ import dataclasses
 
 import torch
 
+from lcssm.bench.timing import cuda_peak_memory, graph_memory, paired_ratio, time_round_robin
 from lcssm.device import resolve_device
 from lcssm.models import MODEL_PRESETS, UNetConfig, build_model, count_preset_parameters, resolve_model_config
-from lcssm.reproduce.timing import cuda_peak_memory, graph_memory, paired_ratio, time_round_robin
 
 
 def _step(net: torch.nn.Module, x: torch.Tensor, t: torch.Tensor):

@@ -20,9 +20,9 @@ import resource
 
 import torch
 
+from lcssm.bench.timing import paired_ratio, time_round_robin
 from lcssm.device import resolve_device
 from lcssm.models import build_model, resolve_model_config
-from lcssm.reproduce.timing import paired_ratio, time_round_robin
 
 
 def _evaluate(net: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, batch: int):

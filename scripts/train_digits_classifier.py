@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from lcssm.data.digits import load_digits
 from lcssm.device import make_generator
-from lcssm.features import DigitsClassifier
+from lcssm.metrics.features import DigitsClassifier
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "src" / "lcssm" / "assets" / "digits_classifier.pt"
 

@@ -13,10 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from lcssm.checkpoint import (
+from lcssm.cli import USER_ERRORS
+from lcssm.errors import CheckpointError
+from lcssm.files import file_digest, temporary_path
+from lcssm.models import EnergyMLP
+from lcssm.training.checkpoint import (
     FORMAT,
     checkpoint_path,
-    file_digest,
     get_rng_state,
     latest_good_checkpoint,
     list_checkpoints,
@@ -27,10 +30,6 @@ from lcssm.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from lcssm.cli import USER_ERRORS
-from lcssm.errors import CheckpointError
-from lcssm.files import temporary_path
-from lcssm.models import EnergyMLP
 
 
 def main(argv: list[str]) -> int:
@@ -128,7 +127,7 @@ def test_fallback_to_previous_good_checkpoint_names_the_bad_file(tmp_path, caplo
         save_checkpoint(checkpoint_path(tmp_path, step), _state(step))
     newest = checkpoint_path(tmp_path, 15)
     newest.write_bytes(newest.read_bytes()[:100])
-    with caplog.at_level(logging.WARNING, logger="lcssm.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="lcssm.training.checkpoint"):
         path, state = latest_good_checkpoint(tmp_path)
     assert path == checkpoint_path(tmp_path, 10) and state["step"] == 10
     assert torch.equal(state["model"]["w"], _state(10)["model"]["w"])
@@ -173,7 +172,9 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
 
 def _train_tiny(run_dir: Path, ema: float = 0.5) -> None:
     from lcssm.objectives import exact_sm
-    from lcssm.train import TrainConfig, tensor_batches, train
+    from lcssm.training.batches import tensor_batches
+    from lcssm.training.config import TrainConfig
+    from lcssm.training.loop import train
 
     torch.manual_seed(0)
     data = torch.randn(64, 2, generator=torch.Generator().manual_seed(1))

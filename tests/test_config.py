@@ -14,19 +14,11 @@ import pytest
 
 from lcssm.cli import Parser, main
 from lcssm.cli.options import Binding, CommandOptions, add_options, apply_options, bindings
-from lcssm.config import (
-    TrainConfig,
-    apply_overrides,
-    check_types,
-    from_dict,
-    invalid,
-    meta,
-    parse_override,
-    validate,
-)
+from lcssm.config import apply_overrides, check_types, from_dict, invalid, meta, parse_override, validate
 from lcssm.errors import ConfigError
 from lcssm.experiments.presets import TOY_PRESETS, ToyPreset, point_spec, toy_spec
 from lcssm.experiments.spec import RunSpec
+from lcssm.training.config import TrainConfig
 
 
 @dataclass

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lcssm.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
+from lcssm.training.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
 
 DRIVER = Path(__file__).with_name("train_driver.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -1,4 +1,5 @@
-"""Fixed-grid samplers (lcssm.solvers), noise schedules (lcssm.schedules) and the torch RK45 (lcssm.odeint) against
+"""Fixed-grid samplers (lcssm.sampling.solvers), noise schedules (lcssm.sampling.schedules) and the torch RK45
+(lcssm.sampling.rk45) against
 closed forms: Gaussian data, whose exact score and probability-flow solution are known, an independent transcription
 of the Karras et al. (2022) / Lu et al. (2022) algorithms, and scipy's RK45."""
 
@@ -14,12 +15,12 @@ import torch
 
 from lcssm.cli import main
 from lcssm.errors import ConfigError
-from lcssm.odeint import rk45
-from lcssm.samplers import SAMPLERS, get_sampler
-from lcssm.sampling import ode_sample, sample
-from lcssm.schedules import level_of, noise_schedule, time_of
+from lcssm.sampling.ode import ode_sample
+from lcssm.sampling.registry import SAMPLERS, get_sampler
+from lcssm.sampling.rk45 import rk45
+from lcssm.sampling.schedules import level_of, noise_schedule, time_of
+from lcssm.sampling.solvers import SOLVERS, sample
 from lcssm.sde import VESDE, VPSDE, SubVPSDE, TanhSDE, gaussian_data_score
-from lcssm.solvers import SOLVERS
 
 MEAN = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
 VAR = torch.tensor([0.3, 1.5, 0.05], dtype=torch.float64)
@@ -210,9 +211,9 @@ def test_rk45_matches_scipy_with_equal_nfe():
                         x.numpy().ravel(), method="RK45", rtol=tol, atol=tol)
         assert nfe <= sol.nfev
         np.testing.assert_allclose(y.numpy().ravel(), sol.y[:, -1], rtol=1e-9, atol=1e-9)
-    out, nfe = ode_sample(_score(sde), sde, x.shape, x_init=x, rtol=1e-6, atol=1e-6, t_min=T_MIN)
+    out, nfe = ode_sample(_score(sde), sde, x, rtol=1e-6, atol=1e-6, t_min=T_MIN)
     torch.testing.assert_close(out, _exact(sde, x), rtol=0, atol=1e-4)
-    scipy_out, scipy_nfe = ode_sample(_score(sde), sde, x.shape, x_init=x, rtol=1e-6, atol=1e-6, t_min=T_MIN,
+    scipy_out, scipy_nfe = ode_sample(_score(sde), sde, x, rtol=1e-6, atol=1e-6, t_min=T_MIN,
                                       method="DOP853")
     torch.testing.assert_close(out, scipy_out, rtol=0, atol=1e-4)
 
@@ -267,7 +268,7 @@ def test_likelihood_torch_rk45_matches_scipy_rk45():
     closed-form check of the likelihood itself is tests/test_likelihood.py's)."""
     from scipy.integrate import solve_ivp
 
-    from lcssm.likelihood import _drift_and_divergence, log_likelihood
+    from lcssm.metrics.likelihood import _drift_and_divergence, log_likelihood
 
     sde = VPSDE()
     score = _score(sde)

@@ -1,4 +1,4 @@
-"""Tests of lcssm.features: the shipped digits classifier and the FID Inception-v3 loader."""
+"""Tests of lcssm.metrics.features: the shipped digits classifier and the FID Inception-v3 loader."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import torch
 
 from lcssm.data.digits import load_digits
 from lcssm.errors import DataError
-from lcssm.features import (
+from lcssm.metrics.distances import fid_from_features
+from lcssm.metrics.features import (
     DIGITS_FEATURE_DIM,
     INCEPTION_ENV,
     INCEPTION_FILENAME,
@@ -18,8 +19,7 @@ from lcssm.features import (
     load_inception,
     preprocess_for_inception,
 )
-from lcssm.inception import N_CLASSES, POOL3_DIM, FIDInceptionV3, _avg_pool_3x3
-from lcssm.metrics import fid_from_features
+from lcssm.metrics.inception import N_CLASSES, POOL3_DIM, FIDInceptionV3, _avg_pool_3x3
 
 # ------------------------------------------------------------------ digits classifier
 

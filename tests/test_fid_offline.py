@@ -12,12 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lcssm.checkpoint import file_digest
 from lcssm.errors import DataError
 from lcssm.experiments.fid import Features, image_quality
-from lcssm.features import (
+from lcssm.files import file_digest
+from lcssm.metrics.distances import kid
+from lcssm.metrics.features import (
     FID_HELPER_SHA1,
     INCEPTION_ENV,
+    fid_features,
     fid_helper_weights_path,
     load_fid_helper_inception,
     preprocess_for_inception,
@@ -25,8 +27,7 @@ from lcssm.features import (
     resolve_inception,
     tf1_resize_bilinear,
 )
-from lcssm.inception import FIDInceptionV3, fid_helper_layer_names, read_torchscript_tensors
-from lcssm.metrics import fid_features, kid
+from lcssm.metrics.inception import FIDInceptionV3, fid_helper_layer_names, read_torchscript_tensors
 
 WEIGHTS = fid_helper_weights_path()
 needs_weights = pytest.mark.skipif(
@@ -116,7 +117,7 @@ def test_fid_features_refuses_non_uint8():
 
 
 def test_no_weights_names_both_ways_to_get_them(monkeypatch):
-    monkeypatch.setattr("lcssm.features.fid_helper_weights_path", lambda: None)
+    monkeypatch.setattr("lcssm.metrics.features.fid_helper_weights_path", lambda: None)
     monkeypatch.delenv(INCEPTION_ENV, raising=False)
     with pytest.raises(DataError) as exc:
         resolve_inception(None)

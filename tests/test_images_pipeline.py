@@ -14,7 +14,6 @@ import pytest
 import torch
 from PIL import Image
 
-from lcssm.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
 from lcssm.cli import main
 from lcssm.config import apply_overrides
 from lcssm.data.digits import load_digits
@@ -28,14 +27,15 @@ from lcssm.experiments.images import ImageBatches, load_split
 from lcssm.experiments.pipeline import LikelihoodOptions, bpd_run, make_loss, open_run, sample_run, train_run
 from lcssm.experiments.presets import ImagePreset, image_spec
 from lcssm.experiments.spec import FORMAT, RunSpec, load_spec
-from lcssm.features import digits_features
 from lcssm.files import read_metrics
-from lcssm.metrics import fid_from_features, inception_score, kid
+from lcssm.metrics.distances import fid_from_features, inception_score, kid
+from lcssm.metrics.features import digits_features
 from lcssm.models import NCSNv2, UNet, get_preset
 from lcssm.plots import save_image_grid, tile_images
-from lcssm.samplers import get_sampler
-from lcssm.sampling import noise_conditional_score
+from lcssm.sampling.langevin import noise_conditional_score
+from lcssm.sampling.registry import get_sampler
 from lcssm.sde import VESDE, TanhSDE
+from lcssm.training.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
 
 LOOSE = {"rtol": 1e-2, "atol": 1e-2}  # ODE tolerances: the files and plumbing are under test, not accuracy
 
@@ -254,7 +254,7 @@ def test_image_folder_trains_at_resolution_8_and_holds_images_out(tmp_path, monk
     assert bpd_run(tmp_path / "run", LikelihoodOptions(data=str(other), **LOOSE))["n"] == 3  # another folder: all
     # FID of a non-digits run needs the Inception weights: one line naming the file, exit code 2
     monkeypatch.delenv("LCSSM_INCEPTION_WEIGHTS", raising=False)
-    monkeypatch.setattr("lcssm.features.fid_helper_weights_path", lambda: None)  # as without the fid extra
+    monkeypatch.setattr("lcssm.metrics.features.fid_helper_weights_path", lambda: None)  # as without the fid extra
     capsys.readouterr()
     assert main(["fid", str(tmp_path / "run"), "--n-samples", "4", "--n-steps", "2"]) == 2
     err = capsys.readouterr().err.strip()

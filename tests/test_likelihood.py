@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lcssm.errors import ConfigError, DataError
-from lcssm.likelihood import bits_per_dim, dequantize, log_likelihood
+from lcssm.metrics.likelihood import bits_per_dim, dequantize, log_likelihood
 from lcssm.sde import VESDE, VPSDE, SubVPSDE, TanhSDE, gaussian_data_marginal, gaussian_data_score
 
 Z = 4.0

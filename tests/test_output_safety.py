@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lcssm.checkpoint import list_checkpoints
 from lcssm.cli import main
 from lcssm.files import RUN_MARKER
+from lcssm.training.checkpoint import list_checkpoints
 
 TINY = ["--steps", "20", "--batch-size", "64", "--hidden", "16", "--n-samples", "50", "--n-steps", "5",
         "--no-progress"]

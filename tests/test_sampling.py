@@ -9,15 +9,10 @@ import pytest
 import torch
 
 from lcssm.errors import ConfigError
-from lcssm.sampling import (
-    annealed_langevin,
-    geometric_sigmas,
-    langevin,
-    noise_conditional_score,
-    noise_level,
-    ode_sample,
-    pc_sample,
-)
+from lcssm.noise_levels import noise_level
+from lcssm.sampling.langevin import annealed_langevin, geometric_sigmas, langevin, noise_conditional_score
+from lcssm.sampling.ode import ode_sample
+from lcssm.sampling.reverse import pc_sample
 from lcssm.sde import VESDE, VPSDE, SubVPSDE, TanhSDE, gaussian_data_marginal, gaussian_data_score
 
 Z = 4.0  # Monte-Carlo tolerance in standard errors
@@ -25,6 +20,11 @@ MU = torch.tensor([1.0, -0.5], dtype=torch.float64)
 COV = torch.tensor([[1.0, 0.6], [0.6, 0.5]], dtype=torch.float64)
 SDES = [VESDE(), VPSDE(), SubVPSDE()]
 IDS = ["ve", "vp", "subvp"]
+
+
+def start(sde, shape, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The prior draw at T that a sampler starts from, drawn from ``generator`` before the sampler's own noise."""
+    return sde.prior_sample(shape, generator=generator).to(dtype)
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -122,8 +122,9 @@ def denoised_law(sde, mean_eps: torch.Tensor, cov_eps: torch.Tensor, eps: float)
 @pytest.mark.parametrize(("predictor", "corrector"), [("reverse_diffusion", "langevin"), ("euler_maruyama", "none")])
 def test_pc_sampler_reproduces_gaussian_data(sde, predictor, corrector):
     eps, n = 1e-3, 4000
-    x = pc_sample(gaussian_data_score(sde, MU, COV), sde, (n, 2), n_steps=100, predictor=predictor,
-                  corrector=corrector, t_min=eps, generator=gen(), dtype=torch.float64)
+    g = gen()
+    x = pc_sample(gaussian_data_score(sde, MU, COV), sde, start(sde, (n, 2), g, torch.float64), n_steps=100,
+                  predictor=predictor, corrector=corrector, t_min=eps, generator=g)
     m, c = gaussian_data_marginal(sde, MU, COV, torch.tensor([eps], dtype=torch.float64))
     mean, cov = denoised_law(sde, m[0], c[0], eps)
     assert_moments(x, mean, cov)
@@ -134,11 +135,14 @@ def test_pc_sampler_stopped_early_matches_p_eps_or_its_tweedie_law(denoise):
     """Stopping at eps = 0.2, where Tweedie's denoiser visibly shrinks the covariance (to α²S C⁻¹S)."""
     sde, eps, n = VPSDE(), 0.2, 4000
     score = gaussian_data_score(sde, MU, COV)
-    x = pc_sample(score, sde, (n, 2), n_steps=60, t_min=eps, denoise=denoise, generator=gen(5), dtype=torch.float64)
+    g = gen(5)
+    x = pc_sample(score, sde, start(sde, (n, 2), g, torch.float64), n_steps=60, t_min=eps, denoise=denoise, generator=g)
     m, c = gaussian_data_marginal(sde, MU, COV, torch.tensor([eps], dtype=torch.float64))
     mean, cov = denoised_law(sde, m[0], c[0], eps) if denoise else (m[0], c[0])
     assert_moments(x, mean, cov)
-    x2 = pc_sample(score, sde, (n, 2), n_steps=60, t_min=eps, denoise=denoise, generator=gen(5), dtype=torch.float64)
+    g = gen(5)
+    x2 = pc_sample(score, sde, start(sde, (n, 2), g, torch.float64), n_steps=60, t_min=eps, denoise=denoise,
+                   generator=g)
     assert torch.equal(x, x2)
 
 
@@ -152,8 +156,9 @@ def test_langevin_corrector_stationary_variance():
         alpha, sigma = sde.marginal_coefficients(t)
         return -(x - alpha[:, None] * MU) / (alpha**2 * s2 + sigma**2)[:, None]
 
-    x = pc_sample(score, sde, (n, 2), n_steps=2, predictor="none", snr=snr, n_corrector_steps=100, t_min=eps,
-                  denoise=False, generator=gen(6), dtype=torch.float64)
+    g = gen(6)
+    x = pc_sample(score, sde, start(sde, (n, 2), g, torch.float64), n_steps=2, predictor="none", snr=snr,
+                  n_corrector_steps=100, t_min=eps, denoise=False, generator=g)
     m, c = gaussian_data_marginal(sde, MU, s2 * torch.eye(2, dtype=torch.float64),
                                   torch.tensor([eps], dtype=torch.float64))
     assert_moments(x, m[0], (1 + snr**2) * c[0])
@@ -164,8 +169,7 @@ def test_ode_sampler_reproduces_gaussian_data(sde):
     """The probability-flow map of Gaussian data is x_eps = m_eps + C_eps^½ C_T^-½ (x_T − m_T); started from the
     prior N(0, p²I) rather than p_T (for VE they differ by O(1/σ_max), DESIGN.md §5) its output law is known."""
     eps, n = 1e-3, 3000
-    x, nfe = ode_sample(gaussian_data_score(sde, MU, COV), sde, (n, 2), t_min=eps, generator=gen(),
-                        dtype=torch.float64)
+    x, nfe = ode_sample(gaussian_data_score(sde, MU, COV), sde, start(sde, (n, 2), gen(), torch.float64), t_min=eps)
     assert 10 < nfe < 1000
     t = torch.tensor([eps, sde.T], dtype=torch.float64)
     m, c = gaussian_data_marginal(sde, MU, COV, t)
@@ -189,11 +193,12 @@ def test_samplers_on_the_nonaffine_sde_keep_its_stationary_law():
     # logit(Beta(2, 2)) has cumulants κ2 = 2ψ'(2) = 2(π²/6 − 1) and κ4 = 2ψ'''(2) = 2(π⁴/15 − 6)
     kurt = 3 + 2 * (math.pi**4 / 15 - 6) / (2 * (math.pi**2 / 6 - 1)) ** 2
     for predictor in ("reverse_diffusion", "euler_maruyama"):
-        x = pc_sample(score, sde, (n, 1), n_steps=50, predictor=predictor, generator=gen(), dtype=torch.float64)
+        g = gen()
+        x = pc_sample(score, sde, start(sde, (n, 1), g, torch.float64), n_steps=50, predictor=predictor, generator=g)
         assert abs(x.mean().item()) < Z * math.sqrt(var / n)
         assert abs(x.var().item() - var) < Z * var * math.sqrt((kurt - 1) / n)
     x0 = sde.prior_sample((50, 1), generator=gen(1)).double()
-    x, _ = ode_sample(score, sde, (50, 1), x_init=x0, denoise=False)
+    x, _ = ode_sample(score, sde, x0, denoise=False)
     torch.testing.assert_close(x, x0, rtol=0, atol=1e-9)
 
 
@@ -201,15 +206,15 @@ def test_pc_sample_bad_inputs():
     sde = VPSDE()
     score = gaussian_data_score(sde, MU, COV)
     with pytest.raises(ConfigError, match="predictor"):
-        pc_sample(score, sde, (4, 2), n_steps=2, predictor="ancestral")
+        pc_sample(score, sde, torch.zeros(4, 2), n_steps=2, predictor="ancestral")
     with pytest.raises(ConfigError, match="corrector"):
-        pc_sample(score, sde, (4, 2), n_steps=2, corrector="ald")
+        pc_sample(score, sde, torch.zeros(4, 2), n_steps=2, corrector="ald")
     with pytest.raises(ConfigError, match="both"):
-        pc_sample(score, sde, (4, 2), n_steps=2, predictor="none", corrector="none")
+        pc_sample(score, sde, torch.zeros(4, 2), n_steps=2, predictor="none", corrector="none")
     with pytest.raises(ConfigError, match="t_min"):
-        pc_sample(score, sde, (4, 2), n_steps=2, t_min=1.5)
+        pc_sample(score, sde, torch.zeros(4, 2), n_steps=2, t_min=1.5)
     with pytest.raises(ConfigError, match="method"):
-        ode_sample(score, sde, (4, 2), method="rk4")
+        ode_sample(score, sde, torch.zeros(4, 2), method="rk4")
 
 
 @pytest.mark.parametrize("sde", SDES, ids=IDS)

@@ -1,4 +1,5 @@
-"""k-NN precision / recall, density / coverage and the 2-D histogram distance (lcssm.structure), on cases with known
+"""k-NN precision / recall, density / coverage and the 2-D histogram distance (lcssm.metrics.structure), on cases
+with known
 answers and against a brute-force re-computation; and that they tell a blob from two spirals, which energy distance
 at its floor could not."""
 
@@ -14,7 +15,7 @@ from lcssm.data.toy import get_toy
 from lcssm.device import make_generator
 from lcssm.errors import DataError
 from lcssm.experiments.points import sample_quality
-from lcssm.metrics import density_coverage, histogram_distance, knn_precision_recall, outside_fraction
+from lcssm.metrics.structure import density_coverage, histogram_distance, knn_precision_recall, outside_fraction
 
 
 def _brute(real: torch.Tensor, fake: torch.Tensor, k: int) -> tuple[float, float, float, float]:

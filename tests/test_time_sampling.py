@@ -99,7 +99,7 @@ def test_point_spec_fits_its_sde():
 
 # --- Metropolis-adjusted Langevin ----------------------------------------------------------------------------
 def test_mala_is_exact_where_unadjusted_langevin_is_biased():
-    from lcssm.sampling import langevin, mala
+    from lcssm.sampling.langevin import langevin, mala
 
     def log_density(x):
         return -0.5 * (x**2).sum(1)

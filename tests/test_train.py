@@ -17,19 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from lcssm.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
 from lcssm.errors import CheckpointError, ConfigError, LcssmError
 from lcssm.models import EnergyMLP
 from lcssm.objectives import dsm
-from lcssm.train import (
-    NonFiniteLossError,
-    PeriodicCallback,
-    TrainConfig,
-    sampler_batches,
-    step_seed,
-    tensor_batches,
-    train,
-)
+from lcssm.training.batches import sampler_batches, step_seed, tensor_batches
+from lcssm.training.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
+from lcssm.training.config import TrainConfig
+from lcssm.training.loop import NonFiniteLossError, PeriodicCallback, train
 
 DRIVER = Path(__file__).with_name("train_driver.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -1,4 +1,4 @@
-"""Train a small EnergyMLP through lcssm.train.train from the command line (for the subprocess tests: SIGKILL
+"""Train a small EnergyMLP through lcssm.training.loop.train from the command line (for the subprocess tests: SIGKILL
 and resume, NaN stop, torchrun). Exits like the lcssm CLI: 2 on bad input, the error's exit_code otherwise
 (3 for a non-finite stop)."""
 
@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     from lcssm.errors import LcssmError
     from lcssm.models import EnergyMLP
     from lcssm.objectives import dsm, exact_sm
-    from lcssm.train import PeriodicCallback, TrainConfig, sampler_batches, tensor_batches, train
+    from lcssm.training.batches import sampler_batches, tensor_batches
+    from lcssm.training.config import TrainConfig
+    from lcssm.training.loop import PeriodicCallback, train
 
     torch.manual_seed(1234)  # same initial weights in every run and on every rank
     model = EnergyMLP(dim=2, hidden=args.hidden)

@@ -1,4 +1,4 @@
-"""Dataclass configs: the trainer's :class:`TrainConfig`, named presets, ``key=value`` overrides and validation.
+"""Typed dataclass configs: field metadata for the command line, ``key=value`` overrides, validation, JSON.
 
 A run's configuration is a tree of dataclasses (e.g. a toy run's config with a ``train: TrainConfig`` field).
 Values given on the command line as ``--set train.lr=1e-4`` are coerced to the annotated type of the field
@@ -16,7 +16,6 @@ import math
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,21 +24,20 @@ import torch
 from lcssm.errors import ConfigError
 
 __all__ = [
-    "OPTIMIZERS",
-    "TrainConfig",
     "apply_overrides",
     "check_types",
     "from_dict",
     "invalid",
     "meta",
     "parse_override",
+    "require",
+    "setting",
     "to_jsonable",
     "validate",
 ]
 
 T = TypeVar("T")
 
-OPTIMIZERS = ("adam", "adamw")
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
 _NONE = frozenset({"none", "null"})
@@ -54,11 +52,9 @@ def meta(help: str, *, flag: str | None = None, commands: tuple[str, ...] = (),
     return {"help": help, "flag": flag, "commands": commands, "choices": choices, "data_kind": data_kind}
 
 
-def _field(default: Any, help: str, **kw: Any) -> Any:
+def setting(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field with ``default`` and the command-line metadata :func:`meta` builds from ``help`` and ``kw``."""
     return dataclasses.field(default=default, metadata=meta(help, **kw))
-
-
-_RUNS = ("toy", "train")
 
 
 def invalid(key: str, message: str) -> ConfigError:
@@ -73,77 +69,8 @@ def invalid(key: str, message: str) -> ConfigError:
     return err
 
 
-# --------------------------------------------------------------------------------------------- TrainConfig
-@dataclass
-class TrainConfig:
-    """Settings of the training loop (:func:`lcssm.train.train`); saved with every checkpoint.
-
-    ``batch_size`` is the global batch: each of W data-parallel ranks gets ``batch_size // W`` rows.
-    ``ema_decay`` = 0 turns EMA off (the EMA model is then the model itself). ``ckpt_every`` = 0 writes only
-    the final checkpoint. ``warmup`` is a linear learning-rate warmup: step k (1-based) uses
-    ``lr·min(1, k/warmup)``. ``grad_clip`` is a max global gradient norm (0 = off). ``amp`` enables bf16
-    autocast on CUDA (ignored on CPU). ``max_nonfinite`` consecutive steps with a non-finite loss or gradient
-    stop the run (:class:`lcssm.train.NonFiniteLossError`, exit code 3). ``ddp_find_unused`` is passed to
-    DistributedDataParallel as ``find_unused_parameters``: it must be on for energy models, whose output bias
-    gets no gradient from any score-matching loss (the score is ∇ₓf).
-    """
-
-    steps: int = _field(2000, "total optimizer steps (--resume continues to this total)", commands=_RUNS)
-    batch_size: int = _field(512, "global batch size (split over data-parallel ranks)", commands=_RUNS)
-    lr: float = _field(1e-3, "peak learning rate", commands=_RUNS)
-    optimizer: str = _field("adam", "optimizer", choices=OPTIMIZERS)
-    weight_decay: float = _field(0.0, "weight decay (decoupled for adamw)")
-    beta1: float = _field(0.9, "Adam beta1")
-    beta2: float = _field(0.999, "Adam beta2")
-    adam_eps: float = _field(1e-8, "Adam epsilon")
-    warmup: int = _field(0, "linear learning-rate warmup steps", commands=_RUNS)
-    grad_clip: float = _field(0.0, "max global gradient norm (0 = off)", commands=_RUNS)
-    ema_decay: float = _field(0.999, "EMA decay of the weights used for sampling and evaluation (0 = off)",
-                              flag="--ema", commands=_RUNS)
-    ckpt_every: int = _field(0, "steps between checkpoints (0 = by time only, and the final one)", commands=_RUNS)
-    ckpt_minutes: float = _field(10.0, "minutes of training between checkpoints (0 = by steps only)",
-                                 commands=_RUNS)
-    keep_last: int = _field(3, "checkpoints kept", commands=_RUNS)
-    log_every: int = _field(10, "steps between loss.csv / metrics.jsonl records")
-    amp: bool = _field(False, "bf16 autocast on CUDA; ignored on CPU", commands=_RUNS)
-    compile: bool = _field(False, "torch.compile the model", commands=_RUNS)
-    max_nonfinite: int = _field(5, "consecutive non-finite steps that stop the run (exit code 3)")
-    ddp_find_unused: bool = _field(True, "DDP find_unused_parameters (energy models need it)")
-    seed: int = _field(0, "random seed of initialisation, data order and noise", commands=_RUNS)
-    device: str = _field("auto", "auto, cpu, cuda or cuda:N", commands=_RUNS)
-
-    def __post_init__(self) -> None:
-        check_types(self)
-        _require(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
-        _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
-        _require(math.isfinite(self.lr) and self.lr > 0, "lr", f"must be a finite number > 0, got {self.lr}")
-        _require(self.optimizer in OPTIMIZERS, "optimizer",
-                 f"must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        _require(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight_decay",
-                 f"must be >= 0, got {self.weight_decay}")
-        for key in ("beta1", "beta2"):
-            v = getattr(self, key)
-            _require(0 <= v < 1, key, f"must lie in [0, 1), got {v}")
-        _require(self.adam_eps > 0, "adam_eps", f"must be > 0, got {self.adam_eps}")
-        _require(self.warmup >= 0, "warmup", f"must be >= 0, got {self.warmup}")
-        _require(math.isfinite(self.grad_clip) and self.grad_clip >= 0, "grad_clip",
-                 f"must be >= 0 (0 = off), got {self.grad_clip}")
-        _require(0 <= self.ema_decay < 1, "ema_decay", f"must lie in [0, 1) (0 = off), got {self.ema_decay}")
-        _require(self.ckpt_every >= 0, "ckpt_every", f"must be >= 0 (0 = final only), got {self.ckpt_every}")
-        _require(math.isfinite(self.ckpt_minutes) and self.ckpt_minutes >= 0, "ckpt_minutes",
-                 f"must be >= 0 (0 = off), got {self.ckpt_minutes}")
-        _require(self.keep_last >= 1, "keep_last", f"must be >= 1, got {self.keep_last}")
-        _require(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
-        _require(self.max_nonfinite >= 1, "max_nonfinite", f"must be >= 1, got {self.max_nonfinite}")
-        _require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
-        if self.device != "auto":
-            try:
-                torch.device(self.device)
-            except RuntimeError:
-                raise invalid("device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}") from None
-
-
-def _require(ok: bool, key: str, message: str) -> None:
+def require(ok: bool, key: str, message: str) -> None:
+    """ConfigError for field ``key`` (:func:`invalid`) unless ``ok``."""
     if not ok:
         raise invalid(key, message)
 

@@ -28,7 +28,7 @@ from torch import Tensor
 from lcssm.errors import ConfigError
 from lcssm.noise_levels import level_of, time_of
 from lcssm.objectives import get_objective
-from lcssm.sde import SDE
+from lcssm.sde import SDE, TimeScoreFn
 from lcssm.tensors import bcast
 
 __all__ = ["CENTERS", "TIME_SAMPLINGS", "WEIGHTINGS", "diffusion_loss", "sample_times", "time_conditional"]
@@ -38,9 +38,6 @@ Weighting = Literal["sigma2", "g2", "none"]
 CENTERS = ("marginal", "data", "simulated")
 WEIGHTINGS = ("sigma2", "g2", "none")
 TIME_SAMPLINGS = ("uniform", "log_level", "lognormal", "mixed")
-
-TimeScoreFn = Callable[[Tensor, Tensor], Tensor]
-
 
 def sample_times(sde: SDE, n: int, *, kind: str = "uniform", t_min: float = 1e-5, p_mean: float = -1.2,
                  p_std: float = 1.2, generator: torch.Generator | None = None, device: torch.device | str | None = None,

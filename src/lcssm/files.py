@@ -9,6 +9,7 @@ call appending a record, so repeated evaluations of a run (other samplers, seeds
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -170,4 +171,13 @@ def append_metrics(run_dir: str | os.PathLike, kind: str, record: dict[str, Any]
 
 __all__ = ["METRICS_FILE", "RUN_MARKER", "append_metrics", "atomic_save_npy", "atomic_save_npz", "atomic_write_bytes",
            "atomic_write_text", "check_new_file", "check_run_dir", "claim_run_dir", "is_run_dir", "next_free",
-           "read_metrics", "replace_synced", "temporary_path"]
+           "file_digest", "read_metrics", "replace_synced", "temporary_path"]
+
+
+def file_digest(path: str | Path, algorithm: str = "sha256", *, chunk: int = 1 << 20) -> str:
+    """Hex digest of a file, read in chunks, by any :mod:`hashlib` ``algorithm`` (SHA-256 by default)."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

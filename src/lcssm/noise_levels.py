@@ -1,7 +1,7 @@
 """Noise levels of an affine SDE: ``ς_t = σ_t/α_t`` and its inverse, the time at which ς_t takes a given value.
 
 x_t = α_t(x_0 + ς_t z), so p_t is the data smoothed by N(0, ς_t²I), rescaled by α_t: ς is the noise level that
-the σ-parametrised samplers (:mod:`lcssm.schedules`) walk and that the training-time distributions of
+the σ-parametrised samplers (:mod:`lcssm.sampling.schedules`) walk and that the training-time distributions of
 :func:`lcssm.diffusion.sample_times` are stated in.
 """
 

@@ -26,7 +26,7 @@ __all__ = [
     "SDE",
     "SDES",
     "ReverseSDE",
-    "ScoreFn",
+    "TimeScoreFn",
     "SubVPSDE",
     "TanhSDE",
     "VESDE",
@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 #: a time-conditional score ``score_fn(x, t)``: x of shape (B, *D), t of shape (B,) -> shape of x
-ScoreFn = Callable[[Tensor, Tensor], Tensor]
+TimeScoreFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def _as_time(t: Tensor | float, x: Tensor) -> Tensor:
@@ -117,7 +117,7 @@ class SDE(abc.ABC):
         var = (sigma_t**2 - (a * sigma_s) ** 2).clamp_min(0.0)
         return bcast(a - 1.0, x) * x, var.sqrt()
 
-    def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> ReverseSDE:
+    def reverse(self, score_fn: TimeScoreFn, probability_flow: bool = False) -> ReverseSDE:
         """The reverse-time SDE ``dx = [f − g²∇log p_t]dt + g dw̄`` (Song et al. 2021, Eq. 6) or, with
         ``probability_flow``, the probability-flow ODE ``dx = [f − ½g²∇log p_t]dt`` (Eq. 13), with
         ``∇log p_t`` replaced by ``score_fn(x, t)``."""
@@ -152,7 +152,7 @@ class ReverseSDE:
     mean is ``x − f_Δ + c·G_Δ²·s``, i.e. it returns ``(f_Δ − c·G_Δ²·s, G'_Δ)`` to be *subtracted* / added.
     """
 
-    def __init__(self, forward: SDE, score_fn: ScoreFn, probability_flow: bool = False) -> None:
+    def __init__(self, forward: SDE, score_fn: TimeScoreFn, probability_flow: bool = False) -> None:
         self.forward_sde, self.score_fn, self.probability_flow = forward, score_fn, bool(probability_flow)
         self.T = forward.T
 
@@ -354,7 +354,7 @@ def gaussian_data_marginal(sde: SDE, mean: Tensor, cov: Tensor, t: Tensor) -> tu
     return alpha[:, None] * mean, (alpha**2)[:, None, None] * cov + (sigma**2)[:, None, None] * eye
 
 
-def gaussian_data_score(sde: SDE, mean: Tensor, cov: Tensor) -> ScoreFn:
+def gaussian_data_score(sde: SDE, mean: Tensor, cov: Tensor) -> TimeScoreFn:
     """The exact score ``∇log p_t(x) = −C_t⁻¹(x − m_t)`` for data N(mean, cov) (flat data, shape (B, d)).
 
     An analytic reference to run samplers and the likelihood through the same code as a network.

@@ -1,4 +1,4 @@
-"""``lcssm bench``: the objective and sampler benchmark (:mod:`lcssm.reproduce.bench`)."""
+"""``lcssm bench``: the objective and sampler benchmark (:mod:`lcssm.bench.suite`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from lcssm.cli import HelpFormatter
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from lcssm.reproduce.bench import add_arguments
+    from lcssm.bench.suite import add_arguments
 
     p = sub.add_parser(
         "bench",
@@ -24,6 +24,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lcssm.reproduce.bench import run_from_args
+    from lcssm.bench.suite import run_from_args
 
     return run_from_args(args)

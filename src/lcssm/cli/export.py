@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from lcssm.checkpoint import export_ema
+    from lcssm.training.checkpoint import export_ema
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():

@@ -48,11 +48,11 @@ def import_checkpoint(fmt: str, checkpoint: str | Path, preset: str, out: str | 
     ``preset`` on ``data`` (None: the digits, for the presets that train on them). Returns the checkpoint path."""
     import torch
 
-    from lcssm.checkpoint import FORMAT, checkpoint_path, list_checkpoints, save_checkpoint
     from lcssm.config import to_jsonable
     from lcssm.experiments.presets import ImagePreset, image_spec
     from lcssm.files import atomic_write_text, claim_run_dir
     from lcssm.models.convert import from_ncsnv2, from_score_sde
+    from lcssm.training.checkpoint import FORMAT, checkpoint_path, list_checkpoints, save_checkpoint
 
     if fmt not in _FORMATS:
         raise ConfigError(f"unknown checkpoint format {fmt!r}; valid: {', '.join(_FORMATS)}")

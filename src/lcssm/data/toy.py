@@ -18,7 +18,7 @@ from torch import Tensor
 
 from lcssm.errors import DataError
 
-Sampler = Callable[[int, torch.Generator | None], Tensor]
+Distribution = Callable[[int, torch.Generator | None], Tensor]
 
 __all__ = [
     "TOY_DATASETS",
@@ -102,7 +102,7 @@ def pinwheel(n: int, g: torch.Generator | None = None) -> Tensor:
     return 2 * torch.einsum("ni,nij->nj", features, rot)
 
 
-TOY_DATASETS: dict[str, Sampler] = {
+TOY_DATASETS: dict[str, Distribution] = {
     "checkerboard": checkerboard,
     "8gaussians": eight_gaussians,
     "2spirals": two_spirals,
@@ -113,7 +113,7 @@ TOY_DATASETS: dict[str, Sampler] = {
 }
 
 
-def get_toy(name: str) -> Sampler:
+def get_toy(name: str) -> Distribution:
     """The toy sampler called ``name``; DataError listing the valid names otherwise."""
     try:
         return TOY_DATASETS[name]
@@ -122,7 +122,7 @@ def get_toy(name: str) -> Sampler:
         raise DataError(f"unknown toy dataset {name!r}; valid: {valid} (or a .npy/.csv path)") from None
 
 
-def smoothed(sample: Sampler, sigma: float) -> Sampler:
+def smoothed(sample: Distribution, sigma: float) -> Distribution:
     """The σ-smoothed version of a sampler: x + σ·n."""
 
     def sample_smoothed(n: int, g: torch.Generator | None = None) -> Tensor:

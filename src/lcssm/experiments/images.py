@@ -7,7 +7,7 @@ Conventions:
   NCSN++ VE and NCSNv2 centre [0, 1] inputs inside the network).
 - Bits/dim dequantize the levels uniformly into ``n_bins`` cells, ``(k + U)/n_bins`` (score_sde's convention for
   8-bit data, whose training values are ``k/255``), with the cell-volume offset of the data scale
-  (:func:`lcssm.likelihood.bits_per_dim`).
+  (:func:`lcssm.metrics.likelihood.bits_per_dim`).
 - Samples are saved as ``samples.npz`` (``images``: uint8 ``(n, C, H, W)``; ``samples``: float32 in the data
   scale) with a ``.png`` grid of the first 256; grids of ``grids.n`` images are written every ``grids.every``
   training steps to ``grids/step_XXXXXXX.png``.
@@ -32,7 +32,8 @@ from lcssm.data.images import conform, load_image_dataset, split_holdout
 from lcssm.data.levels import ImageData, levels_to_float, to_uint8
 from lcssm.device import make_generator
 from lcssm.errors import ConfigError, DataError
-from lcssm.train import PeriodicCallback, step_seed, tensor_batches
+from lcssm.training.batches import step_seed, tensor_batches
+from lcssm.training.loop import PeriodicCallback
 
 __all__ = ["TRACES", "ImageBatches", "ImagesKind", "load_split"]
 
@@ -141,7 +142,7 @@ class ImagesKind:
         if spec.grids.every <= 0:
             return []
         from lcssm.plots import save_image_grid
-        from lcssm.samplers import draw
+        from lcssm.sampling.registry import draw
 
         sampler = dataclasses.replace(spec.sampler, name="pc", n_samples=spec.grids.n, n_steps=spec.grids.steps,
                                       seed=spec.train.seed, batch_size=0)
@@ -170,7 +171,7 @@ class ImagesKind:
         """Bits/dim of held-out images under the run's probability-flow ODE: the run's test split, or the images in
         ``options.data`` (the first ``options.n``; all by default), dequantized uniformly (noise seeded with
         ``options.seed``); divergence by Hutchinson's estimate with one probe per image, or ``exact``."""
-        from lcssm.likelihood import bits_per_dim
+        from lcssm.metrics.likelihood import bits_per_dim
 
         trace = "rademacher" if options.trace == "auto" else options.trace
         if trace not in TRACES:

@@ -33,7 +33,7 @@ from lcssm.files import append_metrics
 from lcssm.models.precond import ScoreModel, build_score_model
 from lcssm.objectives import get_objective
 from lcssm.sde import SDE
-from lcssm.train import TrainResult, train
+from lcssm.training.loop import TrainResult, train
 
 __all__ = ["KINDS", "LikelihoodOptions", "Run", "bpd_run", "make_loss", "open_run", "resolved_spec", "sample_run",
            "train_run"]
@@ -184,7 +184,7 @@ def open_run(run_dir: str | os.PathLike, device: str | torch.device = "auto") ->
     """Load a run from its newest good checkpoint (falling back past corrupt ones), building the network from the
     spec saved in the checkpoint. CheckpointError when the directory or its checkpoints are missing or unusable,
     ConfigError when its config cannot be read."""
-    from lcssm.checkpoint import latest_good_checkpoint
+    from lcssm.training.checkpoint import latest_good_checkpoint
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -213,7 +213,7 @@ def _sample(run: Run, spec: RunSpec, data: Any, path: Path, progress: bool, *, t
             ) -> dict[str, Any]:
     """Draw, save at ``path`` (with its figure beside it), evaluate and log one sample record. ``trained``: the
     samples drawn when training ended, which also get the model's figures (e.g. an energy model's density)."""
-    from lcssm.samplers import draw
+    from lcssm.sampling.registry import draw
 
     kind = run.kind
     samples, record = draw(run.score_fn, run.sde, spec.data.shape, spec.sampler, device=run.device,

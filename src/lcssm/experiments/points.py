@@ -27,8 +27,8 @@ from lcssm.data.toy import (
 )
 from lcssm.device import make_generator
 from lcssm.errors import ConfigError
-from lcssm.metrics import energy_distance
-from lcssm.train import sampler_batches, tensor_batches
+from lcssm.metrics.distances import energy_distance
+from lcssm.training.batches import sampler_batches, tensor_batches
 
 __all__ = ["TRACES", "DataSource", "PointsKind", "initial_points", "sample_quality"]
 
@@ -87,7 +87,7 @@ def structure_quality(fake: Tensor, ref_a: Tensor, ref_b: Tensor) -> dict:
     against held-out ``ref_a``, each with its floor (``ref_b`` against ``ref_a``: what a perfect model scores), and
     for 2-D points the histogram total variation on a HIST_BINS² grid over ``ref_a``'s box, with its floor (the bin
     width is recorded)."""
-    from lcssm.structure import density_coverage, histogram_distance, knn_precision_recall, outside_fraction
+    from lcssm.metrics.structure import density_coverage, histogram_distance, knn_precision_recall, outside_fraction
 
     out: dict = {"knn_k": KNN_K, "knn_points": len(fake), "outside_margin": OUTSIDE_MARGIN}
     for name, sample in (("", fake), ("_floor", ref_b)):
@@ -182,7 +182,7 @@ class PointsKind:
         """Probability-flow negative log-likelihood of ``options.n`` fresh data points (the run's data unless
         ``options.data``), in nats per point and bits per dimension ``−log p / (d ln 2)`` (continuous data, no
         dequantization: it can be negative)."""
-        from lcssm.likelihood import log_likelihood
+        from lcssm.metrics.likelihood import log_likelihood
 
         if options.trace not in TRACES:
             raise ConfigError(f"unknown trace {options.trace!r}; valid: {', '.join(TRACES)}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from lcssm.config import TrainConfig, check_types
+from lcssm.config import check_types
 from lcssm.data.digits import N_LEVELS as DIGITS_LEVELS
 from lcssm.errors import ConfigError
 from lcssm.experiments.spec import (
@@ -20,6 +20,7 @@ from lcssm.experiments.spec import (
     SDESpec,
     meta,
 )
+from lcssm.training.config import TrainConfig
 
 __all__ = ["TOY_PRESETS", "ImagePreset", "ToyPreset", "image_spec", "point_spec", "preset_train_config", "toy_spec"]
 

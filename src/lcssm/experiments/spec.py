@@ -19,15 +19,17 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
-from lcssm.config import TrainConfig, check_types, from_dict, meta, to_jsonable
+from lcssm.config import check_types, from_dict, meta, to_jsonable
 from lcssm.diffusion import CENTERS, TIME_SAMPLINGS, WEIGHTINGS
 from lcssm.errors import ConfigError
 from lcssm.models.precond import C_IN, C_OUT
 from lcssm.objectives import OBJECTIVES
-from lcssm.samplers import SAMPLERS
-from lcssm.sampling import CORRECTORS, ODE_METHODS, PREDICTORS
-from lcssm.schedules import SCHEDULES
+from lcssm.sampling.ode import ODE_METHODS
+from lcssm.sampling.registry import SAMPLERS
+from lcssm.sampling.reverse import CORRECTORS, PREDICTORS
+from lcssm.sampling.schedules import SCHEDULES
 from lcssm.sde import SDES
+from lcssm.training.config import TrainConfig
 
 __all__ = [
     "FORMAT",
@@ -248,7 +250,7 @@ class ModelSpec:
 # -------------------------------------------------------------------------------------------------- sampler
 @dataclass
 class SamplerSpec:
-    """How samples are drawn (:mod:`lcssm.samplers`). Each sampler reads the fields it names in the registry;
+    """How samples are drawn (:mod:`lcssm.sampling.registry`). Each sampler reads the fields it names in the registry;
     ``n_steps`` is the number of predictor steps of ``pc`` and noise levels of ``ald``."""
 
     name: str = _f("pc", "sampler: " + "; ".join(f"{s.name}: {s.help}" for s in SAMPLERS.values()), flag="--sampler",
@@ -263,7 +265,7 @@ class SamplerSpec:
     denoise: bool = _f(True, "finish with one noise-free denoising step (Tweedie)", commands=SAMPLE)
     rtol: float = _f(1e-5, "ode relative tolerance", commands=SAMPLE)
     atol: float = _f(1e-5, "ode absolute tolerance", commands=SAMPLE)
-    method: str = _f("RK45", "ode solver: RK45 in torch on the device (lcssm.odeint), the others "
+    method: str = _f("RK45", "ode solver: RK45 in torch on the device (lcssm.sampling.rk45), the others "
                      "scipy.integrate.solve_ivp's", choices=ODE_METHODS)
     ald_steps_each: int = _f(5, "ald Langevin steps per noise level", commands=SAMPLE)
     ald_step_size: float | None = _f(None, "ald step size (NCSNv2 step_lr; none = 0.1 * smallest level^2)",
@@ -378,7 +380,7 @@ class RunSpec:
         if self.sampler.name == "mala" and self.model.arch != "energy_mlp":
             raise ConfigError(f"the mala sampler needs an energy model's log-density; model.arch {self.model.arch} "
                               "models the score: use --sampler langevin")
-        from lcssm.samplers import get_sampler
+        from lcssm.sampling.registry import get_sampler
 
         get_sampler(self.sampler.name, self.sde.build())  # a sampler that cannot sample this run fails now
 

@@ -50,7 +50,7 @@ def require_digits(target: str) -> None:
 
     try:
         from lcssm.data.digits import load_digits
-        from lcssm.features import digits_features  # noqa: F401 - the digits-FID needs it
+        from lcssm.metrics.features import digits_features  # noqa: F401 - the digits-FID needs it
 
         load_digits("test")  # needs scikit-learn
     except ImportError as e:

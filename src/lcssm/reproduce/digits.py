@@ -84,7 +84,7 @@ def measure(objective: str, s: dict, ctx: Context, stages: dict[str, float]) -> 
     from lcssm.models import count_parameters
     from lcssm.plots import save_image_grid
     from lcssm.reproduce.reuse import train_or_resume
-    from lcssm.train import NonFiniteLossError
+    from lcssm.training.loop import NonFiniteLossError
 
     spec, run_dir = run_spec(objective, s, ctx), ctx.out_dir / "runs" / objective
     began = t0 = time.perf_counter()

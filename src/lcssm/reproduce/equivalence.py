@@ -23,13 +23,13 @@ import math
 import torch
 from torch import Tensor, nn
 
+from lcssm.bench.steps import seeded
 from lcssm.data.toy import checkerboard, checkerboard_logpdf
 from lcssm.device import make_generator
 from lcssm.diffusion import diffusion_loss
 from lcssm.models import ScoreMLP, build_model
 from lcssm.reproduce import Context
 from lcssm.reproduce.report import Report, Table
-from lcssm.reproduce.steps import seeded
 from lcssm.sde import SDE, get_sde
 
 SDE_NAMES = ("ve", "vp", "subvp")

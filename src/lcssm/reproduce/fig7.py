@@ -10,7 +10,7 @@ ratio of its score norm to γ = 1's. Pointwise, γ·sᵀz/σ + ½‖s‖² is mi
 
 Each γ is one run of the pipeline: the ``digits`` preset's spec (:func:`lcssm.experiments.presets.image_spec`) with
 γ and this target's training settings, trained by :func:`lcssm.experiments.pipeline.train_run`, sampled with the
-sampler registry (:func:`lcssm.samplers.draw`) and measured by :func:`lcssm.experiments.pipeline.bpd_run`. The
+sampler registry (:func:`lcssm.sampling.registry.draw`) and measured by :func:`lcssm.experiments.pipeline.bpd_run`. The
 digits data are the grey levels k/16 mapped to [−1, 1]; bits/dim
 dequantizes the 17 levels uniformly (n_bins = 17), which matches the training data up to the 16-vs-17 spacing —
 the same for every γ, so the comparison across γ is fair while the absolute value is an upper bound.
@@ -51,7 +51,7 @@ def _imports():
     """The pieces fig7 stands on; TargetUnavailable naming the missing one otherwise."""
     require_digits("fig7")
     from lcssm.data.digits import load_digits
-    from lcssm.features import digits_features
+    from lcssm.metrics.features import digits_features
 
     return load_digits, digits_features
 
@@ -59,8 +59,8 @@ def _imports():
 def gamma_spec(gamma: float, cfg: dict, ctx: Context):
     """The RunSpec of one γ: the digits preset at width ``nf`` trained with LCSS(γ) and this size's settings (no
     periodic grids), its PC sampler at ``pc_steps`` steps down to t = 1e-3, seeded with ``seed + 3``."""
-    from lcssm.config import TrainConfig
     from lcssm.experiments.presets import ImagePreset, image_spec
+    from lcssm.training.config import TrainConfig
 
     spec = image_spec(ImagePreset(preset="digits", nf=cfg["nf"]))
     train = TrainConfig(steps=cfg["steps"], batch_size=cfg["batch"], lr=cfg["lr"], warmup=cfg["warmup"],
@@ -105,9 +105,9 @@ def measure_gamma(gamma: float, cfg: dict, ctx: Context, test_x: Tensor, test_fe
                   ) -> tuple[dict[str, Any], Tensor]:
     """Train one γ and measure it: (its metrics, its first 64 samples clamped to [−1, 1])."""
     from lcssm.experiments.pipeline import LikelihoodOptions, bpd_run
-    from lcssm.features import digits_features
-    from lcssm.metrics import fid_from_features
-    from lcssm.samplers import draw
+    from lcssm.metrics.distances import fid_from_features
+    from lcssm.metrics.features import digits_features
+    from lcssm.sampling.registry import draw
 
     run_dir = ctx.out_dir / "runs" / f"gamma_{gamma:g}"
     run, tr = train_gamma(gamma, cfg, ctx, run_dir)

@@ -66,7 +66,7 @@ def measure(data: str, objective: str, sde: str, s: dict, ctx: Context) -> dict[
     """One cell's train and sample records, trained now unless ``OUT/runs/D-O-S`` already holds them; with
     ``diverged`` when training stopped on a non-finite loss."""
     from lcssm.reproduce.reuse import finished_records, train_or_resume
-    from lcssm.train import NonFiniteLossError
+    from lcssm.training.loop import NonFiniteLossError
 
     spec, run_dir = cell_spec(data, objective, sde, s, ctx), ctx.out_dir / "runs" / cell_name(data, objective, sde)
     done = finished_records(run_dir, spec, ("train", "sample"))

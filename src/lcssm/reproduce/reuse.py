@@ -61,7 +61,7 @@ def train_or_resume(spec, run_dir: Path, *, progress: bool, label: str) -> dict[
     of the same spec (stopped by Ctrl-C or SIGTERM, or finished without its records), else trained afresh over
     whatever it holds. A signal stops it with a message saying that the same command resumes ``label``."""
     from lcssm.experiments.pipeline import train_run
-    from lcssm.train_stop import TrainingInterrupted
+    from lcssm.training.stop import TrainingInterrupted
 
     resume = holds_spec(run_dir, spec)
     try:

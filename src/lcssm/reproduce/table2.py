@@ -5,7 +5,7 @@ network (the paper's FFHQ architecture, NCSNv2 "Deepest", at reduced width and r
 finishes) trained as NCSNv2 is: VE perturbation with per-sample σ, λ = σ², through
 :func:`lcssm.diffusion.diffusion_loss`. A step is zero_grad, loss, backward, Adam step, ``loss.item()``.
 Each objective trains its own copy of the same initial network; steps are interleaved round-robin after a
-warm-up (:func:`lcssm.reproduce.timing.time_round_robin`); the table gives the median and inter-quartile
+warm-up (:func:`lcssm.bench.timing.time_round_robin`); the table gives the median and inter-quartile
 range. Exact SM on images needs d = C·H·W vector-Jacobian products per step: its time is extrapolated
 linearly from steps computing 1 and 3 of the trace terms (marked as such). "bare" is the cheapest possible
 step, forward + backward of ½‖s(x)‖², for scale.
@@ -18,14 +18,14 @@ import copy
 import torch
 from torch import Tensor
 
+from lcssm.bench.steps import LABELS, make_train_step, partial_exact_sm, seeded, variant_loss
+from lcssm.bench.timing import TimingStats, paired_ratio, time_round_robin
 from lcssm.device import make_generator
 from lcssm.diffusion import diffusion_loss, time_conditional
 from lcssm.models import EnergyMLP, build_model, count_parameters
 from lcssm.models.precond import ScoreModel
 from lcssm.reproduce import Context
 from lcssm.reproduce.report import Report, Table
-from lcssm.reproduce.steps import LABELS, make_train_step, partial_exact_sm, seeded, variant_loss
-from lcssm.reproduce.timing import TimingStats, paired_ratio, time_round_robin
 from lcssm.sde import VESDE
 
 OBJECTIVES = ("exact_sm", "ssm", "ssm_vr", "fdssm", "dsm", "lcss")

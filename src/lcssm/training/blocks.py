@@ -1,4 +1,4 @@
-"""The building blocks of a step of :func:`lcssm.train.train`: the optimizer with its linear warmup, the EMA of
+"""The building blocks of a step of :func:`lcssm.training.loop.train`: the optimizer with its linear warmup, the EMA of
 the weights, the global gradient norm (and clipping), moving a batch to the device and reading what the loss
 function returned."""
 
@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lcssm.config import TrainConfig
 from lcssm.errors import ConfigError
+from lcssm.training.config import TrainConfig
 
 __all__ = ["ema_update", "grad_norm", "make_ema", "make_optimizer", "split_loss", "to_device", "warmup_factor"]
 

@@ -4,7 +4,7 @@ An affine SDE has the marginal ``x_t = α_t x_0 + σ_t z``. With ``y = x/α_t`` 
 ``y = x_0 + ς z``: every affine SDE becomes the variance-exploding process of Karras et al. (2022, "Elucidating the
 Design Space of Diffusion-Based Generative Models", Sec. 2 and App. B), whose probability-flow ODE is
 ``dy/dς = (y − D(y, ς))/ς`` with the denoiser ``D(y, ς) = y + ς²·∇_y log q_ς(y)`` and
-``∇_y log q_ς(y) = α_t·s(α_t y, t)`` (t the time at which ς_t = ς). A solver (:mod:`lcssm.solvers`) walks a
+``∇_y log q_ς(y) = α_t·s(α_t y, t)`` (t the time at which ς_t = ς). A solver (:mod:`lcssm.sampling.solvers`) walks a
 decreasing sequence of noise levels ς_0 > … > ς_{n−1} > 0 followed by 0 (the last step, to ς = 0, is Tweedie
 denoising); a schedule (:func:`noise_schedule`) chooses the levels.
 
@@ -25,7 +25,7 @@ from torch import Tensor
 
 from lcssm.errors import ConfigError
 from lcssm.noise_levels import level_of, time_of
-from lcssm.sde import SDE, ScoreFn
+from lcssm.sde import SDE, TimeScoreFn
 from lcssm.tensors import bcast
 
 __all__ = ["SCHEDULES", "Denoiser", "check_affine", "level_of", "noise_schedule", "time_of"]
@@ -69,7 +69,7 @@ class Denoiser:
     float; counts its score evaluations in ``nfe``. The time of each level is found once (:func:`time_of`) and
     cached. ``to_y(x)`` and ``to_x(y, ς)`` convert the state at T and at the end (α = 1 at ς = 0)."""
 
-    def __init__(self, score_fn: ScoreFn, sde: SDE) -> None:
+    def __init__(self, score_fn: TimeScoreFn, sde: SDE) -> None:
         check_affine(sde)
         self.score_fn, self.sde, self.nfe = score_fn, sde, 0
         self._times: dict[float, tuple[float, float]] = {}

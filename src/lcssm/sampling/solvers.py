@@ -1,7 +1,8 @@
 """Fixed-grid solvers of the σ-parametrised probability-flow ODE / reverse SDE, and :func:`sample`, their one entry.
 
-Each solver walks a decreasing grid ``sigmas`` = ς_0 > … > ς_{n−1} > ς_n = 0 (:func:`lcssm.schedules.noise_schedule`)
-with a denoiser ``D(y, ς)`` (:class:`lcssm.schedules.Denoiser`) in ``y = x/α_t``, where the ODE is
+Each solver walks a decreasing grid ``sigmas`` = ς_0 > … > ς_{n−1} > ς_n = 0
+(:func:`lcssm.sampling.schedules.noise_schedule`)
+with a denoiser ``D(y, ς)`` (:class:`lcssm.sampling.schedules.Denoiser`) in ``y = x/α_t``, where the ODE is
 ``dy/dς = d(y, ς) = (y − D(y, ς))/ς``. The step to ς = 0 is always one Euler step, ``y ← D(y, ς_{n−1})`` (Tweedie).
 
 * ``euler``: ``y ← y + (ς_{i+1} − ς_i)·d`` (first order; DDIM for VP, Song et al. 2021, "Denoising Diffusion
@@ -29,8 +30,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lcssm.errors import ConfigError
-from lcssm.schedules import SCHEDULES, Denoiser, check_affine, noise_schedule
-from lcssm.sde import SDE, ScoreFn
+from lcssm.sampling.schedules import SCHEDULES, Denoiser, check_affine, noise_schedule
+from lcssm.sde import SDE, TimeScoreFn
 
 __all__ = ["SOLVERS", "Solver", "sample", "solve"]
 
@@ -195,13 +196,14 @@ def solve(denoise: DenoiseFn, y: Tensor, sigmas: list[float] | Tensor, sampler: 
 
 
 @torch.no_grad()
-def sample(score_fn: ScoreFn, sde: SDE, x: Tensor, *, sampler: str, nfe: int, schedule: str = "karras",
+def sample(score_fn: TimeScoreFn, sde: SDE, x: Tensor, *, sampler: str, nfe: int, schedule: str = "karras",
            t_min: float = 1e-3, rho: float = 7.0, generator: torch.Generator | None = None, progress: bool = False,
            **options) -> tuple[Tensor, int]:
     """Sample an affine SDE's model with a fixed-grid solver of :data:`SOLVERS` in ``nfe`` score evaluations.
 
     ``x``: the starting tensor at t = T (prior scale included); ``score_fn(x, t)`` the time-conditional score. The
-    grid is ``schedule`` (:data:`lcssm.schedules.SCHEDULES`; ``rho`` for ``karras``) from ς_T to ς_{t_min}, then
+    grid is ``schedule`` (:data:`lcssm.sampling.schedules.SCHEDULES`; ``rho`` for ``karras``) from ς_T to ς_{t_min},
+    then
     0, with as many levels as ``sampler`` turns ``nfe`` into (``heun``/``edm``: (nfe + 1)//2, so an even nfe
     spends nfe − 1). ``options`` go to the solver (``edm``: ``s_churn``, ``s_tmin``, ``s_tmax``, ``s_noise``);
     ``generator`` draws the stochastic solvers' noise. Returns ``(samples, nfe)``, the number of score

@@ -21,8 +21,8 @@ import torch
 from torch import Tensor
 
 from lcssm.errors import ConfigError, DataError
-from lcssm.sampling import solve_ode
-from lcssm.sde import SDE, ScoreFn
+from lcssm.sampling.ode import solve_ode
+from lcssm.sde import SDE, TimeScoreFn
 from lcssm.tensors import probe_noise
 
 __all__ = ["bits_per_dim", "dequantize", "log_likelihood"]
@@ -52,7 +52,7 @@ def _drift_and_divergence(
 
 
 def log_likelihood(
-    score_fn: ScoreFn,
+    score_fn: TimeScoreFn,
     sde: SDE,
     x: Tensor,
     *,
@@ -67,7 +67,7 @@ def log_likelihood(
 ) -> tuple[Tensor, int]:
     """Per-sample ``log p_{t_min}(x)`` in nats, shape (B,), and the number of drift evaluations (nfe).
 
-    Integrates the probability-flow ODE (``method="RK45"``: :func:`lcssm.odeint.rk45` in torch on x's device;
+    Integrates the probability-flow ODE (``method="RK45"``: :func:`lcssm.sampling.rk45.rk45` in torch on x's device;
     otherwise ``scipy.integrate.solve_ivp``; ``rtol``, ``atol``) from
     ``t_min`` to T together with the divergence of its drift, then adds the prior log-density at T (see the module
     docstring). ``exact_trace`` uses the exact divergence (d backward passes per evaluation); otherwise
@@ -138,7 +138,7 @@ def dequantize(
 
 
 def bits_per_dim(
-    score_fn: ScoreFn,
+    score_fn: TimeScoreFn,
     sde: SDE,
     levels: Tensor,
     *,

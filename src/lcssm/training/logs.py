@@ -1,4 +1,4 @@
-"""What the trainer (:func:`lcssm.train.train`) writes about a run: rank 0's ``loss.csv``, ``metrics.jsonl`` and
+"""What the trainer (:func:`lcssm.training.loop.train`) writes about a run: rank 0's ``loss.csv``, ``metrics.jsonl`` and
 TensorBoard files (:class:`TrainLogs`), the diagnostics of a non-finite step (:func:`diagnose`), the window
 means of the periodic records and the tqdm bar."""
 

@@ -14,7 +14,6 @@ or a checkpoint without a checksum file, which is treated as incomplete. Loading
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -32,7 +31,7 @@ import torch
 from torch import nn
 
 from lcssm.errors import CheckpointError
-from lcssm.files import atomic_write_bytes, check_new_file, replace_synced, temporary_path
+from lcssm.files import atomic_write_bytes, check_new_file, file_digest, replace_synced, temporary_path
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -49,7 +48,6 @@ __all__ = [
     "remove_stale_temporaries",
     "save_checkpoint",
     "set_rng_state",
-    "file_digest",
 ]
 
 log = logging.getLogger(__name__)
@@ -88,15 +86,6 @@ def _sidecar(path: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ write / read
-def file_digest(path: str | Path, algorithm: str = "sha256", *, chunk: int = 1 << 20) -> str:
-    """Hex digest of a file, read in chunks, by any :mod:`hashlib` ``algorithm`` (SHA-256 by default)."""
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _fsync_dir(d: Path) -> None:
     try:
         fd = os.open(d, os.O_RDONLY)

@@ -5,7 +5,7 @@ For a score MLP and a U-Net (the ``digits`` preset; ``tiny`` at the smoke size),
 
 - step-time ratios LCSS / bare step (forward + backward of ½‖s‖² + Adam), LCSS / DSM, SSM / LCSS,
   SSM-VR / LCSS, FD-SSM / LCSS, exact SM / LCSS, antithetic LCSS / LCSS; each the median [q1, q3] of per-round
-  ratios of interleaved steps (:mod:`lcssm.reproduce.timing`);
+  ratios of interleaved steps (:mod:`lcssm.bench.timing`);
 - exact SM / LCSS as the dimension d grows (the MLP at several d; the U-Net at 8×8 and 16×16);
 - sampler overhead: wall time of the PC sampler and the probability-flow ODE sampler divided by (number of
   network evaluations × time of one evaluation at that batch), i.e. everything that is not the network;
@@ -26,13 +26,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from lcssm.bench.steps import LABELS, make_train_step, seeded
+from lcssm.bench.timing import TimingStats, cuda_peak_memory, graph_memory, paired_ratio, time_round_robin
 from lcssm.device import make_generator, resolve_device
 from lcssm.diffusion import diffusion_loss
 from lcssm.models import ScoreMLP, build_model
 from lcssm.models.precond import ScoreModel
 from lcssm.reproduce.report import Table, machine_info
-from lcssm.reproduce.steps import LABELS, make_train_step, seeded
-from lcssm.reproduce.timing import TimingStats, cuda_peak_memory, graph_memory, paired_ratio, time_round_robin
 from lcssm.sde import VESDE
 
 __all__ = ["SIZES", "run_benchmark", "format_benchmark", "main"]
@@ -149,7 +149,8 @@ def exact_vs_d(cfg: dict, seed: int, device: torch.device) -> list[tuple[str, in
 def sampler_overhead(kind: str, cfg: dict, seed: int, device: torch.device) -> dict[str, dict[str, float]]:
     """PC (reverse diffusion + Langevin corrector) and probability-flow ODE: seconds, NFE, and
     seconds / (NFE × one evaluation)."""
-    from lcssm.sampling import ode_sample, pc_sample
+    from lcssm.sampling.ode import ode_sample
+    from lcssm.sampling.reverse import pc_sample
 
     model, x, sde = _setup(kind, cfg, seed, device)
     score = model.eval()
@@ -164,18 +165,22 @@ def sampler_overhead(kind: str, cfg: dict, seed: int, device: torch.device) -> d
     per_eval = time_round_robin({"eval": one_eval}, repeats=max(cfg["repeats"], 10), warmup=2, device=device,
                                 seed=seed)["eval"].median
     # warm-up (first-call costs: scipy import, allocator), not timed
-    pc_sample(score, sde, shape, n_steps=2, generator=make_generator(seed, device), device=device)
-    ode_sample(score, sde, shape, rtol=1e-2, atol=1e-2, generator=make_generator(seed, device), device=device)
+    for run in (lambda x, g: pc_sample(score, sde, x, n_steps=2, generator=g),
+                lambda x, g: ode_sample(score, sde, x, rtol=1e-2, atol=1e-2)):
+        g = make_generator(seed, device)
+        run(sde.prior_sample(shape, generator=g, device=device), g)
     out = {}
     n = cfg["pc_steps"]
     t0 = time.perf_counter()
-    pc_sample(score, sde, shape, n_steps=n, generator=make_generator(seed, device), device=device)
+    g = make_generator(seed, device)
+    pc_sample(score, sde, sde.prior_sample(shape, generator=g, device=device), n_steps=n, generator=g)
     pc_s = time.perf_counter() - t0
     nfe_pc = 2 * n + 1  # one corrector and one predictor evaluation per step, plus the denoising step
     out["PC"] = {"seconds": pc_s, "nfe": nfe_pc, "overhead": pc_s / (nfe_pc * per_eval)}
     t0 = time.perf_counter()
-    _, nfe = ode_sample(score, sde, shape, rtol=cfg["ode_tol"], atol=cfg["ode_tol"],
-                        generator=make_generator(seed, device), device=device)
+    g = make_generator(seed, device)
+    _, nfe = ode_sample(score, sde, sde.prior_sample(shape, generator=g, device=device), rtol=cfg["ode_tol"],
+                        atol=cfg["ode_tol"])
     ode_s = time.perf_counter() - t0
     out["ODE"] = {"seconds": ode_s, "nfe": nfe + 1, "overhead": ode_s / ((nfe + 1) * per_eval)}
     out["_eval_ms"] = {"seconds": per_eval, "nfe": 1, "overhead": 1.0}

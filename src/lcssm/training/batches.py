@@ -1,10 +1,10 @@
-"""Batches and seeds as pure functions of the training step, for :func:`lcssm.train.train`.
+"""Batches and seeds as pure functions of the training step, for :func:`lcssm.training.loop.train`.
 
 A ``batch_fn(step, rank, world_size)`` returns rank ``rank``'s share of step ``step``'s global batch; the
 helpers here (:func:`sampler_batches` for samplers, :class:`tensor_batches` for fixed datasets) make it depend
 on nothing else, so a resumed run sees the same data as an uninterrupted one and a step sees the same rows
 whatever the number of ranks. :func:`step_seed` derives the seed of every random stream from
-``(seed, step, rank, stream)``. :mod:`lcssm.train` re-exports the batch helpers, ``BatchFn`` and
+``(seed, step, rank, stream)``. :mod:`lcssm.training.loop` re-exports the batch helpers, ``BatchFn`` and
 :func:`step_seed`.
 """
 

@@ -2,7 +2,7 @@
 
 One function, :func:`train`, does: Adam/AdamW with linear warmup, gradient clipping, an EMA of the weights,
 bf16 autocast on CUDA, optional ``torch.compile``, data parallelism under ``torchrun`` (DDP; NCCL on GPU, gloo
-on CPU), crash-safe checkpoints (:mod:`lcssm.checkpoint`) with exact resume, a guard against non-finite
+on CPU), crash-safe checkpoints (:mod:`lcssm.training.checkpoint`) with exact resume, a guard against non-finite
 losses and gradients, and logs (``loss.csv``, ``metrics.jsonl``, TensorBoard when installed, a tqdm bar).
 
 Reproducibility rests on two pure functions of the step: the batch (``batch_fn(step, rank, world_size)``)
@@ -12,9 +12,9 @@ produces bit-identical parameters and the same loss log as an uninterrupted run 
 be non-deterministic). The global RNGs (python, numpy, torch) are saved and restored too, for models that
 draw from them (e.g. dropout).
 
-The parts live in :mod:`lcssm.batches` (batch functions and :func:`step_seed`, re-exported here),
-:mod:`lcssm.train_blocks` (optimizer, EMA, gradient norm), :mod:`lcssm.train_resume` (resume and fresh start)
-and :mod:`lcssm.train_logs` (log files, diagnostics).
+The parts live beside it in :mod:`lcssm.training`: ``batches`` (batch functions and ``step_seed``), ``config``
+(:class:`TrainConfig`), ``blocks`` (optimizer, EMA, gradient norm), ``resume`` (resume and fresh start), ``stop``
+(signals), ``logs`` (log files, diagnostics) and ``checkpoint`` (the checkpoint files).
 """
 
 from __future__ import annotations
@@ -37,8 +37,27 @@ import torch
 from torch import Tensor, nn
 
 from lcssm import distributed
-from lcssm.batches import STREAM_NOISE, BatchFn, per_rank_batch_size, sampler_batches, step_seed, tensor_batches
-from lcssm.checkpoint import (
+from lcssm.config import to_jsonable, validate
+from lcssm.device import autocast, eval_mode, seed_everything
+from lcssm.distributed import DistInfo
+from lcssm.errors import ConfigError, LcssmError, ResourceError, is_out_of_memory
+from lcssm.files import atomic_write_text, claim_run_dir
+from lcssm.training.batches import (
+    STREAM_NOISE,
+    BatchFn,
+    per_rank_batch_size,
+    step_seed,
+)
+from lcssm.training.blocks import (
+    ema_update,
+    grad_norm,
+    make_ema,
+    make_optimizer,
+    split_loss,
+    to_device,
+    warmup_factor,
+)
+from lcssm.training.checkpoint import (
     FORMAT,
     checkpoint_path,
     get_rng_state,
@@ -48,37 +67,19 @@ from lcssm.checkpoint import (
     remove_stale_temporaries,
     save_checkpoint,
 )
-from lcssm.config import TrainConfig, to_jsonable, validate
-from lcssm.device import autocast, eval_mode, seed_everything
-from lcssm.distributed import DistInfo
-from lcssm.errors import ConfigError, LcssmError, ResourceError, is_out_of_memory
-from lcssm.files import atomic_write_text, claim_run_dir
-from lcssm.train_blocks import (
-    ema_update,
-    grad_norm,
-    make_ema,
-    make_optimizer,
-    split_loss,
-    to_device,
-    warmup_factor,
-)
-from lcssm.train_logs import TrainLogs, diagnose, progress_bar, window_mean
-from lcssm.train_resume import check_resumed_config, clear_checkpoints, newest_checkpoint, restore
-from lcssm.train_stop import StopRequests, TrainingInterrupted
+from lcssm.training.config import TrainConfig
+from lcssm.training.logs import TrainLogs, diagnose, progress_bar, window_mean
+from lcssm.training.resume import check_resumed_config, clear_checkpoints, newest_checkpoint, restore
+from lcssm.training.stop import StopRequests, TrainingInterrupted
 
 __all__ = [
-    "BatchFn",
     "Callback",
     "LossFn",
     "NonFiniteLossError",
     "PeriodicCallback",
-    "TrainConfig",
     "TrainResult",
     "TrainState",
     "TrainingInterrupted",
-    "sampler_batches",
-    "step_seed",
-    "tensor_batches",
     "train",
 ]
 
@@ -225,13 +226,13 @@ def train(
     Files in ``out_dir`` (rank 0): ``config.json`` (``run_config`` with its ``train`` entry set to ``cfg``),
     ``loss.csv``, ``metrics.jsonl``, ``checkpoints/``. ``resume`` continues from the newest good checkpoint
     (falling back past corrupt ones) to ``cfg.steps`` in total; a run directory without checkpoints starts
-    from step 0; the run's config must match the checkpoint's but for :data:`lcssm.train_resume.BOOKKEEPING`
+    from step 0; the run's config must match the checkpoint's but for :data:`lcssm.training.resume.BOOKKEEPING`
     (else ConfigError with the differing fields). Without ``resume``, a directory that already holds checkpoints is
     refused unless ``overwrite``, which deletes them, and a non-empty directory lcssm did not create is refused.
 
     Checkpoints are written every ``cfg.ckpt_every`` steps, every ``cfg.ckpt_minutes`` of training and at the
     end. SIGINT, SIGTERM and SIGUSR1 finish the current step, write a checkpoint and raise
-    :class:`~lcssm.train_stop.TrainingInterrupted` (exit code 130 / 143). Raises :class:`NonFiniteLossError` after
+    :class:`~lcssm.training.stop.TrainingInterrupted` (exit code 130 / 143). Raises :class:`NonFiniteLossError` after
     ``cfg.max_nonfinite`` consecutive non-finite steps, ResourceError when memory runs out (removing the run
     directory if this call created it and wrote no checkpoint), CheckpointError when resuming finds only bad
     checkpoints. ``banner`` is printed to stderr (rank 0) once the run directory and any resume passed their

@@ -1,4 +1,5 @@
-"""How a run of :func:`lcssm.train.train` starts from its run directory: resuming from the newest good checkpoint
+"""How a run of :func:`lcssm.training.loop.train` starts from its run directory: resuming from the newest good
+checkpoint
 (:func:`newest_checkpoint`, then :func:`restore` of the model, EMA, optimizer, scheduler, global RNG and data
 states) or, for a fresh run, refusing or clearing the checkpoints already there (:func:`clear_checkpoints`).
 Decisions about the files are taken on rank 0 and handed to every rank (:func:`on_main`)."""
@@ -14,17 +15,17 @@ import torch
 from torch import nn
 
 from lcssm import distributed
-from lcssm.batches import STREAM_RESEED, BatchFn, step_seed
-from lcssm.checkpoint import latest_good_checkpoint, list_checkpoints, set_rng_state
-from lcssm.config import TrainConfig
 from lcssm.device import seed_everything
 from lcssm.distributed import DistInfo
 from lcssm.errors import CheckpointError, ConfigError, LcssmError
+from lcssm.training.batches import STREAM_RESEED, BatchFn, step_seed
+from lcssm.training.checkpoint import latest_good_checkpoint, list_checkpoints, set_rng_state
+from lcssm.training.config import TrainConfig
 
 __all__ = ["BOOKKEEPING", "check_resumed_config", "clear_checkpoints", "newest_checkpoint", "on_main", "restore"]
 
 # the trainer's messages, whichever of its modules logs them
-log = logging.getLogger("lcssm.train")
+log = logging.getLogger("lcssm.training.loop")
 
 def on_main(info: DistInfo, fn: Callable[[], Any]) -> Any:
     """Run ``fn`` on rank 0 and hand its result (or its LcssmError) to every rank."""

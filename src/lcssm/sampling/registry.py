@@ -19,18 +19,12 @@ import torch
 from torch import Tensor
 
 from lcssm.errors import ConfigError, ResourceError, is_out_of_memory
-from lcssm.sampling import (
-    annealed_langevin,
-    geometric_sigmas,
-    langevin,
-    mala,
-    noise_conditional_score,
-    noise_level,
-    ode_sample,
-    pc_sample,
-)
+from lcssm.noise_levels import noise_level
+from lcssm.sampling.langevin import annealed_langevin, geometric_sigmas, langevin, mala, noise_conditional_score
+from lcssm.sampling.ode import ode_sample
+from lcssm.sampling.reverse import pc_sample
+from lcssm.sampling.solvers import SOLVERS, sample
 from lcssm.sde import SDE
-from lcssm.solvers import SOLVERS, sample
 
 __all__ = ["SAMPLERS", "Sampler", "draw", "get_sampler", "start"]
 
@@ -58,16 +52,16 @@ class Sampler:
 
 def _pc(score_fn, sde: SDE, x: Tensor, spec, generator, progress: bool) -> tuple[Tensor, int]:
     corrector_steps = spec.n_corrector_steps if spec.corrector != "none" else 0
-    out = pc_sample(score_fn, sde, x.shape, n_steps=spec.n_steps, predictor=spec.predictor, corrector=spec.corrector,
+    out = pc_sample(score_fn, sde, x, n_steps=spec.n_steps, predictor=spec.predictor, corrector=spec.corrector,
                     snr=spec.snr, n_corrector_steps=corrector_steps, denoise=spec.denoise, t_min=spec.t_min,
-                    generator=generator, x_init=x, progress=progress)
+                    generator=generator, progress=progress)
     per_step = int(spec.predictor != "none") + corrector_steps
     return out, spec.n_steps * per_step + int(spec.denoise)
 
 
 def _ode(score_fn, sde: SDE, x: Tensor, spec, generator, progress: bool) -> tuple[Tensor, int]:
-    out, nfe = ode_sample(score_fn, sde, x.shape, rtol=spec.rtol, atol=spec.atol, method=spec.method,
-                          denoise=spec.denoise, t_min=spec.t_min, x_init=x, progress=progress)
+    out, nfe = ode_sample(score_fn, sde, x, rtol=spec.rtol, atol=spec.atol, method=spec.method,
+                          denoise=spec.denoise, t_min=spec.t_min, progress=progress)
     return out, nfe + int(spec.denoise)
 
 
@@ -101,7 +95,7 @@ def _mala(score_fn, sde: SDE | None, x: Tensor, spec, generator, progress: bool)
 
 
 def _fixed_grid(name: str) -> SamplerFn:
-    """The adapter of the fixed-grid solver ``name`` (:mod:`lcssm.solvers`): nfe, schedule, rho, t_min (and the
+    """The adapter of the fixed-grid solver ``name`` (:mod:`lcssm.sampling.solvers`): nfe, schedule, rho, t_min (and the
     churn parameters of edm) from the spec; the NFE is the count of score evaluations the solver made."""
     churn = SOLVERS[name].options
 
