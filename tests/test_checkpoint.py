@@ -220,7 +220,7 @@ def test_export_of_a_pipeline_run_has_the_backbone_keys(tmp_path, capsys):
     from lcssm.experiments.pipeline import train_run
     from lcssm.experiments.presets import toy_spec
     from lcssm.experiments.spec import load_spec
-    from lcssm.models.precond import build_backbone
+    from lcssm.models.build import build_model
 
     run = tmp_path / "run"
     spec = apply_overrides(toy_spec(), ["train.steps=2", "train.batch_size=16", "train.ema_decay=0.5",
@@ -233,7 +233,7 @@ def test_export_of_a_pipeline_run_has_the_backbone_keys(tmp_path, capsys):
     assert set(exported) == {k.removeprefix("backbone.") for k in state["ema"]}
     with safe_open(str(run / "ema.safetensors"), "pt") as f:
         saved = load_spec(json.loads(f.metadata()["config"]))
-    net = build_backbone(saved.model, saved.data.shape[0], time_conditional=False)
+    net = build_model(saved.model, saved.data.shape[0], time_conditional=False)
     net.load_state_dict(exported)  # strict
     for k, v in net.state_dict().items():
         assert torch.equal(v, state["ema"]["backbone." + k]), k

@@ -17,8 +17,8 @@ from lcssm.cli import main
 from lcssm.errors import CheckpointError
 from lcssm.experiments.spec import ModelSpec
 from lcssm.models import MODEL_PRESETS, get_preset
+from lcssm.models.build import build_model
 from lcssm.models.convert import from_ncsnv2, from_score_sde, preset_score_model, to_ncsnv2, to_score_sde
-from lcssm.models.precond import build_backbone
 from lcssm.models.unet import UNetConfig
 
 # the NCSN++ / DDPM++ presets at a small width (same module list); NCSNv2 at nf=8
@@ -234,7 +234,7 @@ def test_a_config_saved_before_the_new_fields_builds_the_same_network(name):
     old["init_scale"] = 1.0
     assert set(old) | set(NEW_KEYS) == set(UNetConfig.field_names())
     torch.manual_seed(0)
-    net = build_backbone(ModelSpec(arch="unet", config=old)).eval()
+    net = build_model(ModelSpec(arch="unet", config=old)).eval()
     assert net.config.fir is False and net.config.sinusoidal_spacing == "half"
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 1, 8, 8, generator=g)

@@ -16,6 +16,7 @@ from torch.autograd import gradgradcheck
 
 from lcssm.errors import ConfigError
 from lcssm.experiments.presets import preset_train_config
+from lcssm.models.build import build_model, count_parameters, count_preset_parameters
 from lcssm.models.embeddings import sinusoidal_embedding
 from lcssm.models.layers import (
     FIRConv2d,
@@ -32,9 +33,6 @@ from lcssm.models.presets import (
     MODEL_PRESETS,
     SAMPLING_KEYS,
     TRAINING_KEYS,
-    build_model,
-    count_parameters,
-    count_preset_parameters,
     get_preset,
     resolve_model_config,
 )

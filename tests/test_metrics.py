@@ -11,9 +11,9 @@ import torch
 from scipy.spatial.distance import cdist, pdist
 from scipy.stats import norm
 
-from lcssm.metrics import distances as metrics
 from lcssm.device import make_generator
 from lcssm.errors import DataError
+from lcssm.metrics import distances as metrics
 from lcssm.metrics.distances import (
     energy_distance,
     feature_statistics,

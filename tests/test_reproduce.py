@@ -61,9 +61,9 @@ def test_target_smoke_writes_a_complete_report(name, tmp_path):
 
 def _check_points(out):
     """A row per cell with its floors; a second run reads the finished cells instead of retraining them."""
-    from lcssm.reproduce.points import SIZES, cell_name
+    from lcssm.reproduce.points import SETTINGS, cell_name
 
-    s = SIZES["smoke"]
+    s = SETTINGS["smoke"]
     res = json.loads((out / "results.json").read_text())
     assert len(res["tables"]["points"]["rows"]) == len(s["datasets"]) * len(s["cells"])
     cells = res["results"]["cells"]
@@ -82,9 +82,9 @@ def _check_points(out):
 def _check_samplers(out):
     """A point per solver and NFE, PC and the ODE, each with a finite FID and its NFE; a rerun reads the trained
     run and the finished points."""
-    from lcssm.reproduce.samplers import SIZES
+    from lcssm.reproduce.samplers import SETTINGS
 
-    s = SIZES["smoke"]
+    s = SETTINGS["smoke"]
     res = json.loads((out / "results.json").read_text())["results"]
     points = res["points"]
     assert [p["key"] for p in points] == [f"{n}@{k}" for n in s["solvers"] for k in s["nfes"]] + [
@@ -127,10 +127,10 @@ def test_sampler_sweep_reads_a_point_only_for_the_same_request(tmp_path, monkeyp
 def test_points_reruns_a_cell_whose_spec_changed(tmp_path):
     """A finished run of another spec (here another seed) in a cell's directory is not taken for that cell."""
     from lcssm.experiments.pipeline import train_run
-    from lcssm.reproduce.points import SIZES, cell_spec
+    from lcssm.reproduce.points import SETTINGS, cell_spec
     from lcssm.reproduce.reuse import finished_records
 
-    s = SIZES["smoke"]
+    s = SETTINGS["smoke"]
     ctx = Context(out_dir=tmp_path, size="smoke", seed=1, command="test", device=torch.device("cpu"))
     spec = cell_spec("moons", "dsm", "vp", s, ctx)
     train_run(spec, tmp_path / "run", progress=False)
@@ -139,6 +139,66 @@ def test_points_reruns_a_cell_whose_spec_changed(tmp_path):
                                                          device=torch.device("cpu")))
     assert finished_records(tmp_path / "run", other, ("train", "sample")) is None
     assert finished_records(tmp_path / "run", spec, ("train", "fid")) is None  # never measured
+
+
+def test_ensure_trained_trains_reads_resumes_or_reports_divergence(tmp_path, monkeypatch):
+    """The reuse helper of the targets: an absent run is trained afresh; a finished one is read without building a
+    model, training or writing; a stopped one (an earlier checkpoint, no records) resumes from that checkpoint
+    without rewriting it; a non-finite loss comes back as ``diverged`` instead of raising."""
+    import lcssm.experiments.pipeline as pipeline
+    from lcssm.config import apply_overrides
+    from lcssm.reproduce.points import SETTINGS, cell_spec
+    from lcssm.reproduce.reuse import ensure_trained
+    from lcssm.training.loop import NonFiniteLossError
+
+    ctx = Context(out_dir=tmp_path, size="smoke", seed=1, command="test", device=torch.device("cpu"))
+    spec = apply_overrides(cell_spec("moons", "dsm", "vp", {**SETTINGS["smoke"], "steps": 6, "n_samples": 100}, ctx),
+                           ["train.ckpt_every=3"])
+    run_dir, kinds, calls = tmp_path / "run", ("train", "sample"), []
+    real_train_run, real_build = pipeline.train_run, pipeline.build_score_model
+
+    def spy(spec, out_dir, **kwargs):
+        calls.append(kwargs)
+        return real_train_run(spec, out_dir, **kwargs)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run was rebuilt")
+
+    monkeypatch.setattr(pipeline, "train_run", spy)
+    fresh = ensure_trained(spec, run_dir, progress=False, label="test run", kinds=kinds)
+    assert not fresh.reused and fresh.diverged is None and fresh.seconds > 0 and set(fresh.records) == set(kinds)
+    assert calls == [{"resume": False, "overwrite": True, "progress": False}]
+    metrics_file, ckpts = run_dir / "metrics.json", run_dir / "checkpoints"
+    files = {f: (f.stat().st_ino, f.stat().st_mtime_ns) for f in run_dir.rglob("*") if f.is_file()}
+
+    monkeypatch.setattr(pipeline, "build_score_model", refuse)
+    read = ensure_trained(spec, run_dir, progress=False, label="test run", kinds=kinds)
+    assert read.reused and read.diverged is None and read.seconds == 0 and len(calls) == 1
+    assert read.records == {k: v[-1] for k, v in json.loads(metrics_file.read_text()).items() if k in kinds}
+    assert read.records["train"]["final_loss"] == fresh.records["train"]["final_loss"]
+    assert {f: (f.stat().st_ino, f.stat().st_mtime_ns) for f in run_dir.rglob("*") if f.is_file()} == files
+
+    monkeypatch.setattr(pipeline, "build_score_model", real_build)
+    *earlier, last = sorted(ckpts.glob("ckpt_*.pt"))
+    assert earlier, "no checkpoint before the last one to resume from"
+    last.unlink()
+    metrics_file.write_text(json.dumps({k: v for k, v in json.loads(metrics_file.read_text()).items()
+                                        if k not in kinds}))
+    kept = {c: (c.stat().st_ino, c.stat().st_mtime_ns) for c in earlier}
+    resumed = ensure_trained(spec, run_dir, progress=False, label="test run", kinds=kinds)
+    assert not resumed.reused and resumed.diverged is None
+    assert calls[-1] == {"resume": True, "overwrite": False, "progress": False}
+    assert {c: (c.stat().st_ino, c.stat().st_mtime_ns) for c in earlier} == kept and last.is_file()
+    assert resumed.records["train"]["steps"] == 6 and len(json.loads(metrics_file.read_text())["train"]) == 1
+    assert resumed.records["train"]["final_loss"] == fresh.records["train"]["final_loss"]  # exact resume
+
+    def diverge(spec, out_dir, **kwargs):
+        raise NonFiniteLossError("non-finite loss", step=4, checkpoint=None)
+
+    monkeypatch.setattr(pipeline, "train_run", diverge)
+    diverged = ensure_trained(spec, tmp_path / "other", progress=False, label="test run", kinds=kinds)
+    assert isinstance(diverged.diverged, NonFiniteLossError) and diverged.diverged.step == 4
+    assert diverged.diverged_note == "diverged at step 4" and not diverged.reused and diverged.records == {}
 
 
 def test_cached_record_is_read_only_for_an_equal_request(tmp_path):

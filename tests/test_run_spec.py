@@ -18,7 +18,7 @@ import torch
 
 from lcssm.cli import build_parser, main
 from lcssm.cli.options import CommandOptions, bindings
-from lcssm.config import _hints, _is_dataclass_type, apply_overrides
+from lcssm.config import apply_overrides, is_dataclass_type, type_hints
 from lcssm.errors import ConfigError
 from lcssm.experiments import pipeline
 from lcssm.experiments.pipeline import LikelihoodOptions, open_run, sample_run, train_run
@@ -356,7 +356,7 @@ def _subparser(command: str) -> argparse.ArgumentParser:
 def _field(obj: object, key: str) -> dataclasses.Field:
     *path, name = key.split(".")
     for part in path:
-        assert _is_dataclass_type(type(getattr(obj, part))), key
+        assert is_dataclass_type(type(getattr(obj, part))), key
         obj = getattr(obj, part)
     (field,) = [f for f in dataclasses.fields(obj) if f.name == name]
     return field
@@ -375,7 +375,7 @@ def test_every_flag_is_one_field_and_every_field_flag_is_offered(command):
             field = _field(obj, b.key)
             assert command in field.metadata["commands"], b.key
             assert b.flag == (field.metadata["flag"] or "--" + field.name.replace("_", "-")), b.key
-            assert b.type == _hints(type(_owner(obj, b.key)))[field.name]
+            assert b.type == type_hints(type(_owner(obj, b.key)))[field.name]
             assert b.flag not in flags, f"{b.flag} is both {flags.get(b.flag)} and {b.key}"
             flags[b.flag] = b.key
             assert b.flag in actions and actions[b.flag].dest == b.dest, b.flag
@@ -532,3 +532,91 @@ def test_toy_help_shows_defaults_and_the_paper_preset(capsys, monkeypatch):
     assert "(default: 3000; with --preset paper: 20000)" in _option_help(text, "--steps")
     assert "batch 10k" in _option_help(text, "--preset")
     assert math.isclose(toy_spec("paper").train.batch_size, 10_000)
+
+
+# ------------------------------------------------------------------ (f) --set model.config.FIELD and the sampler
+def _conv_in_width(spec: RunSpec) -> int:
+    from lcssm.models.precond import build_score_model
+
+    model = build_score_model(spec.model, spec.sde.build(), spec.data.shape[0])
+    return model.backbone.conv_in.weight.shape[0]
+
+
+def test_set_model_config_reaches_the_network_of_an_image_run(captured, tmp_path):
+    """``--set model.config.FIELD=VALUE`` sets one hyper-parameter of the image network, typed by its config class
+    (UNetConfig here); the saved config keeps its form (the same keys, JSON values) and the value."""
+    base = image_spec(ImagePreset(preset="tiny"))
+    assert base.model.config["nf"] == 8 and _conv_in_width(base) == 8
+    spec = apply_overrides(base, ["model.config.nf=16", "model.config.ch_mult=(1, 2)", "model.config.dropout=0"])
+    assert spec.model.config["nf"] == 16 and type(spec.model.config["nf"]) is int
+    assert spec.model.config["ch_mult"] == [1, 2] and type(spec.model.config["dropout"]) is float
+    assert set(spec.model.config) == set(base.model.config) and base.model.config["nf"] == 8  # input unchanged
+    assert _conv_in_width(spec) == 16
+
+    assert main(["train", "--preset", "tiny", "--set", "model.config.nf=16", "--out", str(tmp_path / "r")]) == 0
+    assert captured["spec"].model.config == spec.model.config
+    assert _conv_in_width(captured["spec"]) == 16
+
+
+def test_a_set_model_config_value_is_written_and_read_back(tmp_path):
+    spec = apply_overrides(_tiny_image_spec(), ["model.config.nf=16", "train.steps=1"])
+    train_run(spec, tmp_path / "run", progress=False)
+    saved = _config(tmp_path / "run")["model"]["config"]
+    assert saved["nf"] == 16 and set(saved) == set(image_spec(ImagePreset(preset="tiny")).model.config)
+    run = open_run(tmp_path / "run", device="cpu")
+    assert run.spec.model.config["nf"] == 16 and run.model.backbone.conv_in.weight.shape[0] == 16
+    assert run.spec == pipeline.resolved_spec(spec)
+
+
+@pytest.mark.parametrize("item,match", [
+    ("model.config.nff=16", r"^unknown config key 'model\.config\.nff'; valid keys: .*model\.config\.nf, "),
+    ("model.config.nf=abc", r"^model\.config\.nf expects an int, got 'abc'"),
+    ("model.config.nf=1.5", r"^model\.config\.nf expects an int"),
+    ("model.config.resblock=big", r"^model\.config\.resblock must be one of biggan, ddpm, got 'big'"),
+    ("model.config.nf=0", r"model\.config: UNetConfig\.nf must be >= 1, got 0"),
+    ("model.config.nf.x=1", r"unknown config key 'model\.config\.nf\.x': model\.config\.nf is a value"),
+])
+def test_a_bad_model_config_override_is_an_error_naming_the_key(item, match):
+    with pytest.raises(ConfigError, match=match):
+        apply_overrides(image_spec(ImagePreset(preset="tiny")), [item])
+
+
+def test_model_config_of_an_mlp_has_no_fields_and_ncsnv2_has_its_own():
+    with pytest.raises(ConfigError, match="unknown config key 'model.config.nf': model.config is a value"):
+        apply_overrides(point_spec(), ["model.config.nf=16"])
+    from lcssm.experiments.spec import ModelSpec
+    from lcssm.models.ncsnv2 import NCSNv2Config
+
+    small = dataclasses.asdict(NCSNv2Config(in_channels=1, image_size=8, nf=8, ch_mult=(1, 2), dilations=(1, 1)))
+    model = apply_overrides(ModelSpec(arch="ncsnv2", config=small), ["config.nf=4", "config.norm=groupnorm"])
+    assert (model.config["nf"], model.config["norm"]) == (4, "groupnorm")
+    with pytest.raises(ConfigError, match="config.norm must be one of instancenorm"):
+        apply_overrides(ModelSpec(arch="ncsnv2", config=small), ["config.norm=batchnorm"])
+    with pytest.raises(ConfigError, match="unknown config key 'config.resblock'; valid keys: config.in_channels"):
+        apply_overrides(ModelSpec(arch="ncsnv2", config=small), ["config.resblock=ddpm"])  # a UNetConfig field
+
+
+def test_sampler_values_take_the_override_path_with_errors_naming_the_key():
+    spec = point_spec()
+    assert pipeline.with_sampler(spec, {"n_steps": 7, "snr": 1, "ald_step_size": None}).sampler == \
+        dataclasses.replace(spec.sampler, n_steps=7, snr=1.0)  # None keeps the saved value; ints become floats
+    for overrides, match in [({"n_steps": "7"}, r"^sampler\.n_steps expects an int, got '7'"),
+                             ({"snr": 0.0}, r"^sampler\.snr must be > 0"),
+                             ({"nope": 1}, r"^sampler\.nope is not a sampler option; valid: "),
+                             ({"name": "mala"}, "the mala sampler needs an energy model")]:
+        with pytest.raises(ConfigError, match=match):
+            pipeline.with_sampler(spec, overrides)
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["sample", "RUN", "--set", "sampler.nope=1"], "sampler.nope is not a sampler field; valid: sampler.name, "),
+    (["sample", "RUN", "--set", "sampler.n_steps=abc"], "sampler.n_steps expects an int, got 'abc'"),
+    (["fid", "RUN", "--set", "sampler=3"], "sampler is not a sampler field"),
+    (["train", "--preset", "tiny", "--set", "model.config.nf=abc"], "model.config.nf expects an int, got 'abc'"),
+    (["train", "--preset", "tiny", "--set", "model.config.nff=1"], "unknown config key 'model.config.nff'"),
+])
+def test_bad_sampler_and_model_config_overrides_are_one_line_and_exit_2(argv, words, captured, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and words in err, err
+    assert "spec" not in captured and "overrides" not in captured

@@ -5,17 +5,21 @@ Values given on the command line as ``--set train.lr=1e-4`` are coerced to the a
 they set; an unknown key, a value of the wrong type or an out-of-range value is a :class:`ConfigError` whose
 message names the key. Range checks live in each dataclass's ``__post_init__`` (the "validate hook"), so they
 run whenever a config is built: from code, from overrides, or from a saved ``config.json``.
+
+Every override takes one path, the tree walk of :func:`apply_values`: typed values at dotted keys are checked
+against the field annotations, ``key=value`` text (:func:`apply_overrides`) is coerced to them
+(:func:`coerce`), then every section is rebuilt and validated. :func:`override_values` coerces text without
+applying it (for values handed on typed, e.g. the sampler options of ``lcssm sample``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import types
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,14 +29,20 @@ from lcssm.errors import ConfigError
 
 __all__ = [
     "apply_overrides",
+    "apply_values",
     "check_types",
+    "check_value",
+    "coerce",
     "from_dict",
     "invalid",
+    "is_dataclass_type",
     "meta",
+    "override_values",
     "parse_override",
     "require",
     "setting",
     "to_jsonable",
+    "type_hints",
     "validate",
 ]
 
@@ -44,12 +54,18 @@ _NONE = frozenset({"none", "null"})
 
 
 def meta(help: str, *, flag: str | None = None, commands: tuple[str, ...] = (),
-         choices: tuple[str, ...] | None = None, data_kind: str | None = None) -> dict[str, Any]:
+         choices: tuple[str, ...] | None = None, data_kind: str | None = None,
+         schema: Callable[[Any], type | None] | None = None) -> dict[str, Any]:
     """Field metadata from which the command line is generated (:mod:`lcssm.cli.options`): the ``help`` text, the
     ``flag`` (default ``--field-name``), the ``commands`` that offer it as a flag, the valid ``choices`` (shown in
     the help) and the ``data_kind`` (``points`` or ``images``) a flag applies to, if only one. Every field is
-    reachable with ``--set section.field=value`` whatever its ``commands``."""
-    return {"help": help, "flag": flag, "commands": commands, "choices": choices, "data_kind": data_kind}
+    reachable with ``--set section.field=value`` whatever its ``commands``.
+
+    ``schema`` (for a dict field): a function of the dataclass holding the field that returns the dataclass whose
+    fields the dict holds (or None), so that ``--set field.NAME=value`` sets one of them, typed by that dataclass;
+    the field stays a plain dict."""
+    return {"help": help, "flag": flag, "commands": commands, "choices": choices, "data_kind": data_kind,
+            "schema": schema}
 
 
 def setting(default: Any, help: str, **kw: Any) -> Any:
@@ -76,13 +92,24 @@ def require(ok: bool, key: str, message: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ type handling
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+_HINTS: dict[type, dict[str, Any]] = {}
 
 
-def _is_dataclass_type(tp: Any) -> bool:
+def type_hints(cls: type) -> dict[str, Any]:
+    """The resolved annotations of the fields of dataclass ``cls`` (:func:`typing.get_type_hints`, cached)."""
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
+
+
+def is_dataclass_type(tp: Any) -> bool:
+    """Whether the annotation ``tp`` is a dataclass type, i.e. the field it annotates is a nested section."""
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _is_instance(value: Any) -> bool:
+    return dataclasses.is_dataclass(value) and not isinstance(value, type)
 
 
 def _union_args(tp: Any) -> tuple[Any, ...] | None:
@@ -97,73 +124,86 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "")
 
 
-def _coerce(text: str, tp: Any, key: str) -> Any:
-    """Parse the command-line string ``text`` as a value of type ``tp``; ConfigError naming ``key``."""
-    if tp is Any:
-        return text
-    arms = _union_args(tp)
-    if arms is not None:
-        if type(None) in arms and text.strip().lower() in _NONE:
-            return None
-        errors = []
-        for arm in arms:
-            if arm is type(None):
-                continue
-            try:
-                return _coerce(text, arm, key)
-            except ConfigError as e:
-                errors.append(e)
-        names = " or ".join(_type_name(a) if a is not type(None) else "none" for a in arms)
-        raise invalid(key, f"expects {names}, got {text!r}")
-    origin = typing.get_origin(tp)
-    if origin is typing.Literal:
-        choices = typing.get_args(tp)
-        for c in choices:
-            try:
-                if _coerce(text, type(c), key) == c:
-                    return c
-            except ConfigError:
-                pass
-        raise invalid(key, f"must be one of {', '.join(map(str, choices))}, got {text!r}")
-    if origin in (tuple, list):
-        return _coerce_sequence(text, tp, key)
-    if origin is dict or tp is dict:
+# ------------------------------------------------------------------------- coercion: command-line text
+def _parse_bool(text: str, key: str) -> bool:
+    low = text.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise invalid(key, f"expects a bool (true/false), got {text!r}")
+
+
+def _parse_int(text: str, key: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:  # 1e4 and 2000.0 are integers too
+        f = float(text)
+    except ValueError:
+        f = math.nan
+    if math.isfinite(f) and f.is_integer():
+        return int(f)
+    raise invalid(key, f"expects an int, got {text!r}")
+
+
+def _parse_float(text: str, key: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise invalid(key, f"expects a float, got {text!r}") from None
+
+
+def _parse_str(text: str, key: str) -> str:
+    return text
+
+
+def _parse_path(text: str, key: str) -> Path:
+    return Path(text)
+
+
+#: how the command-line text of a field of each scalar type is parsed: ``parse(text, key) -> value``
+_PARSERS: dict[type, Callable[[str, str], Any]] = {
+    bool: _parse_bool, int: _parse_int, float: _parse_float, str: _parse_str, Path: _parse_path,
+}
+
+
+def _coerce_union(text: str, arms: tuple[Any, ...], key: str) -> Any:
+    """``text`` as the first arm of a union it parses as (``none``/``null`` for an optional one)."""
+    if type(None) in arms and text.strip().lower() in _NONE:
+        return None
+    for arm in arms:
+        if arm is type(None):
+            continue
         try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = None
-        if not isinstance(value, dict):
-            raise invalid(key, f"expects a JSON object, got {text!r}")
-        return value
-    if tp is bool:
-        low = text.strip().lower()
-        if low in _TRUE:
-            return True
-        if low in _FALSE:
-            return False
-        raise invalid(key, f"expects a bool (true/false), got {text!r}")
-    if tp is int:
-        try:
-            return int(text)
-        except ValueError:
+            return coerce(text, arm, key)
+        except ConfigError:
             pass
-        try:  # 1e4 and 2000.0 are integers too
-            f = float(text)
-        except ValueError:
-            f = math.nan
-        if math.isfinite(f) and f.is_integer():
-            return int(f)
-        raise invalid(key, f"expects an int, got {text!r}")
-    if tp is float:
+    names = " or ".join(_type_name(a) if a is not type(None) else "none" for a in arms)
+    raise invalid(key, f"expects {names}, got {text!r}")
+
+
+def _coerce_literal(text: str, choices: tuple[Any, ...], key: str) -> Any:
+    """The choice of a ``Literal[...]`` that ``text`` parses to."""
+    for c in choices:
         try:
-            return float(text)
-        except ValueError:
-            raise invalid(key, f"expects a float, got {text!r}") from None
-    if tp is str:
-        return text
-    if tp is Path:
-        return Path(text)
-    raise invalid(key, f"has type {_type_name(tp)}, which cannot be set from a string")
+            if coerce(text, type(c), key) == c:
+                return c
+        except ConfigError:
+            pass
+    raise invalid(key, f"must be one of {', '.join(map(str, choices))}, got {text!r}")
+
+
+def _coerce_dict(text: str, key: str) -> dict:
+    """``text`` as a JSON object."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise invalid(key, f"expects a JSON object, got {text!r}")
+    return value
 
 
 def _coerce_sequence(text: str, tp: Any, key: str) -> Any:
@@ -177,85 +217,148 @@ def _coerce_sequence(text: str, tp: Any, key: str) -> Any:
         parts = parts[:-1]
     if origin is list or (len(args) == 2 and args[1] is Ellipsis):
         item = args[0] if args else Any
-        values = [_coerce(p, item, key) for p in parts]
+        values = [coerce(p, item, key) for p in parts]
     else:
         if len(parts) != len(args):
             raise invalid(key, f"expects {len(args)} comma-separated values, got {text!r}")
-        values = [_coerce(p, a, key) for p, a in zip(parts, args)]
+        values = [coerce(p, a, key) for p, a in zip(parts, args)]
     return tuple(values) if origin is tuple else values
 
 
-def _check_value(value: Any, tp: Any, key: str) -> Any:
-    """Check (and lightly normalise: int -> float, list -> tuple) an already-typed ``value`` against ``tp``."""
+def coerce(text: str, tp: Any, key: str) -> Any:
+    """Parse the command-line string ``text`` as a value of the annotation ``tp``: bool (true/false/1/0/yes/no/
+    on/off), int (also ``1e4``), float, str, Path, unions (``none``/``null`` for None), Literal, ``tuple[...]`` /
+    ``list[...]`` (comma-separated, optional brackets), dict (JSON) or Any (the text). ConfigError naming ``key``
+    when the text does not parse."""
+    if tp is Any:
+        return text
+    arms = _union_args(tp)
+    if arms is not None:
+        return _coerce_union(text, arms, key)
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return _coerce_literal(text, typing.get_args(tp), key)
+    if origin in (tuple, list):
+        return _coerce_sequence(text, tp, key)
+    if origin is dict or tp is dict:
+        return _coerce_dict(text, key)
+    parse = _PARSERS.get(tp) if isinstance(tp, type) else None
+    if parse is None:
+        raise invalid(key, f"has type {_type_name(tp)}, which cannot be set from a string")
+    return parse(text, key)
+
+
+# ------------------------------------------------------------------------------ checks: typed values
+def _check_bool(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise invalid(key, f"expects a bool, got {value!r}")
+
+
+def _check_int(value: Any, key: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise invalid(key, f"expects an int, got {value!r}")
+
+
+def _check_float(value: Any, key: str) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise invalid(key, f"expects a float, got {value!r}")
+
+
+def _check_path(value: Any, key: str) -> Path:
+    if isinstance(value, (str, Path)):
+        return Path(value)
+    raise invalid(key, f"expects a path, got {value!r}")
+
+
+#: how a typed value of a field of each scalar type is checked: ``check(value, key) -> value`` (other classes:
+#: an instance of the class)
+_CHECKERS: dict[type, Callable[[Any, str], Any]] = {
+    bool: _check_bool, int: _check_int, float: _check_float, Path: _check_path,
+}
+
+
+def _check_union(value: Any, arms: tuple[Any, ...], key: str) -> Any:
+    """``value`` checked against the first arm of a union it fits."""
+    if value is None and type(None) in arms:
+        return None
+    for arm in arms:
+        if arm is type(None):
+            continue
+        try:
+            return check_value(value, arm, key)
+        except ConfigError:
+            pass
+    raise invalid(key, f"expects {' or '.join(_type_name(a) for a in arms)}, got {value!r}")
+
+
+def _check_literal(value: Any, choices: tuple[Any, ...], key: str) -> Any:
+    if value in choices:
+        return value
+    raise invalid(key, f"must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+def _check_sequence(value: Any, tp: Any, key: str) -> Any:
+    """A tuple or list ``value`` with its items checked against a ``tuple[...]`` / ``list[...]`` annotation."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if not isinstance(value, (tuple, list)):
+        raise invalid(key, f"expects a {origin.__name__}, got {value!r}")
+    if origin is list or (len(args) == 2 and args[1] is Ellipsis):
+        item = args[0] if args else Any
+        items = [check_value(v, item, key) for v in value]
+    else:
+        if args and len(value) != len(args):
+            raise invalid(key, f"expects {len(args)} values, got {value!r}")
+        items = [check_value(v, a, key) for v, a in zip(value, args)] if args else list(value)
+    return tuple(items) if origin is tuple else items
+
+
+def _check_dict(value: Any, key: str) -> dict:
+    if isinstance(value, dict):
+        return value
+    raise invalid(key, f"expects a dict, got {value!r}")
+
+
+def _check_instance(value: Any, tp: type, key: str) -> Any:
+    if isinstance(value, tp):
+        return value
+    raise invalid(key, f"expects {tp.__name__}, got {value!r}")
+
+
+def check_value(value: Any, tp: Any, key: str) -> Any:
+    """Check an already-typed ``value`` against the annotation ``tp`` and lightly normalise it (int -> float,
+    list <-> tuple as annotated, str -> Path); ConfigError naming ``key`` when it does not fit."""
     if tp is Any:
         return value
     arms = _union_args(tp)
     if arms is not None:
-        if value is None and type(None) in arms:
-            return None
-        for arm in arms:
-            if arm is type(None):
-                continue
-            try:
-                return _check_value(value, arm, key)
-            except ConfigError:
-                pass
-        raise invalid(key, f"expects {' or '.join(_type_name(a) for a in arms)}, got {value!r}")
+        return _check_union(value, arms, key)
     origin = typing.get_origin(tp)
     if origin is typing.Literal:
-        if value in typing.get_args(tp):
-            return value
-        raise invalid(key, f"must be one of {', '.join(map(str, typing.get_args(tp)))}, got {value!r}")
+        return _check_literal(value, typing.get_args(tp), key)
     if origin in (tuple, list):
-        if not isinstance(value, (tuple, list)):
-            raise invalid(key, f"expects a {origin.__name__}, got {value!r}")
-        args = typing.get_args(tp)
-        if origin is list or (len(args) == 2 and args[1] is Ellipsis):
-            item = args[0] if args else Any
-            items = [_check_value(v, item, key) for v in value]
-        else:
-            if args and len(value) != len(args):
-                raise invalid(key, f"expects {len(args)} values, got {value!r}")
-            items = [_check_value(v, a, key) for v, a in zip(value, args)] if args else list(value)
-        return tuple(items) if origin is tuple else items
+        return _check_sequence(value, tp, key)
     if origin is dict or tp is dict:
-        if isinstance(value, dict):
-            return value
-        raise invalid(key, f"expects a dict, got {value!r}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise invalid(key, f"expects a bool, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise invalid(key, f"expects an int, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise invalid(key, f"expects a float, got {value!r}")
-    if tp is Path:
-        if isinstance(value, (str, Path)):
-            return Path(value)
-        raise invalid(key, f"expects a path, got {value!r}")
-    if isinstance(tp, type):
-        if isinstance(value, tp):
-            return value
-        raise invalid(key, f"expects {tp.__name__}, got {value!r}")
-    return value
+        return _check_dict(value, key)
+    if not isinstance(tp, type):
+        return value
+    check = _CHECKERS.get(tp)
+    return check(value, key) if check is not None else _check_instance(value, tp, key)
 
 
 def check_types(obj: Any) -> None:
     """Check every field of the dataclass ``obj`` against its annotation (ints are accepted for floats and
     converted); ConfigError naming the field otherwise. Call it first in ``__post_init__``."""
     for f in dataclasses.fields(obj):
-        tp = _hints(type(obj))[f.name]
+        tp = type_hints(type(obj))[f.name]
         value = getattr(obj, f.name)
-        if _is_dataclass_type(tp):
+        if is_dataclass_type(tp):
             if not isinstance(value, tp):
                 raise invalid(f.name, f"expects a {tp.__name__}, got {value!r}")
             continue
-        checked = _check_value(value, tp, f.name)
+        checked = check_value(value, tp, f.name)
         if checked is not value:
             object.__setattr__(obj, f.name, checked)
 
@@ -263,7 +366,7 @@ def check_types(obj: Any) -> None:
 def validate(obj: T) -> T:
     """Re-run the type checks and ``__post_init__`` hooks of ``obj`` and every dataclass nested in it, e.g.
     after fields were assigned directly. Returns a fresh, validated copy."""
-    return _rebuild(obj, {}, "")
+    return _rebuild(obj, _Node(), "")
 
 
 # ---------------------------------------------------------------------------------------------- overrides
@@ -276,8 +379,75 @@ def parse_override(item: str) -> tuple[str, str]:
     return key, value.strip()
 
 
+class _Node(dict):
+    """A section of an override tree: field name -> the value set there, or a ``_Node`` for a nested section (a
+    plain dict is a value: the whole of a dict field)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Text:
+    """A leaf of an override tree given as command-line text: coerced to its field's annotation when applied."""
+
+    text: str
+
+
+def _tree(items: Iterable[tuple[str, Any]]) -> _Node:
+    """Dotted ``(key, value)`` pairs nested by field name; a later value of the same key wins."""
+    tree = _Node()
+    for key, value in items:
+        parts = key.split(".")
+        node = tree
+        for i, part in enumerate(parts[:-1]):
+            nxt = node.get(part)
+            if not isinstance(nxt, _Node):
+                if part in node:
+                    raise ConfigError(f"{'.'.join(parts[: i + 1])} is set as a value and used as a section "
+                                      f"in {key!r}")
+                nxt = node[part] = _Node()
+            node = nxt
+        if isinstance(node.get(parts[-1]), _Node):
+            raise ConfigError(f"{key} is a section, not a value")
+        node[parts[-1]] = value
+    return tree
+
+
 def _field_names(obj: Any) -> list[str]:
     return [f.name for f in dataclasses.fields(obj) if f.init]
+
+
+def _check_known(tree: Mapping[str, Any], names: list[str], prefix: str) -> None:
+    """ConfigError naming the first key of ``tree`` that is not one of the field ``names``, and the valid keys."""
+    for name in tree:
+        if name not in names:
+            raise ConfigError(f"unknown config key {prefix + name!r}; valid keys: "
+                              + ", ".join(prefix + n for n in names))
+
+
+def _section(node: Any, name: str) -> Any:
+    """The nested dataclass at field ``name`` of ``node`` (an instance, or a dataclass type), else None."""
+    if isinstance(node, type):
+        tp = type_hints(node)[name]
+        return tp if is_dataclass_type(tp) else None
+    value = getattr(node, name)
+    return value if _is_instance(value) else None
+
+
+def _schema(node: Any, name: str) -> type | None:
+    """The dataclass whose fields the dict field ``name`` of the instance ``node`` holds (its metadata's
+    ``schema``, see :func:`meta`), else None."""
+    if isinstance(node, type):
+        return None
+    schema = next(f for f in dataclasses.fields(node) if f.name == name).metadata.get("schema")
+    return schema(node) if schema is not None else None
+
+
+def _section_error(key: str, section: Any) -> ConfigError:
+    return ConfigError(f"{key} is a section, not a value; set one of its keys, e.g. "
+                       f"{key}.{_field_names(section)[0]}=...")
+
+
+def _value_error(key: str, sub: Mapping[str, Any]) -> ConfigError:
+    return ConfigError(f"unknown config key {key + '.' + next(iter(sub))!r}: {key} is a value, not a section")
 
 
 def _qualify(e: ConfigError, prefix: str) -> ConfigError:
@@ -288,37 +458,100 @@ def _qualify(e: ConfigError, prefix: str) -> ConfigError:
     return ConfigError(f"{prefix.rstrip('.')}: {e}")
 
 
+def _coerce_tree(node: Any, tree: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """``{dotted key: typed value}`` of the text leaves of ``tree``, coerced by the annotations of ``node`` (a
+    dataclass instance or type), section by section in field order."""
+    names = _field_names(node)
+    _check_known(tree, names, prefix)
+    hints = type_hints(node if isinstance(node, type) else type(node))
+    out: dict[str, Any] = {}
+    for name in names:
+        if name in tree:
+            out.update(_coerce_field(node, name, hints[name], tree[name], prefix + name))
+    return out
+
+
+def _coerce_field(node: Any, name: str, tp: Any, sub: Any, key: str) -> dict[str, Any]:
+    """:func:`_coerce_tree` for field ``name`` (annotation ``tp``, dotted ``key``) set to ``sub``."""
+    section = _section(node, name)
+    if section is not None:
+        if not isinstance(sub, _Node):
+            raise _section_error(key, section)
+        return _coerce_tree(section, sub, key + ".")
+    if not isinstance(sub, _Node):
+        return {key: coerce(sub, tp, key)}
+    schema = _schema(node, name)
+    if schema is None:
+        raise _value_error(key, sub)
+    return _coerce_tree(schema, sub, key + ".")
+
+
 def _rebuild(obj: Any, tree: Mapping[str, Any], prefix: str) -> Any:
-    """Copy of dataclass ``obj`` with the string values in ``tree`` (nested dict keyed by field) applied."""
-    hints = _hints(type(obj))
+    """Copy of dataclass ``obj`` with the values of ``tree`` applied (typed values checked, :class:`_Text`
+    coerced), every nested section rebuilt and every ``__post_init__`` re-run, section by section in field order;
+    ConfigError qualified with the section's ``prefix``."""
     names = _field_names(obj)
-    for name in tree:
-        if name not in names:
-            raise ConfigError(f"unknown config key {prefix + name!r}; valid keys: "
-                              + ", ".join(prefix + n for n in names))
+    _check_known(tree, names, prefix)
+    hints = type_hints(type(obj))
     changes: dict[str, Any] = {}
     for name in names:
-        value = getattr(obj, name)
-        tp = hints[name]
-        key = prefix + name
         if name in tree:
-            sub = tree[name]
-            if dataclasses.is_dataclass(value) and not isinstance(value, type):
-                if not isinstance(sub, dict):
-                    raise ConfigError(f"{key} is a section, not a value; set one of its keys, e.g. "
-                                      f"{key}.{_field_names(value)[0]}=...")
-                changes[name] = _rebuild(value, sub, key + ".")
-            elif isinstance(sub, dict):
-                first = next(iter(sub))
-                raise ConfigError(f"unknown config key {key + '.' + first!r}: {key} is a value, not a section")
-            else:
-                changes[name] = _coerce(sub, tp, key)
-        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-            changes[name] = _rebuild(value, {}, key + ".")
+            changes[name] = _apply_field(obj, name, hints[name], tree[name], prefix + name)
+        elif _is_instance(getattr(obj, name)):
+            changes[name] = _rebuild(getattr(obj, name), _Node(), prefix + name + ".")
     try:
         return dataclasses.replace(obj, **changes)
     except ConfigError as e:
         raise _qualify(e, prefix) from None
+
+
+def _apply_field(obj: Any, name: str, tp: Any, sub: Any, key: str) -> Any:
+    """The new value of field ``name`` of ``obj`` (annotation ``tp``, dotted ``key``) given ``sub``: a typed value,
+    command-line text (:class:`_Text`), or a subtree of them (a nested section, or the fields of a dict field with
+    a schema)."""
+    section = _section(obj, name)
+    if section is not None:
+        if isinstance(sub, type(section)):  # a whole section, as an instance of its type
+            return _rebuild(sub, _Node(), key + ".")
+        if not isinstance(sub, _Node):
+            raise _section_error(key, section)
+        return _rebuild(section, sub, key + ".")
+    if isinstance(sub, _Text):
+        return coerce(sub.text, tp, key)
+    if not isinstance(sub, _Node):
+        return check_value(sub, tp, key)
+    schema = _schema(obj, name)
+    if schema is None:
+        raise _value_error(key, sub)
+    return _apply_schema(getattr(obj, name), schema, sub, key)
+
+
+def _apply_schema(value: Any, schema: type, sub: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """The dict ``value`` of a field holding the fields of dataclass ``schema``, with the values of ``sub``
+    written in: checked by building ``schema`` from the dict and applying ``sub`` to it; the keys the dict held
+    stay, the keys set are added, all as JSON values (the form a run's ``config.json`` saves)."""
+    value = dict(value or {})
+    updated = to_jsonable(_rebuild(from_dict(schema, value, prefix=key + "."), sub, key + "."))
+    return {**value, **{name: updated[name] for name in sub}}
+
+
+def override_values(obj: Any, overrides: Iterable[str]) -> dict[str, Any]:
+    """The typed values of ``key=value`` overrides, ``{dotted key: value}``, each coerced (:func:`coerce`) to the
+    annotation of the field its key names in the dataclass ``obj``, as :func:`apply_overrides` coerces them;
+    nothing is applied (:func:`apply_values` applies the result). A later override of the same key wins.
+    ConfigError naming the key on a malformed item, an unknown key, a key of a section, or a value that does not
+    parse."""
+    return _coerce_tree(obj, _tree(parse_override(item) for item in overrides), "")
+
+
+def apply_values(obj: T, values: Mapping[str, Any]) -> T:
+    """Copy of the dataclass ``obj`` with typed ``values`` set at dotted keys (``{"sampler.n_steps": 10}``):
+    each checked against its field's annotation (:func:`check_value`), every section rebuilt and validated by its
+    ``__post_init__``. A key under a dict field whose metadata names a ``schema`` (:func:`meta`) sets one field
+    of the dict, e.g. ``model.config.nf``: the dict is checked by building the schema's dataclass from it.
+    ConfigError naming the key on an unknown key, a section given a value, a value of the wrong type, or a value
+    a ``__post_init__`` rejects. ``obj`` is not modified. :func:`apply_overrides` is the same with text values."""
+    return _rebuild(obj, _tree(values.items()), "")
 
 
 def apply_overrides(obj: T, overrides: Iterable[str]) -> T:
@@ -327,27 +560,14 @@ def apply_overrides(obj: T, overrides: Iterable[str]) -> T:
 
     Values are coerced from the field annotation: bool (true/false/1/0/yes/no/on/off), int (also ``1e4``),
     float, str, Path, ``X | None`` (``none``/``null``), Literal, ``tuple[...]``/``list[...]``
-    (comma-separated, optional brackets) and dict (JSON). A later override of the same key wins. Raises
-    ConfigError naming the key on a malformed item, an unknown key, a value of the wrong type, or a value
-    the dataclass's ``__post_init__`` rejects.
+    (comma-separated, optional brackets) and dict (JSON). A later override of the same key wins. Keys under a dict
+    field with a ``schema`` are the fields of that dataclass (``model.config.nf=64``). Raises ConfigError naming
+    the key on a malformed item, an unknown key, a value of the wrong type, or a value the dataclass's
+    ``__post_init__`` rejects. The same path as :func:`apply_values`, each text coerced where it is applied (so
+    errors come section by section, in field order).
     """
-    tree: dict[str, Any] = {}
-    for item in overrides:
-        key, value = parse_override(item)
-        parts = key.split(".")
-        node = tree
-        for i, part in enumerate(parts[:-1]):
-            nxt = node.get(part)
-            if not isinstance(nxt, dict):
-                if nxt is not None:
-                    raise ConfigError(f"{'.'.join(parts[: i + 1])} is set as a value and used as a section "
-                                      f"in {key!r}")
-                nxt = node[part] = {}
-            node = nxt
-        if isinstance(node.get(parts[-1]), dict):
-            raise ConfigError(f"{key} is a section, not a value")
-        node[parts[-1]] = value
-    return _rebuild(obj, tree, "")
+    pairs = (parse_override(item) for item in overrides)
+    return _rebuild(obj, _tree((key, _Text(text)) for key, text in pairs), "")
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], *, prefix: str = "") -> T:
@@ -356,19 +576,16 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, prefix: str = "") -> T:
     keys take the field's default."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{prefix.rstrip('.') or cls.__name__} must be a mapping, got {type(data).__name__}")
-    hints = _hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
-    for key in data:
-        if key not in names:
-            raise ConfigError(f"unknown config key {prefix + key!r}; valid keys: "
-                              + ", ".join(prefix + n for n in names))
+    hints = type_hints(cls)
+    names = _field_names(cls)
+    _check_known(data, names, prefix)
     kwargs = {}
     for key, value in data.items():
         tp = hints[key]
-        if _is_dataclass_type(tp):
+        if is_dataclass_type(tp):
             kwargs[key] = from_dict(tp, value, prefix=prefix + key + ".")
         else:
-            kwargs[key] = _check_value(value, tp, prefix + key)
+            kwargs[key] = check_value(value, tp, prefix + key)
     try:
         return cls(**kwargs)
     except ConfigError as e:

@@ -329,14 +329,19 @@ class Objective:
 
 _SLICED = MappingProxyType({"n_noise": "n_slices", "probe": "probe"})
 
+_NONE: MappingProxyType[str, str] = MappingProxyType({})
+
+#: every objective by name; ``options`` maps run-spec fields to the function's keywords
 OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
-    Objective("exact_sm", exact_sm, False, MappingProxyType({})),
-    Objective("ssm", ssm, False, _SLICED, noise_kwarg="v"),
-    Objective("ssm_vr", ssm_vr, False, _SLICED, noise_kwarg="v"),
-    Objective("fdssm", fdssm, False, MappingProxyType({"fd_eps": "fd_eps", "n_noise": "n_slices"}), noise_kwarg="v"),
-    Objective("dsm", dsm, True, MappingProxyType({}), needs_kernel=True, noise_kwarg="z"),
-    Objective("lcss", lcss, True, MappingProxyType({"gamma": "gamma", "antithetic": "antithetic",
-                                                    "n_noise": "n_samples"}), noise_kwarg="z"),
+    Objective(name="exact_sm", fn=exact_sm, needs_sigma=False, options=_NONE),
+    Objective(name="ssm", fn=ssm, needs_sigma=False, options=_SLICED, noise_kwarg="v"),
+    Objective(name="ssm_vr", fn=ssm_vr, needs_sigma=False, options=_SLICED, noise_kwarg="v"),
+    Objective(name="fdssm", fn=fdssm, needs_sigma=False,
+              options=MappingProxyType({"fd_eps": "fd_eps", "n_noise": "n_slices"}), noise_kwarg="v"),
+    Objective(name="dsm", fn=dsm, needs_sigma=True, options=_NONE, needs_kernel=True, noise_kwarg="z"),
+    Objective(name="lcss", fn=lcss, needs_sigma=True,
+              options=MappingProxyType({"gamma": "gamma", "antithetic": "antithetic", "n_noise": "n_samples"}),
+              noise_kwarg="z"),
 )}
 
 

@@ -35,10 +35,10 @@ from lcssm.models.precond import ScoreModel
 from lcssm.reproduce.report import Table, machine_info
 from lcssm.sde import VESDE
 
-__all__ = ["SIZES", "run_benchmark", "format_benchmark", "main"]
+__all__ = ["SETTINGS", "run_benchmark", "format_benchmark", "main"]
 
 OBJECTIVES = ("exact_sm", "ssm", "ssm_vr", "fdssm", "dsm", "lcss", "lcss_antithetic")
-SIZES = {
+SETTINGS = {
     "smoke": {"mlp_dim": 8, "mlp_hidden": 32, "mlp_batch": 64,
               "unet": "tiny", "unet_nf": 8, "unet_size": 4, "unet_batch": 4,
               "repeats": 2, "warmup": 1, "max_seconds": 2.0, "dims": [2, 8], "unet_sizes": [4],
@@ -191,9 +191,9 @@ def sampler_overhead(kind: str, cfg: dict, seed: int, device: torch.device) -> d
 def run_benchmark(size: str = "quick", *, seed: int = 0, device: str | torch.device = "cpu",
                   log: Callable[[str], None] = lambda s: None) -> dict:
     """Every measurement above; returns a dict of results (TimingStats objects for the timings)."""
-    if size not in SIZES:
-        raise ValueError(f"unknown size {size!r}; valid: {', '.join(SIZES)}")
-    cfg = SIZES[size]
+    if size not in SETTINGS:
+        raise ValueError(f"unknown size {size!r}; valid: {', '.join(SETTINGS)}")
+    cfg = SETTINGS[size]
     dev = resolve_device(device)
     res: dict = {"size": size, "settings": cfg, "machine": machine_info(dev), "seed": seed}
     for kind in ("mlp", "unet"):
@@ -278,7 +278,7 @@ def _to_json(res: dict) -> dict:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", choices=list(SIZES), default="quick",
+    p.add_argument("--size", choices=list(SETTINGS), default="quick",
                    help="smoke: seconds, numbers meaningless; quick: a few minutes on 2 cores; full: longer")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice, reported)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")

@@ -52,6 +52,8 @@ def import_checkpoint(fmt: str, checkpoint: str | Path, preset: str, out: str | 
     from lcssm.experiments.presets import ImagePreset, image_spec
     from lcssm.files import atomic_write_text, claim_run_dir
     from lcssm.models.convert import from_ncsnv2, from_score_sde
+    from lcssm.models.ncsnv2 import NCSNv2
+    from lcssm.models.unet import UNet
     from lcssm.training.checkpoint import FORMAT, checkpoint_path, list_checkpoints, save_checkpoint
 
     if fmt not in _FORMATS:
@@ -59,10 +61,11 @@ def import_checkpoint(fmt: str, checkpoint: str | Path, preset: str, out: str | 
     spec = image_spec(ImagePreset(preset=preset), data)  # resolved: its SDE's parameters, the data's grey levels
     state = _read(checkpoint)
     model = (from_score_sde if fmt == "score-sde" else from_ncsnv2)(state, preset)
-    if (int(spec.data.shape[1]), int(spec.data.shape[0])) != (model.backbone.config.image_size,
-                                                              model.backbone.config.in_channels):
+    net = model.backbone
+    assert isinstance(net, UNet | NCSNv2)  # what the converters build
+    if (int(spec.data.shape[1]), int(spec.data.shape[0])) != (net.config.image_size, net.config.in_channels):
         raise ConfigError(f"preset {preset!r} on {spec.data.source} gives {spec.data.shape} images, the published "
-                          f"network is {model.backbone.config.in_channels}x{model.backbone.config.image_size}^2")
+                          f"network is {net.config.in_channels}x{net.config.image_size}^2")
     if isinstance(state, dict):
         step = state.get("step", 0)
     else:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lcssm.config import _coerce, _hints, _is_dataclass_type, apply_overrides, meta
+from lcssm.config import apply_overrides, coerce, is_dataclass_type, meta, type_hints
 
 __all__ = ["Binding", "CommandOptions", "add_options", "apply_options", "bindings"]
 
@@ -67,10 +67,10 @@ def _flag(f: dataclasses.Field) -> str:
 def bindings(obj: Any, command: str, prefix: str = "") -> list[Binding]:
     """The flags ``command`` offers for the fields of dataclass ``obj`` (recursing into nested sections)."""
     out: list[Binding] = []
-    hints = _hints(type(obj))
+    hints = type_hints(type(obj))
     for f in dataclasses.fields(obj):
         tp = hints[f.name]
-        if _is_dataclass_type(tp):
+        if is_dataclass_type(tp):
             out += bindings(getattr(obj, f.name), command, f"{prefix}{f.name}.")
         elif command in f.metadata.get("commands", ()):
             key = prefix + f.name
@@ -91,7 +91,7 @@ def _parser_type(tp: Any, key: str) -> Callable[[str], Any]:
         from lcssm.errors import ConfigError
 
         try:
-            return _coerce(text, tp, key)
+            return coerce(text, tp, key)
         except ConfigError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
 

@@ -18,8 +18,9 @@ from lcssm.errors import ConfigError
 
 def _set_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="set", action="append", default=argparse.SUPPRESS, metavar="KEY=VALUE",
-                   help="set any field of the run spec, e.g. --set train.warmup=100 --set objective.t_min=1e-4 "
-                   "(repeatable; applied after the flags; the keys are those of the run's config.json)")
+                   help="set any field of the run spec, e.g. --set train.warmup=100 --set objective.t_min=1e-4, or a "
+                   "hyper-parameter of an image network, --set model.config.nf=64 (repeatable; applied after the "
+                   "flags; the keys are those of the run's config.json)")
 
 
 def _differences(base: Any, others: dict[str, Any], command: str) -> dict[str, str]:
@@ -127,19 +128,22 @@ def _train(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------- sample / bpd / fid
 def _sampler_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The sampler fields given as flags and as ``--set sampler.FIELD=VALUE``, typed."""
-    from lcssm.config import _coerce, _hints, invalid, parse_override
-    from lcssm.experiments.spec import SamplerSpec
+    """``{field: value}`` of the sampler fields given as flags (typed as argparse parsed them) and as ``--set
+    sampler.FIELD=VALUE`` (coerced by :func:`lcssm.config.override_values`, the ``--set`` path of every command;
+    a later one wins), for :func:`~lcssm.experiments.pipeline.sample_run` / :func:`~lcssm.experiments.fid.fid_run`,
+    which apply them to the run's saved spec."""
+    from lcssm.config import invalid, override_values, parse_override
+    from lcssm.experiments.spec import RunSpec, SamplerSpec
 
-    values = {b.key.removeprefix("sampler."): getattr(args, b.dest) for b in args.sampler_flags
-              if hasattr(args, b.dest)}
-    hints = _hints(SamplerSpec)
-    for item in getattr(args, "set", None) or []:
-        key, value = parse_override(item)
-        name = key.removeprefix("sampler.")
-        if not key.startswith("sampler.") or name not in hints:
-            raise invalid(key, f"is not a sampler field; valid: {', '.join('sampler.' + k for k in hints)}")
-        values[name] = _coerce(value, hints[name], key)
+    values = {b.key: getattr(args, b.dest) for b in args.sampler_flags if hasattr(args, b.dest)}
+    items = getattr(args, "set", None) or []
+    names = [f.name for f in dataclasses.fields(SamplerSpec)]
+    for item in items:
+        key = parse_override(item)[0]
+        if key.removeprefix("sampler.") not in names or not key.startswith("sampler."):
+            raise invalid(key, f"is not a sampler field; valid: {', '.join('sampler.' + k for k in names)}")
+    typed = override_values(RunSpec(), items)  # the run spec's keys (the sampler's types), as in lcssm train --set
+    values.update({key.removeprefix("sampler."): value for key, value in typed.items()})
     return values
 
 

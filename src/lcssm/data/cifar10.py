@@ -9,9 +9,11 @@ handful of numpy names an array needs and refuses everything else.
 from __future__ import annotations
 
 import codecs
+import importlib
 import io
 import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -40,8 +42,9 @@ class _ReadOnlyCall:
     """A callable whose attributes a pickle's BUILD opcode cannot overwrite (a bare function's can)."""
 
     __slots__ = ("_fn",)
+    _fn: Callable[..., object]
 
-    def __init__(self, fn) -> None:
+    def __init__(self, fn: Callable[..., object]) -> None:
         object.__setattr__(self, "_fn", fn)
 
     def __setattr__(self, name: str, value) -> None:
@@ -53,9 +56,11 @@ class _ReadOnlyCall:
 
 def _allowed_globals() -> dict[tuple[str, str], object]:
     try:  # numpy >= 2 moved numpy.core to numpy._core; files name whichever numpy wrote them
-        from numpy._core import multiarray, numeric
+        multiarray = importlib.import_module("numpy._core.multiarray")
+        numeric = importlib.import_module("numpy._core.numeric")
     except ImportError:  # pragma: no cover - numpy < 1.26
-        from numpy.core import multiarray, numeric
+        multiarray = importlib.import_module("numpy.core.multiarray")
+        numeric = importlib.import_module("numpy.core.numeric")
     reconstruct = multiarray._reconstruct  # a builtin: attributes are read-only already
     frombuffer = _ReadOnlyCall(numeric._frombuffer)  # protocol 5: frombuffer(buf, dtype).reshape(...)
     allowed: dict[tuple[str, str], object] = {

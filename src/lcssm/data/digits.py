@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, overload
 
 import numpy as np
 import torch
@@ -46,6 +46,24 @@ def to_unit(levels: torch.Tensor | np.ndarray, scale: Scale) -> torch.Tensor:
     if scale == "minus_one_one":
         return 2.0 * x - 1.0
     raise DataError(f"unknown scale {scale!r}; valid: zero_one, minus_one_one")
+
+
+@overload
+def load_digits(
+    split: Split = "train", *, scale: Scale = "minus_one_one", return_labels: Literal[False] = False
+) -> torch.Tensor: ...
+
+
+@overload
+def load_digits(
+    split: Split = "train", *, scale: Scale = "minus_one_one", return_labels: Literal[True]
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@overload
+def load_digits(
+    split: Split = "train", *, scale: Scale = "minus_one_one", return_labels: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def load_digits(

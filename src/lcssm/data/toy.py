@@ -160,7 +160,7 @@ def checkerboard_logpdf(x: Tensor, sigma: float) -> Tensor:
     return torch.log(_cell_probs(x, sigma).sum(1)) - math.log(32.0)
 
 
-def _psi(w: np.ndarray) -> np.ndarray:
+def _psi(w: float) -> float:
     """Antiderivative of Φ: ∫Φ(w)dw = wΦ(w) + φ(w)."""
     from scipy.stats import norm
 
@@ -200,6 +200,22 @@ def load_points(path: str | Path) -> Tensor:
     an unknown extension, a malformed file, non-finite values, fewer than 2 points or more than 2 dims.
     """
     p = Path(path)
+    arr = _read_array(p)
+    if arr.dtype.kind not in "fiu":
+        raise DataError(f"point file {str(p)!r} holds {arr.dtype} values; expected numbers")
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2 or arr.shape[1] < 1:
+        raise DataError(f"point file {str(p)!r} must hold an array of shape (n, d), got {arr.shape}")
+    if arr.shape[0] < 2:
+        raise DataError(f"point file {str(p)!r} holds {arr.shape[0]} point(s); need at least 2")
+    if not np.isfinite(arr).all():
+        raise DataError(f"point file {str(p)!r} contains NaN or infinite values")
+    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+
+
+def _read_array(p: Path) -> np.ndarray:
+    """The array in the ``.npy`` or ``.csv`` file ``p``; DataError naming the file when it cannot be read."""
     if not p.exists():
         raise DataError(f"point file {str(p)!r} does not exist")
     if p.is_dir():
@@ -221,17 +237,7 @@ def load_points(path: str | Path) -> Tensor:
         raise DataError(f"point file {str(p)!r} could not be read: {e}") from None
     except (OSError, EOFError) as e:
         raise DataError(f"point file {str(p)!r} could not be read: {e}") from None
-    if arr.dtype.kind not in "fiu":
-        raise DataError(f"point file {str(p)!r} holds {arr.dtype} values; expected numbers")
-    if arr.ndim == 1:
-        arr = arr[:, None]
-    if arr.ndim != 2 or arr.shape[1] < 1:
-        raise DataError(f"point file {str(p)!r} must hold an array of shape (n, d), got {arr.shape}")
-    if arr.shape[0] < 2:
-        raise DataError(f"point file {str(p)!r} holds {arr.shape[0]} point(s); need at least 2")
-    if not np.isfinite(arr).all():
-        raise DataError(f"point file {str(p)!r} contains NaN or infinite values")
-    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    return arr
 
 
 def _load_csv(p: Path) -> np.ndarray:

@@ -20,7 +20,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeGuard
 
 import torch
 from torch import Tensor
@@ -44,7 +44,11 @@ DIGITS = "digits"
 MNIST = "mnist"
 
 
-def _digits_levels(split: str) -> Tensor:
+def _is_split(split: str) -> TypeGuard[Literal["train", "test"]]:
+    return split in ("train", "test")
+
+
+def _digits_levels(split: Literal["train", "test"]) -> Tensor:
     return torch.round(load_digits(split, scale="zero_one") * (DIGITS_LEVELS - 1)).to(torch.uint8)
 
 
@@ -57,7 +61,7 @@ def load_split(data, split: str, source: str | os.PathLike | None = None) -> Ima
     other than the training folder is held out as a whole. Image folders are read with the spec's ``strict`` and
     ``cache_dir``.
     """
-    if split not in ("train", "test"):
+    if not _is_split(split):
         raise DataError(f"unknown split {split!r}; valid: train, test")
     root = str(source) if source is not None else data.source
     if root == DIGITS:

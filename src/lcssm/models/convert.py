@@ -27,9 +27,10 @@ import torch
 from torch import Tensor, nn
 
 from lcssm.errors import CheckpointError, ConfigError
+from lcssm.models.build import build_model
 from lcssm.models.ncsnv2 import NCSNv2
 from lcssm.models.precond import ScoreModel
-from lcssm.models.presets import ModelPreset, build_model, get_preset
+from lcssm.models.presets import ModelPreset, get_preset
 from lcssm.models.unet import UNet
 from lcssm.sde import SDES
 
@@ -104,65 +105,104 @@ def _resample_rules(theirs: str, ours: str, module: nn.Module) -> list[_Rule]:
     return _simple(f"{theirs}.{name}", f"{ours}.conv")
 
 
+class _ScoreSdeModules:
+    """score_sde's ``NCSNpp.all_modules`` of an lcssm U-Net, in order: each entry names the lcssm module and makes
+    the rules of its tensors from the score_sde name ``all_modules.{index}`` (models/ncsnpp.py)."""
+
+    def __init__(self, net: UNet) -> None:
+        self.net = net
+        self.biggan = net.config.resblock == "biggan"
+        self.modules: list[tuple[str, Callable[[str], list[_Rule]]]] = []
+
+    def add(self, ours: str, make: Callable[[str, str], list[_Rule]]) -> None:
+        """Module ``ours`` whose rules ``make(theirs, ours)`` gives."""
+        def rules(theirs: str) -> list[_Rule]:
+            return make(theirs, ours)
+
+        self.modules.append((ours, rules))
+
+    def res(self, ours: str) -> None:
+        """A residual block (BigGAN or DDPM style)."""
+        net, biggan = self.net, self.biggan
+        self.add(ours, lambda t, o: _resblock_rules(t, o, net.get_submodule(o), biggan))
+
+    def plain(self, ours: str) -> None:
+        """A module with a weight and a bias (dense, conv, norm)."""
+        self.add(ours, lambda t, o: _simple(t, o))
+
+    def resample(self, ours: str) -> None:
+        """A separate up/down sampler (its conv, if any)."""
+        net = self.net
+        self.add(ours, lambda t, o: _resample_rules(t, o, net.get_submodule(o)))
+
+    def rules(self) -> list[_Rule]:
+        """The rules of every module, the score_sde names numbered in order."""
+        rules: list[_Rule] = []
+        for index, (_, make) in enumerate(self.modules):
+            rules += make(f"all_modules.{index}")
+        return rules
+
+
+def _add_embedding(m: _ScoreSdeModules) -> None:
+    """The time embedding: the Fourier features' W, then the two dense layers of a time-conditional net."""
+    if m.net.fourier is not None:
+        m.add("fourier", lambda t, o: [_Rule((f"{t}.W",), f"{o}.W")])
+    if m.net.config.time_conditional:
+        m.plain("temb_mlp.0")
+        m.plain("temb_mlp.2")
+
+
+def _add_encoder_level(m: _ScoreSdeModules, level: int) -> None:
+    """One encoder level: its residual blocks (each with its attention), then, below the last level, the
+    downsampler and the input pyramid's module."""
+    net, cfg = m.net, m.net.config
+    for i in range(cfg.num_res_blocks):
+        m.res(f"down_blocks.{level}.{i}")
+        if not isinstance(net.get_submodule(f"down_attn.{level}.{i}"), nn.Identity):
+            m.add(f"down_attn.{level}.{i}", _attn_rules)
+    if level == len(cfg.ch_mult) - 1:
+        return
+    (m.res if m.biggan else m.resample)(f"downsamplers.{level}")
+    if cfg.progressive_input == "input_skip":  # layerspp.Combine
+        m.add(f"input_pyramid.{level}", lambda t, o: _simple(f"{t}.Conv_0", o))
+    elif cfg.progressive_input == "residual":
+        m.resample(f"input_pyramid.{level}")
+
+
+def _add_decoder_level(m: _ScoreSdeModules, i: int) -> None:
+    """One decoder level: its residual blocks, its attention, the output pyramid's norm and conv, then, below the
+    top level, the upsampler."""
+    net, cfg = m.net, m.net.config
+    for j in range(cfg.num_res_blocks + 1):
+        m.res(f"up_blocks.{i}.{j}")
+    if not isinstance(net.up_attn[i], nn.Identity):
+        m.add(f"up_attn.{i}", _attn_rules)
+    if cfg.progressive == "output_skip":
+        m.plain(f"output_pyramid.{i}.norm")
+        m.plain(f"output_pyramid.{i}.conv")
+    if i < len(cfg.ch_mult) - 1:
+        (m.res if m.biggan else m.resample)(f"upsamplers.{i}")
+
+
 def _score_sde_rules(net: UNet) -> list[_Rule]:
     """The tensors of ``net`` in score_sde's ``NCSNpp.all_modules`` order (models/ncsnpp.py)."""
     cfg = net.config
     if cfg.num_heads != 1 or not cfg.mid_attention:
         raise ConfigError("score_sde's NCSN++ has single-head attention and a middle attention block")
-    biggan = cfg.resblock == "biggan"
-    modules: list[tuple[str, Callable[[str], list[_Rule]]]] = []
-
-    def add(ours: str, make: Callable[[str, str], list[_Rule]]) -> None:
-        modules.append((ours, lambda theirs, ours=ours, make=make: make(theirs, ours)))
-
-    def res(ours: str) -> None:
-        add(ours, lambda t, o: _resblock_rules(t, o, net.get_submodule(o), biggan))
-
-    def plain(ours: str) -> None:
-        add(ours, lambda t, o: _simple(t, o))
-
-    def resample(ours: str) -> None:
-        add(ours, lambda t, o: _resample_rules(t, o, net.get_submodule(o)))
-
-    if net.fourier is not None:
-        add("fourier", lambda t, o: [_Rule((f"{t}.W",), f"{o}.W")])
-    if cfg.time_conditional:
-        plain("temb_mlp.0")
-        plain("temb_mlp.2")
-    plain("conv_in")
-    n_levels = len(cfg.ch_mult)
-    for level in range(n_levels):
-        for i in range(cfg.num_res_blocks):
-            res(f"down_blocks.{level}.{i}")
-            if not isinstance(net.down_attn[level][i], nn.Identity):
-                add(f"down_attn.{level}.{i}", _attn_rules)
-        if level == n_levels - 1:
-            continue
-        (res if biggan else resample)(f"downsamplers.{level}")
-        if cfg.progressive_input == "input_skip":  # layerspp.Combine
-            add(f"input_pyramid.{level}", lambda t, o: _simple(f"{t}.Conv_0", o))
-        elif cfg.progressive_input == "residual":
-            resample(f"input_pyramid.{level}")
-    res("mid.0")
-    add("mid.1", _attn_rules)
-    res("mid.2")
-    for i in range(n_levels):
-        for j in range(cfg.num_res_blocks + 1):
-            res(f"up_blocks.{i}.{j}")
-        if not isinstance(net.up_attn[i], nn.Identity):
-            add(f"up_attn.{i}", _attn_rules)
-        if cfg.progressive == "output_skip":
-            plain(f"output_pyramid.{i}.norm")
-            plain(f"output_pyramid.{i}.conv")
-        if i < n_levels - 1:
-            (res if biggan else resample)(f"upsamplers.{i}")
+    m = _ScoreSdeModules(net)
+    _add_embedding(m)
+    m.plain("conv_in")
+    for level in range(len(cfg.ch_mult)):
+        _add_encoder_level(m, level)
+    m.res("mid.0")
+    m.add("mid.1", _attn_rules)
+    m.res("mid.2")
+    for i in range(len(cfg.ch_mult)):
+        _add_decoder_level(m, i)
     if cfg.progressive != "output_skip":
-        plain("head.norm")
-        plain("head.conv")
-    rules: list[_Rule] = []
-    for index, (_, make) in enumerate(modules):
-        rules += make(f"all_modules.{index}")
-    return rules
+        m.plain("head.norm")
+        m.plain("head.conv")
+    return m.rules()
 
 
 _NCSNV2_STAGES = {4: ("res1", "res2", "res3", "res4"), 5: ("res1", "res2", "res3", "res4", "res5"),

@@ -33,6 +33,8 @@ def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10_000.0, *, s
 class GaussianFourierEmbedding(nn.Module):
     """Random Fourier features ``[sin(2πWt), cos(2πWt)]`` with fixed W ~ N(0, scale²) (NCSN++, Tancik et al.)."""
 
+    W: Tensor  # buffer
+
     def __init__(self, dim: int, scale: float = 16.0) -> None:
         super().__init__()
         self.register_buffer("W", torch.randn(dim // 2) * scale)

@@ -95,7 +95,7 @@ def conv3x3(
     """3x3 convolution with variance-scaling weights and zero bias (DDPM init)."""
     conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=padding, dilation=dilation, bias=bias)
     variance_scaling_(conv.weight, init_scale)
-    if bias:
+    if conv.bias is not None:  # bias=True
         nn.init.zeros_(conv.bias)
     return conv
 
@@ -104,7 +104,7 @@ def conv1x1(c_in: int, c_out: int, *, bias: bool = True, init_scale: float = 1.0
     """1x1 convolution (score_sde's NIN) with variance-scaling weights and zero bias."""
     conv = nn.Conv2d(c_in, c_out, 1, bias=bias)
     variance_scaling_(conv.weight, init_scale)
-    if bias:
+    if conv.bias is not None:  # bias=True
         nn.init.zeros_(conv.bias)
     return conv
 
@@ -205,6 +205,7 @@ class SelfAttention2d(nn.Module):
         with torch.no_grad():  # q, k, v initialised like three separate score_sde NINs (scale 0.1)
             for w in self.qkv.weight.chunk(3, dim=0):
                 variance_scaling_(w, 0.1)
+            assert self.qkv.bias is not None  # nn.Conv2d's default bias=True
             self.qkv.bias.zero_()
         self.proj = conv1x1(channels, channels, init_scale=init_scale)
 

@@ -17,7 +17,7 @@ fusion, chained residual pooling), from the deepest stage up, then norm → act 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -163,7 +163,7 @@ class _RCU(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         for convs in self.blocks:
             h = x
-            for conv in convs:
+            for conv in cast(nn.ModuleList, convs):
                 h = conv(self.act(h))
             x = x + h
         return x
@@ -177,10 +177,11 @@ class _MSF(nn.Module):
         self.convs = nn.ModuleList(_conv3x3(c, channels) for c in in_channels)
 
     def forward(self, xs: list[Tensor], size: tuple[int, int]) -> Tensor:
-        out = None
+        out: Tensor | None = None
         for conv, x in zip(self.convs, xs):
             h = F.interpolate(conv(x), size=size, mode="bilinear", align_corners=True)
             out = h if out is None else out + h
+        assert out is not None, "_MSF fuses at least one input"
         return out
 
 
@@ -274,7 +275,7 @@ class NCSNv2(nn.Module):
         h = self.begin_conv(h)
         feats = []
         for stage in self.stages:
-            for block in stage:
+            for block in cast(nn.ModuleList, stage):
                 h = block(h)
             feats.append(h)
         n = len(feats)

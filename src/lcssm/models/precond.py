@@ -27,7 +27,7 @@ from lcssm.errors import ConfigError
 from lcssm.sde import SDE
 from lcssm.tensors import bcast
 
-__all__ = ["C_IN", "C_OUT", "ScoreModel", "build_backbone", "build_score_model"]
+__all__ = ["C_IN", "C_OUT", "ScoreModel", "build_score_model"]
 
 C_IN = ("none", "unit_variance")
 C_OUT = ("none", "inv_sigma", "neg_inv_sigma", "gaussian_skip")
@@ -52,10 +52,11 @@ class ScoreModel(nn.Module):
     def log_density(self, x: Tensor) -> Tensor:
         """The unnormalised log-density f of an energy backbone (score = ∇ₓf) without an SDE: what MALA's
         acceptance test needs. ConfigError for a backbone that models the score directly."""
-        if self.sde is not None or not hasattr(self.backbone, "log_density"):
+        log_density = getattr(self.backbone, "log_density", None)  # an energy backbone's method
+        if self.sde is not None or log_density is None:
             raise ConfigError("this model has no log-density: MALA needs an energy model (model.arch energy_mlp, "
                               "lcssm toy); use the langevin sampler")
-        return self.backbone.log_density(x)
+        return log_density(x)
 
     def forward(self, x: Tensor, t: Tensor | None = None) -> Tensor:
         if self.sde is None:
@@ -76,32 +77,9 @@ class ScoreModel(nn.Module):
         return out
 
 
-def build_backbone(spec, dim: int | None = None, *, time_conditional: bool = True) -> nn.Module:
-    """The backbone network of a :class:`lcssm.experiments.spec.ModelSpec` (``dim``: the data dimension of an MLP,
-    time-conditional when ``time_conditional``; ``spec.config`` holds every hyper-parameter of an image network)."""
-    from lcssm.models.ncsnv2 import NCSNv2, NCSNv2Config
-    from lcssm.models.toy import EnergyMLP, ScoreMLP
-    from lcssm.models.unet import UNet, UNetConfig
-
-    if spec.arch == "energy_mlp":
-        return EnergyMLP(dim=dim, hidden=spec.hidden, n_hidden=spec.n_hidden, activation=spec.activation)
-    if spec.arch == "res_mlp":
-        from lcssm.models.toy import ResidualScoreMLP
-
-        return ResidualScoreMLP(dim=dim, hidden=spec.hidden, n_blocks=spec.n_hidden, activation=spec.activation,
-                                time_embed=spec.embedding, embed_dim=spec.embed_dim)
-    if spec.arch == "score_mlp":
-        return ScoreMLP(dim=dim, hidden=spec.hidden, n_hidden=spec.n_hidden, activation=spec.activation,
-                        time_embed=spec.embedding if time_conditional else None, embed_dim=spec.embed_dim)
-    cls, config_cls = (UNet, UNetConfig) if spec.arch == "unet" else (NCSNv2, NCSNv2Config)
-    try:
-        config = config_cls(**spec.config)
-    except TypeError as e:
-        raise ConfigError(f"model.config does not fit {config_cls.__name__}: {e}") from None
-    return cls(config)
-
-
 def build_score_model(spec, sde: SDE | None, dim: int | None = None) -> ScoreModel:
     """:class:`ScoreModel` of a ModelSpec under ``sde``."""
-    backbone = build_backbone(spec, dim, time_conditional=sde is not None)
+    from lcssm.models.build import build_model
+
+    backbone = build_model(spec, dim, time_conditional=sde is not None)
     return ScoreModel(backbone, sde, c_in=spec.c_in, c_out=spec.c_out)

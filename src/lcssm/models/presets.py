@@ -30,20 +30,14 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-import torch
-from torch import nn
-
 from lcssm.errors import ConfigError
-from lcssm.models.ncsnv2 import NCSNv2, NCSNv2Config
-from lcssm.models.unet import UNet, UNetConfig
+from lcssm.models.ncsnv2 import NCSNv2Config
+from lcssm.models.unet import UNetConfig
 
 __all__ = [
     "MODEL_PRESETS",
     "ModelConfig",
     "ModelPreset",
-    "build_model",
-    "count_parameters",
-    "count_preset_parameters",
     "get_preset",
     "resolve_model_config",
 ]
@@ -456,32 +450,8 @@ def resolve_model_config(
         raise ConfigError(
             f"expected a preset name, ModelPreset, UNetConfig or NCSNv2Config, got {type(name_or_config).__name__}"
         )
-    overrides = {k: v for k, v in (("image_size", image_size), ("in_channels", channels), ("nf", nf)) if v is not None}
+    # Any: mypy checks replace()'s keywords field by field and cannot see which fields these keys name (all ints)
+    overrides: dict[str, Any] = {
+        k: v for k, v in (("image_size", image_size), ("in_channels", channels), ("nf", nf)) if v is not None
+    }
     return dataclasses.replace(cfg, **overrides) if overrides else cfg
-
-
-def build_model(
-    name_or_config: str | ModelPreset | ModelConfig,
-    *,
-    image_size: int | None = None,
-    channels: int | None = None,
-    nf: int | None = None,
-) -> nn.Module:
-    """Build a :class:`~lcssm.models.unet.UNet` or :class:`~lcssm.models.ncsnv2.NCSNv2`.
-
-    Call signatures differ: ``UNet(x, t, sigma=None)``, ``NCSNv2(x, sigma)``; both expose ``needs_sigma``.
-    To count parameters of a large preset without allocating it, build under ``torch.device("meta")``.
-    """
-    cfg = resolve_model_config(name_or_config, image_size=image_size, channels=channels, nf=nf)
-    return UNet(cfg) if isinstance(cfg, UNetConfig) else NCSNv2(cfg)
-
-
-def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
-    """Number of parameter elements (works on ``meta``-device models: no memory is touched)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-
-
-def count_preset_parameters(name_or_config: str | ModelPreset | ModelConfig) -> int:
-    """Trainable parameters of a preset/config at full size, counted on the meta device (no allocation)."""
-    with torch.device("meta"):
-        return count_parameters(build_model(name_or_config))

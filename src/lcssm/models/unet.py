@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -155,6 +155,10 @@ class UNetConfig:
             raise ConfigError(f"UNetConfig.ch_mult must be a non-empty tuple of positive ints, got {self.ch_mult!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"UNetConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        self._check_levels()
+
+    def _check_levels(self) -> None:
+        """ConfigError unless the image size, attention resolutions and head count fit the levels."""
         factor = self.downsampling_factor
         if self.image_size % factor:
             raise ConfigError(
@@ -346,17 +350,18 @@ class UNet(nn.Module):
         """Whether ``forward`` requires ``sigma`` (see :attr:`UNetConfig.needs_sigma`)."""
         return self.config.needs_sigma
 
-    def _embed(self, t: Tensor | None, sigma: Tensor | None, batch: int, like: Tensor) -> Tensor | None:
+    def _embed(self, t: Tensor | float | None, sigma: Tensor | None, batch: int, like: Tensor) -> Tensor | None:
         cfg = self.config
         if not cfg.time_conditional:
             return None
         if cfg.embedding_input == "log_sigma":
+            assert sigma is not None  # needs_sigma: _check_input made it a (B,) tensor
             cond = torch.log(sigma)
         else:
             if t is None:
                 raise ValueError("UNet is time-conditional: pass t of shape (B,)")
             cond = _per_sample(t, batch, "t", like)
-        dtype = self.temb_mlp[0].weight.dtype  # features in the model's dtype (float64 stays float64)
+        dtype = cast(nn.Linear, self.temb_mlp[0]).weight.dtype  # features in the model's dtype (float64 stays float64)
         if self.fourier is not None:
             feats = self.fourier(cond.to(self.fourier.W.dtype))
         else:
@@ -369,6 +374,29 @@ class UNet(nn.Module):
         Returns a tensor shaped like x. Raises ValueError for a wrong shape or a missing sigma.
         """
         cfg = self.config
+        sigma = self._check_input(x, sigma)
+        temb = self._embed(t, sigma, x.shape[0], x)
+        if not cfg.input_centered:
+            x = 2.0 * x - 1.0
+        h, hs = self._down(x, temb)
+        h = self.mid[0](h, temb)
+        h = self.mid[1](h)
+        h = self.mid[2](h, temb)
+        h, out_pyramid = self._up(h, hs, temb)
+        if self.head is not None:
+            out: Tensor = self.head(h)
+        else:
+            assert out_pyramid is not None  # progressive="output_skip": the output pyramid is the output
+            out = out_pyramid
+        if cfg.scale_by_sigma:
+            assert sigma is not None  # needs_sigma: _check_input made it a (B,) tensor
+            out = out / sigma.to(out.dtype).view(-1, 1, 1, 1)
+        return out
+
+    def _check_input(self, x: Tensor, sigma: Tensor | float | None) -> Tensor | None:
+        """ValueError for an input this network cannot take; sigma as a (B,) tensor where the network needs it
+        (None where it does not use sigma)."""
+        cfg = self.config
         if x.ndim != 4 or x.shape[1] != cfg.in_channels:
             raise ValueError(f"UNet expects x of shape (B, {cfg.in_channels}, H, W), got {tuple(x.shape)}")
         batch, _, height, width = x.shape
@@ -377,24 +405,26 @@ class UNet(nn.Module):
             raise ValueError(
                 f"UNet with {len(cfg.ch_mult)} levels needs H and W divisible by {f}, got {height}x{width}"
             )
-        if cfg.needs_sigma:
-            if sigma is None:
-                why = "scale_by_sigma=True" if cfg.scale_by_sigma else "embedding_input='log_sigma'"
-                raise ValueError(
-                    f"this UNet has {why}: pass sigma, the (B,) marginal std of x at time t, "
-                    "e.g. model(x, t, sigma=sde.marginal_coefficients(t)[1])"
-                )
-            sigma = _per_sample(sigma, batch, "sigma", x)
-        temb = self._embed(t, sigma, batch, x)
+        if not cfg.needs_sigma:
+            return None
+        if sigma is None:
+            why = "scale_by_sigma=True" if cfg.scale_by_sigma else "embedding_input='log_sigma'"
+            raise ValueError(
+                f"this UNet has {why}: pass sigma, the (B,) marginal std of x at time t, "
+                "e.g. model(x, t, sigma=sde.marginal_coefficients(t)[1])"
+            )
+        return _per_sample(sigma, batch, "sigma", x)
 
-        if not cfg.input_centered:
-            x = 2.0 * x - 1.0
+    def _down(self, x: Tensor, temb: Tensor | None) -> tuple[Tensor, list[Tensor]]:
+        """The downsampling path: the features at its bottom and the skip connections, in order."""
+        cfg = self.config
         pyramid = x
         h = self.conv_in(x)
         hs = [h]
         n_levels = len(cfg.ch_mult)
         for level in range(n_levels):
-            for block, attn in zip(self.down_blocks[level], self.down_attn[level]):
+            blocks = cast(nn.ModuleList, self.down_blocks[level])
+            for block, attn in zip(blocks, cast(nn.ModuleList, self.down_attn[level])):
                 h = attn(block(h, temb))
                 hs.append(h)
             if level == n_levels - 1:
@@ -410,14 +440,14 @@ class UNet(nn.Module):
                     pyramid = pyramid / math.sqrt(2.0)
                 h = pyramid
             hs.append(h)
+        return h, hs
 
-        h = self.mid[0](h, temb)
-        h = self.mid[1](h)
-        h = self.mid[2](h, temb)
-
+    def _up(self, h: Tensor, hs: list[Tensor], temb: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """The upsampling path over the skip connections ``hs`` (consumed): its features and the output pyramid."""
+        cfg = self.config
         out_pyramid: Tensor | None = None
         for i, blocks in enumerate(self.up_blocks):
-            for block in blocks:
+            for block in cast(nn.ModuleList, blocks):
                 h = block(torch.cat([h, hs.pop()], dim=1), temb)
             h = self.up_attn[i](h)
             if cfg.progressive == "output_skip":
@@ -425,11 +455,7 @@ class UNet(nn.Module):
                 if out_pyramid is not None:
                     level_out = upsample2x(out_pyramid, cfg.resample_kernel) + level_out
                 out_pyramid = level_out
-            if i < n_levels - 1:
+            if i < len(cfg.ch_mult) - 1:
                 up = self.upsamplers[i]
                 h = up(h, temb) if isinstance(up, ResBlock) else up(h)
-
-        out = out_pyramid if self.head is None else self.head(h)
-        if cfg.scale_by_sigma:
-            out = out / sigma.to(out.dtype).view(-1, 1, 1, 1)
-        return out
+        return h, out_pyramid

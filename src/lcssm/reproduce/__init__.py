@@ -27,7 +27,7 @@ from lcssm.errors import ConfigError, LcssmError
 from lcssm.reproduce.report import Report, Table, command_line, format_cell
 
 __all__ = [
-    "SIZES",
+    "SIZE_NAMES",
     "TARGETS",
     "Context",
     "Target",
@@ -36,7 +36,7 @@ __all__ = [
     "run_target",
 ]
 
-SIZES = ("smoke", "quick", "full")
+SIZE_NAMES = ("smoke", "quick", "full")
 T = TypeVar("T")
 
 
@@ -109,8 +109,8 @@ class Context:
     started: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
-        if self.size not in SIZES:
-            raise ConfigError(f"unknown size {self.size!r}; valid: {', '.join(SIZES)}")
+        if self.size not in SIZE_NAMES:
+            raise ConfigError(f"unknown size {self.size!r}; valid: {', '.join(SIZE_NAMES)}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
         self.out_dir = Path(self.out_dir)

@@ -30,7 +30,7 @@ OBJECTIVES = ("lcss", "dsm", "ssm_vr", "fdssm")
 PRESET = "digits"
 
 #: ``nf`` / ``batch`` None: the preset's (32, 128)
-SIZES = {
+SETTINGS = {
     "smoke": {"steps": 3, "nf": 8, "batch": 16, "n_samples": 20, "pc_steps": 3, "ode_tol": 1e-2, "bpd_images": 4,
               "bpd_tol": 1e-2, "sample_batch": 20},
     "quick": {"steps": 400, "nf": 16, "batch": 64, "n_samples": 200, "pc_steps": 50, "ode_tol": 1e-2,
@@ -76,24 +76,22 @@ def _sampler(s: dict, ctx: Context, name: str) -> dict[str, Any]:
 
 
 def measure(objective: str, s: dict, ctx: Context, stages: dict[str, float]) -> dict[str, Any]:
-    """Train one objective and measure it; adds the seconds of each stage to ``stages``. The row's ``grid`` is
-    the sample grid of its first 64 PC samples (``OUT/digits/<objective>.png``); a diverged run has
-    ``diverged``."""
+    """Train one objective (or read its finished run in ``OUT/runs/OBJ``) and measure it; adds the seconds of
+    each stage to ``stages``. The row's ``grid`` is the sample grid of its first 64 PC samples
+    (``OUT/digits/<objective>.png``); a diverged run has ``diverged``."""
     from lcssm.experiments.fid import fid_run
     from lcssm.experiments.pipeline import LikelihoodOptions, bpd_run, open_run
     from lcssm.models import count_parameters
     from lcssm.plots import save_image_grid
-    from lcssm.reproduce.reuse import train_or_resume
-    from lcssm.training.loop import NonFiniteLossError
+    from lcssm.reproduce.reuse import ensure_trained
 
     spec, run_dir = run_spec(objective, s, ctx), ctx.out_dir / "runs" / objective
-    began = t0 = time.perf_counter()
-    try:
-        train = train_or_resume(spec, run_dir, progress=ctx.progress, label=f"digits row {objective}")["train"]
-    except NonFiniteLossError as e:
-        stages["training"] += time.perf_counter() - t0
-        return {"diverged": f"diverged at step {e.step}", "minutes": (time.perf_counter() - began) / 60}
-    stages["training"] += time.perf_counter() - t0
+    began = time.perf_counter()
+    trained = ensure_trained(spec, run_dir, progress=ctx.progress, label=f"digits row {objective}")
+    stages["training"] += time.perf_counter() - began
+    if trained.diverged is not None:
+        return {"diverged": trained.diverged_note, "minutes": (time.perf_counter() - began) / 60}
+    train = trained.records["train"]
     row: dict[str, Any] = {"seconds_per_step": train["train_seconds"] / spec.train.steps,
                            "final_loss": train["final_loss"],
                            "parameters": count_parameters(open_run(run_dir, "cpu").model)}
@@ -183,7 +181,7 @@ def _verdict(report: Report, rows: dict[str, dict]) -> None:
 
 def run(ctx: Context) -> Report:
     require_digits("digits")
-    s = ctx.pick(SIZES)
+    s = ctx.pick(SETTINGS)
     train = run_spec(OBJECTIVES[0], s, ctx).train
     report = ctx.report("digits", "Digits: four objectives, one network", {
         **s, "nf": s["nf"] or 32, "batch": train.batch_size, "lr": train.lr, "warmup": train.warmup,

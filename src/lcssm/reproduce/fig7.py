@@ -78,12 +78,12 @@ def train_gamma(gamma: float, cfg: dict, ctx: Context, out_dir: Path) -> tuple[R
     spec, resumed from its newest checkpoint when it holds a stopped one); returns the opened run (its EMA model) and
     the train record."""
     from lcssm.experiments.pipeline import open_run
-    from lcssm.reproduce.reuse import finished_records, train_or_resume
+    from lcssm.reproduce.reuse import ensure_trained
 
-    spec = gamma_spec(gamma, cfg, ctx)
-    records = finished_records(out_dir, spec) or train_or_resume(spec, out_dir, progress=ctx.progress,
-                                                                 label=f"fig7 γ = {gamma:g}")
-    return open_run(out_dir, ctx.device), records["train"]
+    trained = ensure_trained(gamma_spec(gamma, cfg, ctx), out_dir, progress=ctx.progress, label=f"fig7 γ = {gamma:g}")
+    if trained.diverged is not None:
+        raise trained.diverged
+    return open_run(out_dir, ctx.device), trained.records["train"]
 
 
 def score_norm(model: ScoreModel, sde: SDE, x0: Tensor, seed: int) -> list[float]:

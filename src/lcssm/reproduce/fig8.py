@@ -15,7 +15,7 @@ import torch
 
 from lcssm.reproduce import Context
 from lcssm.reproduce.report import Report, Table
-from lcssm.reproduce.toyruns import LABELS, OBJECTIVES, SIZES, smoothed_mean, toy_runs
+from lcssm.reproduce.toyruns import LABELS, OBJECTIVES, SETTINGS, smoothed_mean, toy_runs
 
 
 def stability(losses: list[float]) -> dict[str, float | int]:
@@ -43,7 +43,7 @@ def run(ctx: Context) -> Report:
     d = 2
     const = d / (2 * sigma**2)
     report = ctx.report("fig8", "Training-loss curves on the checkerboard (paper Fig. 8)", {
-        "preset": ctx.pick(SIZES)["preset"], "steps": cfg0.train.steps, "batch": cfg0.train.batch_size,
+        "preset": ctx.pick(SETTINGS)["preset"], "steps": cfg0.train.steps, "batch": cfg0.train.batch_size,
         "sigma": sigma, "torch_threads": torch.get_num_threads(),
         "runs": str(runs["lcss"]["dir"].parent)})
     from lcssm.plots import plt, save_figure

@@ -33,7 +33,7 @@ SDE_CELLS = tuple(("lcss", s) for s in ("ve", "subvp", "tanh"))
 TOLERANCE = 0.05
 
 #: ``steps`` / ``n_samples`` None: the default spec's
-SIZES = {
+SETTINGS = {
     "smoke": {"datasets": ("2spirals", "moons"), "cells": (("lcss", "vp"), ("dsm", "vp"), ("lcss", "ve")),
               "steps": 20, "n_samples": 300},
     "quick": {"datasets": DATASETS, "cells": (("lcss", "vp"),), "steps": 1000, "n_samples": 2000},
@@ -65,19 +65,16 @@ def cell_spec(data: str, objective: str, sde: str, s: dict, ctx: Context):
 def measure(data: str, objective: str, sde: str, s: dict, ctx: Context) -> dict[str, Any]:
     """One cell's train and sample records, trained now unless ``OUT/runs/D-O-S`` already holds them; with
     ``diverged`` when training stopped on a non-finite loss."""
-    from lcssm.reproduce.reuse import finished_records, train_or_resume
-    from lcssm.training.loop import NonFiniteLossError
+    from lcssm.reproduce.reuse import ensure_trained
 
     spec, run_dir = cell_spec(data, objective, sde, s, ctx), ctx.out_dir / "runs" / cell_name(data, objective, sde)
-    done = finished_records(run_dir, spec, ("train", "sample"))
-    if done is not None:
-        return {**done, "reused": True, "dir": str(run_dir)}
-    began = time.perf_counter()
-    try:
-        records = train_or_resume(spec, run_dir, progress=ctx.progress, label=f"points cell {run_dir.name}")
-    except NonFiniteLossError as e:
-        return {"diverged": f"diverged at step {e.step}", "seconds": time.perf_counter() - began}
-    return {**records, "reused": False, "dir": str(run_dir), "seconds": time.perf_counter() - began}
+    trained = ensure_trained(spec, run_dir, progress=ctx.progress, label=f"points cell {run_dir.name}",
+                             kinds=("train", "sample"))
+    if trained.reused:
+        return {**trained.records, "reused": True, "dir": str(run_dir)}
+    if trained.diverged is not None:
+        return {"diverged": trained.diverged_note, "seconds": trained.seconds}
+    return {**trained.records, "reused": False, "dir": str(run_dir), "seconds": trained.seconds}
 
 
 def passes(sample: dict[str, Any], tolerance: float = TOLERANCE) -> bool:
@@ -159,7 +156,7 @@ def plot_cells(path: Path, cells: dict[tuple[str, str, str], dict[str, Any]], da
 
 
 def run(ctx: Context) -> Report:
-    s = ctx.pick(SIZES)
+    s = ctx.pick(SETTINGS)
     datasets, columns = s["datasets"], s["cells"]
     spec = cell_spec(datasets[0], *columns[0], s, ctx)
     report = ctx.report("points", "Point diffusion: six datasets, every objective and SDE", {

@@ -1,14 +1,20 @@
 """Reading a finished run instead of training it again: a target whose run directory already holds a run of the
 same spec takes its records, so an interrupted target resumes where it stopped and runs can be trained beforehand
-(in parallel) with the ``lcssm train`` command the target would run; and reading a kept measurement (a table row)
-of the same request instead of measuring it again."""
+(in parallel) with the ``lcssm train`` command the target would run (:func:`ensure_trained`, the way digits, points,
+fig7, samplers and table3 train); and reading a kept measurement (a table row) of the same request instead of
+measuring it again."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lcssm.training.loop import NonFiniteLossError
 
 
 def finished_records(run_dir: Path, spec, kinds: tuple[str, ...] = ("train",)) -> dict[str, Any] | None:
@@ -70,3 +76,40 @@ def train_or_resume(spec, run_dir: Path, *, progress: bool, label: str) -> dict[
         raise TrainingInterrupted(f"{label}: stopped by a signal after step {e.step}; checkpoint {e.checkpoint}; the "
                                   "same command again resumes its training from there", signum=e.signum, step=e.step,
                                   checkpoint=e.checkpoint) from None
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What :func:`ensure_trained` found or made: the run's ``records`` (the last of each kind, as
+    :func:`finished_records` or ``train_run`` return them; empty when it diverged), whether they were ``reused``
+    from a finished run, the ``NonFiniteLossError`` that stopped its training (None unless it ``diverged``) and the
+    wall ``seconds`` spent training (0 when reused)."""
+
+    records: dict[str, Any] = field(default_factory=dict)
+    reused: bool = False
+    diverged: NonFiniteLossError | None = None
+    seconds: float = 0.0
+
+    @property
+    def diverged_note(self) -> str:
+        """``"diverged at step N"``: how a target's row reports a diverged run."""
+        return f"diverged at step {self.diverged.step}" if self.diverged is not None else ""
+
+
+def ensure_trained(spec, run_dir: Path, *, progress: bool, label: str,
+                   kinds: tuple[str, ...] = ("train",)) -> Trained:
+    """The records of the run of ``spec`` in ``run_dir``: read when the directory holds a finished run of it (its
+    :func:`finished_records` of ``kinds``; no model is built and nothing is written), else made by
+    :func:`train_or_resume` (resumed from the newest checkpoint of a stopped run of the same spec, trained afresh
+    otherwise). A training stopped by a non-finite loss is returned as ``diverged``, not raised."""
+    from lcssm.training.loop import NonFiniteLossError
+
+    done = finished_records(run_dir, spec, kinds)
+    if done is not None:
+        return Trained(records=done, reused=True)
+    began = time.perf_counter()
+    try:
+        records = train_or_resume(spec, run_dir, progress=progress, label=label)
+    except NonFiniteLossError as e:
+        return Trained(diverged=e, seconds=time.perf_counter() - began)
+    return Trained(records=records, seconds=time.perf_counter() - began)

@@ -30,7 +30,7 @@ DETERMINISTIC = ("euler", "heun", "dpmpp_2m", "dpm3")
 WITHIN = 0.10  # the bar: a deterministic solver within 10 % of PC's FID
 
 #: ``steps`` / ``nf`` / ``batch`` / ``pc_steps`` None: the preset's
-SIZES = {
+SETTINGS = {
     "smoke": {"steps": 3, "nf": 8, "batch": 16, "n_samples": 20, "sample_batch": 20, "nfes": (4, 8),
               "solvers": ("euler", "heun", "euler_ancestral"), "pc_steps": 3, "ode_tol": 1e-2},
     "quick": {"steps": 400, "nf": 16, "batch": 64, "n_samples": 200, "sample_batch": 200, "nfes": (10, 20, 35, 50),
@@ -136,23 +136,23 @@ def verdict(records: list[dict[str, Any]], within: float = WITHIN) -> list[str]:
 
 def run(ctx: Context) -> Report:
     from lcssm.reproduce.digits import objective_spec
-    from lcssm.reproduce.reuse import finished_records, train_or_resume
+    from lcssm.reproduce.reuse import ensure_trained
 
     require_digits("samplers")
-    s = ctx.pick(SIZES)
+    s = ctx.pick(SETTINGS)
     spec, run_dir = objective_spec("digits", "lcss", s, ctx), ctx.out_dir / "runs" / "lcss"
     report = ctx.report("samplers", "Sample quality against NFE on the digits preset", {
         "steps": spec.train.steps, "nf": s["nf"] or 32, "n_samples": s["n_samples"], "nfes": s["nfes"],
         "solvers": ", ".join(s["solvers"]), "pc_steps": s["pc_steps"] or spec.sampler.n_steps,
         "ode_tol": s["ode_tol"], "schedule": "karras"})
     began = time.perf_counter()
-    train = finished_records(run_dir, spec)
-    reused = train is not None
-    log = ctx.out_dir / "sweep.jsonl"
+    trained = ensure_trained(spec, run_dir, progress=ctx.progress, label="samplers run")
+    if trained.diverged is not None:
+        raise trained.diverged
+    reused, log = trained.reused, ctx.out_dir / "sweep.jsonl"
     if not reused:
-        train = train_or_resume(spec, run_dir, progress=ctx.progress, label="samplers run")
         log.unlink(missing_ok=True)  # its points, if any, are of the weights just replaced
-    train_seconds = train["train"]["train_seconds"]
+    train_seconds = trained.records["train"]["train_seconds"]
     records = sweep(run_dir, sweep_points(s["solvers"], s["nfes"], s["pc_steps"], (s["ode_tol"],)),
                     log, n_samples=s["n_samples"], batch_size=s["sample_batch"],
                     seed=ctx.seed, device=ctx.device, progress=ctx.progress)

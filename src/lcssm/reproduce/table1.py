@@ -15,7 +15,7 @@ import torch
 
 from lcssm.reproduce import Context
 from lcssm.reproduce.report import Report, Table
-from lcssm.reproduce.toyruns import LABELS, OBJECTIVES, SIZES, toy_runs
+from lcssm.reproduce.toyruns import LABELS, OBJECTIVES, SETTINGS, toy_runs
 
 BOUNDS = (-4.5, 4.5, -4.5, 4.5)
 
@@ -63,7 +63,7 @@ def _figure(path, runs: dict, sigma: float) -> None:
 
 
 def run(ctx: Context) -> Report:
-    s = ctx.pick(SIZES)
+    s = ctx.pick(SETTINGS)
     runs = toy_runs(ctx)
     cfg0 = runs["lcss"]["config"]
     obj0, model0, sampler0, train0 = cfg0.objective, cfg0.model, cfg0.sampler, cfg0.train

@@ -41,7 +41,7 @@ PRESET = "mnist"
 
 #: ``nf`` / ``batch`` None: the preset's (16, 64); ``n_ref`` / ``n_train`` None: the whole split. ``sample_batch``
 #: 100: on a CPU, batches of 500 of this network took 1.9x as long per image (benchmarks/bench_sample_batch.py)
-SIZES = {
+SETTINGS = {
     "smoke": {"steps": 2, "nf": 8, "batch": 8, "n_samples": 4, "pc_steps": 2, "n_ref": 6, "n_train": 6,
               "bpd_images": 2, "bpd_tol": 1e-2, "sample_batch": 4},
     "quick": {"steps": 150, "nf": 8, "batch": 32, "n_samples": 48, "pc_steps": 50, "n_ref": 96, "n_train": 96,
@@ -72,7 +72,7 @@ def _features(ctx: Context):
         from lcssm.data.mnist import mnist_file
 
         mnist_file()
-        spec = run_spec(OBJECTIVES[0], ctx.pick(SIZES), ctx)
+        spec = run_spec(OBJECTIVES[0], ctx.pick(SETTINGS), ctx)
         return feature_network(spec.data, weights, ctx.device, "tf"), spec.data
     except DataError as e:
         raise TargetUnavailable(f"table3: {e}") from e
@@ -111,19 +111,16 @@ def measure_row(objective: str, spec, s: dict, ctx: Context, features, reference
     from lcssm.experiments.fid import image_quality
     from lcssm.experiments.pipeline import LikelihoodOptions, bpd_run, sample_run
     from lcssm.plots import save_image_grid
-    from lcssm.reproduce.reuse import finished_records, train_or_resume
-    from lcssm.training.loop import NonFiniteLossError
+    from lcssm.reproduce.reuse import ensure_trained
 
     run_dir = ctx.out_dir / "runs" / objective
     began = time.perf_counter()
-    train = finished_records(run_dir, spec)
-    try:
-        if train is None:
-            train = train_or_resume(spec, run_dir, progress=ctx.progress, label=f"table3 row {objective}")
-    except NonFiniteLossError as e:
-        return {"diverged": f"diverged at step {e.step}", "minutes": (time.perf_counter() - began) / 60}
-    row: dict[str, Any] = {"seconds_per_step": train["train"]["train_seconds"] / spec.train.steps,
-                           "train_threads": train["train"].get("torch_threads"), "train_cpu": train["train"].get("cpu")}
+    trained = ensure_trained(spec, run_dir, progress=ctx.progress, label=f"table3 row {objective}")
+    if trained.diverged is not None:
+        return {"diverged": trained.diverged_note, "minutes": (time.perf_counter() - began) / 60}
+    train = trained.records["train"]
+    row: dict[str, Any] = {"seconds_per_step": train["train_seconds"] / spec.train.steps,
+                           "train_threads": train.get("torch_threads"), "train_cpu": train.get("cpu")}
     sampled = sample_run(run_dir, {"name": "pc", "n_samples": s["n_samples"], "n_steps": s["pc_steps"],
                                    "seed": ctx.seed, "batch_size": s["sample_batch"]},
                          device=ctx.device, progress=ctx.progress)
@@ -205,7 +202,7 @@ def measure_rows(ctx: Context, objectives: Sequence[str] = OBJECTIVES) -> dict[s
 def _inputs(ctx: Context):
     """The FID network, the data spec, this size's settings and the held-out reference images."""
     features, data = _features(ctx)
-    s = ctx.pick(SIZES)
+    s = ctx.pick(SETTINGS)
     return features, data, s, _split(data, "test", s["n_ref"], ctx.seed)
 
 

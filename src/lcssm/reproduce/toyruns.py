@@ -21,7 +21,7 @@ from lcssm.reproduce import Context
 OBJECTIVES = ("ssm", "fdssm", "dsm", "lcss")
 LABELS = {"ssm": "SSM", "fdssm": "FD-SSM", "dsm": "DSM", "lcss": "LCSS"}
 
-SIZES = {
+SETTINGS = {
     "smoke": {"preset": "quick", "steps": 30, "batch_size": 128, "hidden": 32, "n_samples": 400,
               "langevin_steps": 20, "score_points": 500},
     "quick": {"preset": "quick", "steps": 1500, "batch_size": 1000, "hidden": 300, "n_samples": 2000,
@@ -37,7 +37,7 @@ def toy_config(ctx: Context, objective: str):
     from lcssm.config import apply_overrides
     from lcssm.experiments.presets import toy_spec
 
-    s = ctx.pick(SIZES)
+    s = ctx.pick(SETTINGS)
     spec = toy_spec(s["preset"])
     overrides = [f"objective.name={objective}", "data.source=checkerboard", "model.arch=energy_mlp",
                  f"train.seed={ctx.seed}", f"sampler.seed={ctx.seed}", f"train.device={ctx.device}"]
@@ -106,7 +106,7 @@ def toy_runs(ctx: Context, runs_dir: Path | None = None) -> dict[str, dict]:
             entry["metrics"] = _flat_metrics(records)
             model = open_run(run_dir, "cpu").model
             entry["model"] = model
-            entry["metrics"].update(score_error(model, spec.objective.sigma, ctx.pick(SIZES)["score_points"],
+            entry["metrics"].update(score_error(model, spec.objective.sigma, ctx.pick(SETTINGS)["score_points"],
                                                 ctx.seed + 17))
         except NonFiniteLossError as e:
             entry["diverged"] = f"diverged at step {e.step}"

@@ -3,8 +3,9 @@
 A registered sampler is ``run(score_fn, sde, x, spec, generator, progress) -> (samples, nfe)``: ``x`` is the
 starting tensor (drawn by :func:`start`), ``spec`` a :class:`lcssm.experiments.spec.SamplerSpec`, ``nfe`` the
 number of score evaluations each sample went through. ``fields`` lists the spec fields the sampler reads (they are
-recorded with its samples). The algorithms themselves live in :mod:`lcssm.sampling`; adding a sampler means one
-function here and one registry entry (plus a spec field for each new option).
+recorded with its samples). The algorithms themselves live in the modules of :mod:`lcssm.sampling`; adding a
+sampler means one adapter here, registered by name with :func:`register_sampler` above its definition (plus a spec
+field for each new option).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class Sampler:
     """A registered sampler. ``start``: ``prior`` (the SDE's prior at T), ``noise_level`` (N(0, ς_T²I), the largest
     noise level of annealed Langevin) or ``data`` (the caller's start, e.g. uniform over the data's bounding box).
     ``needs_sde``: it samples a diffusion model (else a single-noise-scale score ``s(x)``); ``needs_marginal``: it
-    needs the SDE's closed-form marginal."""
+    needs the SDE's closed-form marginal. ``fields``: the :class:`~lcssm.experiments.spec.SamplerSpec` fields it
+    reads (recorded with its samples)."""
 
     name: str
     run: SamplerFn
@@ -50,6 +52,30 @@ class Sampler:
     help: str
 
 
+#: every sampler by name, in the order they are offered; filled by :func:`register_sampler` beside each adapter
+SAMPLERS: dict[str, Sampler] = {}
+
+
+def register_sampler(*, name: str, start: str, fields: tuple[str, ...], help: str, needs_sde: bool = True,
+                     needs_marginal: bool = False) -> Callable[[SamplerFn], SamplerFn]:
+    """Register the decorated adapter ``run(score_fn, sde, x, spec, generator, progress)`` as sampler ``name``."""
+    if start not in ("prior", "noise_level", "data"):
+        raise ValueError(f"sampler {name!r}: start must be prior, noise_level or data, got {start!r}")
+
+    def register(run: SamplerFn) -> SamplerFn:
+        if name in SAMPLERS:
+            raise ValueError(f"sampler {name!r} is registered twice")
+        SAMPLERS[name] = Sampler(name=name, run=run, start=start, needs_sde=needs_sde, needs_marginal=needs_marginal,
+                                 fields=fields, help=help)
+        return run
+
+    return register
+
+
+_PC_FIELDS = ("n_steps", "predictor", "corrector", "snr", "n_corrector_steps", "t_min", "denoise")
+
+
+@register_sampler(name="pc", start="prior", fields=_PC_FIELDS, help="predictor-corrector sampler of the reverse SDE")
 def _pc(score_fn, sde: SDE, x: Tensor, spec, generator, progress: bool) -> tuple[Tensor, int]:
     corrector_steps = spec.n_corrector_steps if spec.corrector != "none" else 0
     out = pc_sample(score_fn, sde, x, n_steps=spec.n_steps, predictor=spec.predictor, corrector=spec.corrector,
@@ -59,6 +85,8 @@ def _pc(score_fn, sde: SDE, x: Tensor, spec, generator, progress: bool) -> tuple
     return out, spec.n_steps * per_step + int(spec.denoise)
 
 
+@register_sampler(name="ode", start="prior", fields=("rtol", "atol", "method", "t_min", "denoise"),
+                  help="probability-flow ODE, adaptive Runge-Kutta")
 def _ode(score_fn, sde: SDE, x: Tensor, spec, generator, progress: bool) -> tuple[Tensor, int]:
     out, nfe = ode_sample(score_fn, sde, x, rtol=spec.rtol, atol=spec.atol, method=spec.method,
                           denoise=spec.denoise, t_min=spec.t_min, progress=progress)
@@ -70,6 +98,9 @@ def _levels(sde: SDE, spec) -> tuple[float, float]:
     return tuple(noise_level(sde, torch.tensor([sde.T, spec.t_min], dtype=torch.float64)).tolist())
 
 
+@register_sampler(name="ald", start="noise_level", needs_marginal=True,
+                  fields=("n_steps", "ald_steps_each", "ald_step_size", "t_min", "denoise"),
+                  help="annealed Langevin dynamics over geometric noise levels sigma_t/alpha_t")
 def _ald(score_fn, sde: SDE, x: Tensor, spec, generator, progress: bool) -> tuple[Tensor, int]:
     high, low = _levels(sde, spec)
     step = spec.ald_step_size if spec.ald_step_size is not None else 0.1 * low**2
@@ -79,12 +110,19 @@ def _ald(score_fn, sde: SDE, x: Tensor, spec, generator, progress: bool) -> tupl
     return out, spec.n_steps * spec.ald_steps_each + int(spec.denoise)
 
 
+_LANGEVIN_FIELDS = ("langevin_steps", "langevin_step_size", "init")
+
+
+@register_sampler(name="langevin", start="data", needs_sde=False, fields=_LANGEVIN_FIELDS,
+                  help="unadjusted Langevin dynamics of a single-noise-scale score (paper Eq. 31)")
 def _langevin(score_fn, sde: SDE | None, x: Tensor, spec, generator, progress: bool) -> tuple[Tensor, int]:
     out = langevin(score_fn, x, step_size=spec.langevin_step_size, n_steps=spec.langevin_steps, generator=generator,
                    progress=progress)
     return out, spec.langevin_steps
 
 
+@register_sampler(name="mala", start="data", needs_sde=False, fields=_LANGEVIN_FIELDS,
+                  help="Metropolis-adjusted Langevin of an energy model (exact for exp f at any step size)")
 def _mala(score_fn, sde: SDE | None, x: Tensor, spec, generator, progress: bool) -> tuple[Tensor, int, dict]:
     log_density = getattr(score_fn, "log_density", None)
     if log_density is None:
@@ -94,33 +132,22 @@ def _mala(score_fn, sde: SDE | None, x: Tensor, spec, generator, progress: bool)
     return out, spec.langevin_steps + 1, {"acceptance_rate": rate}  # evaluations of f and its gradient
 
 
-def _fixed_grid(name: str) -> SamplerFn:
-    """The adapter of the fixed-grid solver ``name`` (:mod:`lcssm.sampling.solvers`): nfe, schedule, rho, t_min (and the
-    churn parameters of edm) from the spec; the NFE is the count of score evaluations the solver made."""
+def _register_fixed_grid(name: str) -> None:
+    """Register the fixed-grid solver ``name`` (:data:`lcssm.sampling.solvers.SOLVERS`) as a sampler: nfe, schedule,
+    rho, t_min (and the churn parameters of edm) from the spec; the NFE is the count of score evaluations the solver
+    made."""
     churn = SOLVERS[name].options
 
     def run(score_fn, sde: SDE, x: Tensor, spec, generator, progress: bool) -> tuple[Tensor, int]:
         return sample(score_fn, sde, x, sampler=name, nfe=spec.nfe, schedule=spec.schedule, t_min=spec.t_min,
                       rho=spec.rho, generator=generator, progress=progress, **{k: getattr(spec, k) for k in churn})
 
-    run.fields = ("nfe", "schedule", "rho", "t_min", *churn)  # type: ignore[attr-defined]
-    return run
+    register_sampler(name=name, start="prior", needs_marginal=True, fields=("nfe", "schedule", "rho", "t_min", *churn),
+                     help=SOLVERS[name].help)(run)
 
 
-_PC_FIELDS = ("n_steps", "predictor", "corrector", "snr", "n_corrector_steps", "t_min", "denoise")
-SAMPLERS: dict[str, Sampler] = {s.name: s for s in (
-    Sampler("pc", _pc, "prior", True, False, _PC_FIELDS, "predictor-corrector sampler of the reverse SDE"),
-    Sampler("ode", _ode, "prior", True, False, ("rtol", "atol", "method", "t_min", "denoise"),
-            "probability-flow ODE, adaptive Runge-Kutta"),
-    Sampler("ald", _ald, "noise_level", True, True, ("n_steps", "ald_steps_each", "ald_step_size", "t_min", "denoise"),
-            "annealed Langevin dynamics over geometric noise levels sigma_t/alpha_t"),
-    Sampler("langevin", _langevin, "data", False, False, ("langevin_steps", "langevin_step_size", "init"),
-            "unadjusted Langevin dynamics of a single-noise-scale score (paper Eq. 31)"),
-    Sampler("mala", _mala, "data", False, False, ("langevin_steps", "langevin_step_size", "init"),
-            "Metropolis-adjusted Langevin of an energy model (exact for exp f at any step size)"),
-    *(Sampler(name, run, "prior", True, True, run.fields, solver.help)
-      for name, solver in SOLVERS.items() for run in (_fixed_grid(name),)),
-)}
+for _name in SOLVERS:
+    _register_fixed_grid(_name)
 
 
 def get_sampler(name: str, sde: SDE | None) -> Sampler:
@@ -130,7 +157,7 @@ def get_sampler(name: str, sde: SDE | None) -> Sampler:
     except (KeyError, TypeError):
         raise ConfigError(f"unknown sampler {name!r}; valid: {', '.join(SAMPLERS)}") from None
     usable = [s.name for s in SAMPLERS.values() if s.needs_sde == (sde is not None)
-              and (not s.needs_marginal or sde.has_marginal)]
+              and (not s.needs_marginal or (sde is not None and sde.has_marginal))]
     if name not in usable:
         what = "a run without an SDE" if sde is None else f"a run with {sde!r}"
         why = " (it needs an SDE with a closed-form Gaussian marginal)" if sampler.needs_marginal and sde else ""
@@ -141,11 +168,13 @@ def get_sampler(name: str, sde: SDE | None) -> Sampler:
 def start(sampler: Sampler, sde: SDE | None, shape: tuple[int, ...], generator: torch.Generator,
           device: torch.device) -> Tensor:
     """The starting tensor of a sampler that starts from noise (``prior`` or ``noise_level``)."""
+    if sampler.start not in ("prior", "noise_level"):
+        raise ConfigError(f"the {sampler.name} sampler starts from data: pass its start")
+    if sde is None:
+        raise ConfigError(f"the {sampler.name} sampler starts from the noise of an SDE: pass the run's SDE")
     if sampler.start == "prior":
         return sde.prior_sample(shape, generator=generator, device=device)
-    if sampler.start == "noise_level":
-        return sde_level(sde) * torch.randn(shape, generator=generator, device=device)
-    raise ConfigError(f"the {sampler.name} sampler starts from data: pass its start")
+    return sde_level(sde) * torch.randn(shape, generator=generator, device=device)
 
 
 def sde_level(sde: SDE) -> float:
@@ -209,8 +238,10 @@ def draw(score_fn, sde: SDE | None, shape: tuple[int, ...], spec, *, device: tor
     try:
         for i in range(0, n, size):
             b = min(size, n - i)
-            x = start_fn(b, start_generator).to(device) if from_data else start(sampler, sde, (b, *shape),
-                                                                                generator, device)
+            if from_data and start_fn is not None:  # (no start_fn: start() says the sampler needs one)
+                x = start_fn(b, start_generator).to(device)
+            else:
+                x = start(sampler, sde, (b, *shape), generator, device)
             out, nfe, *info = sampler.run(score_fn, sde, x, spec, generator, progress)
             chunks.append(out.float().cpu())
             nfes.append(int(nfe))

@@ -173,15 +173,31 @@ class Solver:
     options: tuple[str, ...] = ()
 
 
+def _levels_per_nfe(nfe: int) -> tuple[int, dict]:
+    """One level per score evaluation (euler, dpmpp_2m, euler_ancestral)."""
+    return nfe, {}
+
+
+def _levels_heun(nfe: int) -> tuple[int, dict]:
+    """Two evaluations per step but the last: (nfe + 1)//2 levels (heun, edm; nfe = 2n − 1)."""
+    return (nfe + 1) // 2, {}
+
+
+#: the fixed-grid solvers by name, in the order they are offered
 SOLVERS: dict[str, Solver] = {
-    "euler": Solver(euler, lambda nfe: (nfe, {}), 1, False, "Euler (DDIM for VP), nfe levels"),
-    "heun": Solver(heun, lambda nfe: ((nfe + 1) // 2, {}), 1, False,
-                   "Heun, Karras et al. 2022 Alg. 1, (nfe+1)//2 levels (nfe = 2n-1)"),
-    "dpmpp_2m": Solver(dpmpp_2m, lambda nfe: (nfe, {}), 1, False, "DPM-Solver++(2M), Lu et al. 2022, nfe levels"),
-    "dpm3": Solver(dpm3, _dpm3_plan, 1, False, "single-step DPM-Solver-3, Lu et al. 2022 (nfe = 3k+1)"),
-    "edm": Solver(edm, lambda nfe: ((nfe + 1) // 2, {}), 1, True, "EDM stochastic sampler (churn), Karras et al. "
-                  "2022 Alg. 2", ("s_churn", "s_tmin", "s_tmax", "s_noise")),
-    "euler_ancestral": Solver(euler_ancestral, lambda nfe: (nfe, {}), 1, True, "ancestral Euler (DDPM-like)"),
+    "euler": Solver(run=euler, plan=_levels_per_nfe, min_nfe=1, stochastic=False,
+                    help="Euler (DDIM for VP), nfe levels"),
+    "heun": Solver(run=heun, plan=_levels_heun, min_nfe=1, stochastic=False,
+                   help="Heun, Karras et al. 2022 Alg. 1, (nfe+1)//2 levels (nfe = 2n-1)"),
+    "dpmpp_2m": Solver(run=dpmpp_2m, plan=_levels_per_nfe, min_nfe=1, stochastic=False,
+                       help="DPM-Solver++(2M), Lu et al. 2022, nfe levels"),
+    "dpm3": Solver(run=dpm3, plan=_dpm3_plan, min_nfe=1, stochastic=False,
+                   help="single-step DPM-Solver-3, Lu et al. 2022 (nfe = 3k+1)"),
+    "edm": Solver(run=edm, plan=_levels_heun, min_nfe=1, stochastic=True,
+                  help="EDM stochastic sampler (churn), Karras et al. 2022 Alg. 2",
+                  options=("s_churn", "s_tmin", "s_tmax", "s_noise")),
+    "euler_ancestral": Solver(run=euler_ancestral, plan=_levels_per_nfe, min_nfe=1, stochastic=True,
+                              help="ancestral Euler (DDPM-like)"),
 }
 
 

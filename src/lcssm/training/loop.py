@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -343,7 +343,7 @@ def _wrap(run: _Run) -> nn.Module:
             run.raw, device_ids=[run.device.index] if run.device.type == "cuda" else None,
             find_unused_parameters=run.cfg.ddp_find_unused)
     if run.cfg.compile:
-        fwd = torch.compile(fwd)
+        fwd = cast(nn.Module, torch.compile(fwd))  # an OptimizedModule; torch types compile() as Callable -> Callable
     return fwd
 
 
@@ -387,8 +387,9 @@ def _interrupted(run: _Run, k: int) -> None:
                f"the same command and --resume")
     raise TrainingInterrupted(message, signum=signum, step=k, checkpoint=run.last_ckpt)
 
+
 def _step(run: _Run, step: int, fwd: nn.Module, loss_fn: LossFn, batch_fn: BatchFn, generator: torch.Generator,
-          logs: TrainLogs) -> float:
+          logs: TrainLogs) -> tuple[float, bool, bool]:
     """Optimizer step ``step + 1`` on this rank; returns the learning rate it used, whether any rank was asked to
     stop (a signal) and whether rank 0's ``ckpt_minutes`` have passed since the last checkpoint (both agreed on by
     every rank through the step's all-reduce). A non-finite loss or gradient on any rank skips the update on all
