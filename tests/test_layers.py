@@ -123,3 +123,10 @@ def test_cycle_finder_finds_a_cycle():
 
 def test_no_import_cycles_even_through_lazy_imports():
     assert _cycles(_graph()) == []
+
+
+def test_every_package_folder_is_a_regular_package():
+    """setuptools' find_packages installs only folders with an ``__init__.py``: a namespace folder would be
+    missing from a wheel."""
+    folders = {p.parent for p in ROOT.rglob("*.py")}
+    assert not sorted(str(f.relative_to(ROOT)) for f in folders if not (f / "__init__.py").exists())

@@ -7,7 +7,7 @@ import importlib
 import sys
 import typing
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from lcssm.errors import LcssmError
 
@@ -21,6 +21,9 @@ USER_ERRORS = (LcssmError, ValueError, FileNotFoundError, NotADirectoryError, Is
 
 class Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line (and exit code 2), not a usage block."""
+
+    #: the subcommands' parsers by name (set by :func:`build_parser` on the top-level parser)
+    commands: Mapping[str, argparse.ArgumentParser]
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("allow_abbrev", False)
@@ -38,10 +41,11 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if "(default" in text or action.default is None or action.default is False or action.default in (
                 argparse.SUPPRESS, []):
             return text
-        return super()._get_help_string(action)
+        return super()._get_help_string(action) or ""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> Parser:
+    """The ``lcssm`` parser with every subcommand module's parser registered (``parser.commands``)."""
     parser = Parser(
         prog="lcssm",
         description="Score matching and score-based diffusion models with LCSS.",

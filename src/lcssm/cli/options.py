@@ -18,7 +18,7 @@ from typing import Any
 
 from lcssm.config import apply_overrides, coerce, is_dataclass_type, meta, type_hints
 
-__all__ = ["Binding", "CommandOptions", "add_options", "apply_options", "bindings"]
+__all__ = ["Binding", "CommandOptions", "add_options", "apply_options", "bindings", "default_text", "lookup_field"]
 
 
 @dataclass
@@ -78,7 +78,8 @@ def bindings(obj: Any, command: str, prefix: str = "") -> list[Binding]:
     return out
 
 
-def _lookup(obj: Any, key: str) -> tuple[Any, dataclasses.Field]:
+def lookup_field(obj: Any, key: str) -> tuple[Any, dataclasses.Field]:
+    """The value of the dotted field ``key`` (e.g. ``train.lr``) of the dataclass tree ``obj``, and its field."""
     *path, name = key.split(".")
     for part in path:
         obj = getattr(obj, part)
@@ -99,7 +100,8 @@ def _parser_type(tp: Any, key: str) -> Callable[[str], Any]:
     return parse
 
 
-def _default_text(value: Any) -> str:
+def default_text(value: Any) -> str:
+    """A field's value as the help text shows a default (tuples comma-separated, None as ``none``)."""
     if isinstance(value, tuple):
         return ",".join(map(str, value)) or "()"
     return "none" if value is None else str(value)
@@ -113,12 +115,12 @@ def add_options(parser: argparse.ArgumentParser, obj: Any, command: str, *, titl
     group = parser.add_argument_group(title) if title else parser
     found = bindings(obj, command)
     for b in found:
-        value, field = _lookup(obj, b.key)
+        value, field = lookup_field(obj, b.key)
         text = field.metadata.get("help", "")
         choices = field.metadata.get("choices")
         if choices:
             text += f" ({', '.join(map(str, choices))})"
-        text += f" (default: {default or _default_text(value)}"
+        text += f" (default: {default or default_text(value)}"
         text += f"; {notes[b.key]})" if notes and b.key in notes else ")"
         kwargs: dict[str, Any] = {"dest": b.dest, "default": argparse.SUPPRESS, "help": text.replace("%", "%%")}
         if b.type is bool:

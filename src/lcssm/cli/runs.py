@@ -25,14 +25,14 @@ def _set_option(p: argparse.ArgumentParser) -> None:
 
 def _differences(base: Any, others: dict[str, Any], command: str) -> dict[str, str]:
     """``{key: "preset NAME: VALUE, ..."}`` for the flags of ``command`` whose value differs in another preset."""
-    from lcssm.cli.options import _default_text, _lookup
+    from lcssm.cli.options import default_text, lookup_field
 
     notes: dict[str, list[str]] = {}
     for name, other in others.items():
         for b in bindings(base, command):
-            mine, theirs = _lookup(base, b.key)[0], _lookup(other, b.key)[0]
+            mine, theirs = lookup_field(base, b.key)[0], lookup_field(other, b.key)[0]
             if mine != theirs:
-                notes.setdefault(b.key, []).append(f"{name}: {_default_text(theirs)}")
+                notes.setdefault(b.key, []).append(f"{name}: {default_text(theirs)}")
     return {k: "with --preset " + ", ".join(v) for k, v in notes.items()}
 
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -54,6 +54,7 @@ def feature_network(data, inception_path: str | os.PathLike | None = None, devic
     from lcssm.metrics.features import (
         CONVENTIONS,
         INCEPTION_ENV,
+        Convention,
         digits_features,
         inception_uint8,
         load_digits_classifier,
@@ -69,7 +70,8 @@ def feature_network(data, inception_path: str | os.PathLike | None = None, devic
     net, info = resolve_inception(inception_path or os.environ.get(INCEPTION_ENV) or None, device)
     info = {**info, "convention": convention}
     key = f"{info.get('weights_sha1') or info.get('weights_sha256')}|{convention}"
-    return Features("inception-v3", lambda u: inception_uint8(u, net, convention=convention), info, key)
+    mode = cast(Convention, convention)
+    return Features("inception-v3", lambda u: inception_uint8(u, net, convention=mode), info, key)
 
 
 def feature_extractor(data, inception_path: str | os.PathLike | None = None,
@@ -86,8 +88,8 @@ def _features(chunks: Iterable[Tensor], features: Features | FeatureFn) -> tuple
         out = [features.fn(chunk) for chunk in chunks]
     else:
         out = [features(levels_to_float(chunk, 256, "minus_one_one")) for chunk in chunks]
-    probs = [p for _, p in out]
-    return torch.cat([f for f, _ in out]), (None if any(p is None for p in probs) else torch.cat(probs))
+    probs = [p for _, p in out if p is not None]
+    return torch.cat([f for f, _ in out]), (torch.cat(probs) if len(probs) == len(out) else None)
 
 
 def _reference_chunks(reference: Tensor | ImageData, chunk_size: int) -> Iterable[Tensor]:

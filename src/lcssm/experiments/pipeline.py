@@ -17,7 +17,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from lcssm.config import check_types
 from lcssm.device import autocast, cpu_model, resolve_device, seed_everything
-from lcssm.diffusion import diffusion_loss, sample_times
+from lcssm.diffusion import Center, Weighting, diffusion_loss, sample_times
 from lcssm.errors import CheckpointError, ConfigError, ResourceError, is_out_of_memory
 from lcssm.experiments.images import ImagesKind
 from lcssm.experiments.points import PointsKind
@@ -76,9 +76,11 @@ def make_loss(spec: RunSpec, sde: SDE | None):
         return objective(model, x, sigma=sigma, generator=generator, **options)
 
     def time_conditional(model: nn.Module, x0: Tensor, generator: torch.Generator):
+        assert sde is not None  # returned only for a run with an SDE
         t = sample_times(sde, len(x0), kind=obj.time_sampling, t_min=obj.t_min, p_mean=obj.p_mean, p_std=obj.p_std,
                          generator=generator, device=x0.device, dtype=x0.dtype)
-        loss = diffusion_loss(model, sde, x0, objective=obj.name, center=obj.center, weighting=obj.weighting,
+        loss = diffusion_loss(model, sde, x0, objective=obj.name, center=cast(Center, obj.center),
+                              weighting=cast(Weighting, obj.weighting),
                               t_min=obj.t_min, sigma_s=obj.sigma_s, n_sim_steps=obj.n_sim_steps, t=t,
                               generator=generator, **options)
         if obj.reduce_mean:
@@ -122,6 +124,7 @@ def train_run(spec: RunSpec, out_dir: str | os.PathLike, *, resume: bool = False
     plot_losses(out / "loss.png", {spec.objective.name: result.losses},
                 title=f"{spec.objective.name} on {spec.sde.name}")
     if spec.sampler.after_training and spec.sampler.n_samples > 0:
+        assert isinstance(result.ema_model, ScoreModel) and result.checkpoint is not None  # built above; saved
         run = Run.of(spec, result.ema_model.eval(), int(result.steps), result.checkpoint, out,
                      resolve_device(spec.train.device))
         metrics["sample"] = _sample(run, spec, data, out / kind.samples_file, progress, trained=True)
@@ -177,7 +180,7 @@ class Run:
                 out = model(x) if t is None else model(x, t)
             return out.to(x.dtype)
 
-        score_fn.log_density = model.log_density  # type: ignore[attr-defined]  (MALA's acceptance test)
+        score_fn.log_density = model.log_density  # type: ignore[attr-defined]  # MALA's acceptance test
         return cls(spec, model.sde, model, score_fn, step, checkpoint, run_dir, device)
 
 

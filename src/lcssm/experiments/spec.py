@@ -191,7 +191,8 @@ class SDESpec:
         if self.name == "none":
             return self
         sde = self.build()
-        return dataclasses.replace(self, **{k: float(getattr(sde, k)) for k in _SDE_PARAMS[self.name]})
+        params: dict[str, Any] = {k: float(getattr(sde, k)) for k in _SDE_PARAMS[self.name]}
+        return dataclasses.replace(self, **params)
 
     def build(self):
         """The :class:`lcssm.sde.SDE` (None for ``none``)."""
