@@ -34,9 +34,9 @@ from lcssm.tensors import bcast
 __all__ = ["CENTERS", "TIME_SAMPLINGS", "WEIGHTINGS", "diffusion_loss", "sample_times", "time_conditional"]
 
 Center = Literal["marginal", "data", "simulated"]
-Weighting = Literal["sigma2", "g2", "none"]
+Weighting = Literal["sigma2", "g2", "none", "edm"]
 CENTERS = ("marginal", "data", "simulated")
-WEIGHTINGS = ("sigma2", "g2", "none")
+WEIGHTINGS = ("sigma2", "g2", "none", "edm")
 TIME_SAMPLINGS = ("uniform", "log_level", "lognormal", "mixed")
 
 def sample_times(sde: SDE, n: int, *, kind: str = "uniform", t_min: float = 1e-5, p_mean: float = -1.2,
@@ -96,6 +96,20 @@ def _check_choice(value: str, valid: tuple[str, ...], what: str) -> None:
         raise ConfigError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
 
 
+def _sqrt_weight(weighting: str, sde: SDE, t: Tensor, std: Tensor, sigma_data: float) -> Tensor:
+    """√λ(t) of ``weighting`` at times ``t`` (``std``: the kernel's σ_t); see :func:`diffusion_loss`."""
+    if weighting == "sigma2":
+        return std
+    if weighting == "g2":
+        return sde.diffusion(t)
+    if weighting == "edm":
+        if not sigma_data > 0:
+            raise ConfigError(f"sigma_data must be > 0, got {sigma_data!r}")
+        alpha, sigma = sde.marginal_coefficients(t)
+        return sigma * torch.sqrt(sigma**2 + (alpha * sigma_data) ** 2) / (alpha * sigma_data)
+    return torch.ones_like(std)
+
+
 def diffusion_loss(
     score_model: TimeScoreFn,
     sde: SDE,
@@ -107,6 +121,7 @@ def diffusion_loss(
     t_min: float = 1e-5,
     sigma_s: float = 0.05,
     n_sim_steps: int = 100,
+    sigma_data: float = 1.0,
     t: Tensor | None = None,
     generator: torch.Generator | None = None,
     **options,
@@ -114,7 +129,12 @@ def diffusion_loss(
     """Per-sample weighted loss ``λ(t)·J(θ, x0, t)``, shape (B,).
 
     ``t`` defaults to U(t_min, T) draws from ``generator`` (:func:`sample_times` draws others). ``sigma_s`` and
-    ``n_sim_steps`` are used by the ``simulated`` center only (smoothing std and Euler–Maruyama steps). ``options``
+    ``n_sim_steps`` are used by the ``simulated`` center only (smoothing std and Euler–Maruyama steps). Weightings
+    λ(t): ``sigma2`` σ_t² (the score_sde default: ``σ_t·s`` regresses onto −z), ``g2`` g(t)² (the likelihood
+    weighting), ``none``, and ``edm``: ``σ_t²(σ_t² + α_t²σ_d²)/(α_t²σ_d²)`` with ``σ_d = sigma_data``, EDM's
+    λ(ς) = (ς² + σ_d²)/(ς σ_d)² carried from the denoiser to the score, which makes the regression target of a
+    network under :class:`~lcssm.models.precond.ScoreModel`'s ``edm`` preconditioning unit-variance at every noise
+    level (Karras et al. 2022, Sec. 5 and Table 1). ``options``
     go to the objective by its own keyword names (e.g. ``gamma``, ``antithetic``, ``n_samples`` for lcss,
     ``fd_eps``, ``n_slices`` for fdssm; :data:`lcssm.objectives.OBJECTIVES` records them).
     """
@@ -130,6 +150,8 @@ def diffusion_loss(
         )
     if center != "simulated" and not sde.has_marginal:
         raise ConfigError(f"{sde!r} has no closed-form marginal; use center='simulated'")
+    if weighting == "edm" and not sde.has_marginal:
+        raise ConfigError(f"weighting='edm' needs the closed-form alpha_t and sigma_t, which {sde!r} does not have")
     batch = x0.shape[0]
     if t is None:
         t = sample_times(sde, batch, t_min=t_min, generator=generator, device=x0.device, dtype=x0.dtype)
@@ -144,12 +166,7 @@ def diffusion_loss(
         mean, std = sde.marginal(x0, t)
         mu = mean if center == "marginal" else x0
 
-    if weighting == "sigma2":
-        sqrt_lam = std
-    elif weighting == "g2":
-        sqrt_lam = sde.diffusion(t)
-    else:
-        sqrt_lam = torch.ones_like(std)
+    sqrt_lam = _sqrt_weight(weighting, sde, t, std, sigma_data)
 
     score_fn = time_conditional(score_model, t)
     if fn.needs_sigma:

@@ -138,6 +138,14 @@ class ImagesKind:
     def resolve(self, spec, data: ImageData):
         return dataclasses.replace(spec, data=dataclasses.replace(spec.data, n_bins=data.n_bins))
 
+    def data_rms(self, spec, data: ImageData) -> float:
+        """√(mean x²) of the training images in the data scale (EDM's σ_data), in float64 over chunks."""
+        total, count = 0.0, 0
+        for levels in data.chunks(1024):
+            x = levels_to_float(levels, data.n_bins, spec.data.scale).double()
+            total, count = total + float((x**2).sum()), count + x.numel()
+        return (total / count) ** 0.5
+
     def batches(self, spec, data: ImageData) -> ImageBatches:
         return ImageBatches(data, spec.train.batch_size, spec.train.seed, spec.data.scale, spec.data.random_flip)
 

@@ -56,6 +56,7 @@ class DataKind(Protocol):
     def figures(self, spec: RunSpec, data: Any, samples: Tensor, path: Path,
                 model: ScoreModel | None = None) -> None: ...
     def bpd(self, run: Run, options: LikelihoodOptions) -> dict[str, Any]: ...
+    def data_rms(self, spec: RunSpec, data: Any) -> float: ...
 
 
 KINDS: dict[str, DataKind] = {"points": PointsKind(), "images": ImagesKind()}
@@ -70,6 +71,9 @@ def make_loss(spec: RunSpec, sde: SDE | None):
     a non-finite step."""
     obj = spec.objective
     objective, options = get_objective(obj.name), obj.options()
+    if obj.weighting == "edm" and spec.model.sigma_data is None:
+        raise ConfigError("objective.weighting edm needs model.sigma_data (measured when the run is created)")
+    sigma_data = 1.0 if spec.model.sigma_data is None else spec.model.sigma_data
 
     def fixed_sigma(model: nn.Module, x: Tensor, generator: torch.Generator) -> Tensor:
         sigma = obj.sigma if objective.needs_sigma else None
@@ -81,8 +85,8 @@ def make_loss(spec: RunSpec, sde: SDE | None):
                          generator=generator, device=x0.device, dtype=x0.dtype)
         loss = diffusion_loss(model, sde, x0, objective=obj.name, center=cast(Center, obj.center),
                               weighting=cast(Weighting, obj.weighting),
-                              t_min=obj.t_min, sigma_s=obj.sigma_s, n_sim_steps=obj.n_sim_steps, t=t,
-                              generator=generator, **options)
+                              t_min=obj.t_min, sigma_s=obj.sigma_s, n_sim_steps=obj.n_sim_steps,
+                              sigma_data=sigma_data, t=t, generator=generator, **options)
         if obj.reduce_mean:
             loss = loss / x0[0].numel()
         return loss, {"t": t}
@@ -132,7 +136,12 @@ def train_run(spec: RunSpec, out_dir: str | os.PathLike, *, resume: bool = False
 
 
 def _resolve(spec: RunSpec, data: Any) -> RunSpec:
-    return dataclasses.replace(KINDS[spec.data.kind].resolve(spec, data), sde=spec.sde.resolved())
+    kind = KINDS[spec.data.kind]
+    spec = dataclasses.replace(kind.resolve(spec, data), sde=spec.sde.resolved())
+    uses = "edm" in (spec.model.c_in, spec.model.c_out, spec.objective.weighting)
+    if uses and spec.model.sigma_data is None:  # EDM's sigma_data, measured once and kept in the spec
+        spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, sigma_data=kind.data_rms(spec, data)))
+    return spec
 
 
 def resolved_spec(spec: RunSpec) -> RunSpec:

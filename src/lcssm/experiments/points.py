@@ -147,6 +147,11 @@ class PointsKind:
     def batches(self, spec, data: DataSource):
         return data.batches(spec.train.batch_size, spec.train.seed)
 
+    def data_rms(self, spec, data: DataSource) -> float:
+        """√(mean x²) of the point set, or of 100,000 draws of a toy distribution (seed 0): EDM's σ_data."""
+        x = data.points if data.points is not None else data.reference(100_000, make_generator(0))
+        return float((x.double() ** 2).mean().sqrt())
+
     def callbacks(self, spec, sde, out: Path) -> list:
         return []
 

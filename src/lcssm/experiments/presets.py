@@ -99,6 +99,10 @@ def point_spec(sde: str = "vp") -> RunSpec:
 
 
 # ------------------------------------------------------------------------------------------ image runs
+#: parametrisations of an image preset (``--precond``)
+PRECONDS = ("score_sde", "edm")
+
+
 @dataclass
 class ImagePreset:
     """The arguments of an image preset (they fix the network's shape, so they are applied when the spec is
@@ -112,9 +116,15 @@ class ImagePreset:
         "image channels, 1 or 3 (default: the preset's; 1 for the digits)", commands=("train",)))
     nf: int | None = dataclasses.field(default=None, metadata=meta(
         "base width of the network (default: the preset's)", commands=("train",)))
+    precond: str = dataclasses.field(default="score_sde", metadata=meta(
+        "parametrisation of an image preset: score_sde (as published: the network's own 1/sigma, uniform t, the "
+        "preset's weighting) or edm (EDM's c_in/c_skip/c_out with the data's sigma_data, weighting edm, "
+        "log-normal noise levels; U-Net presets)", commands=("train",), choices=PRECONDS))
 
     def __post_init__(self) -> None:
         check_types(self)
+        if self.precond not in PRECONDS:
+            raise ConfigError(f"precond must be one of {', '.join(PRECONDS)}, got {self.precond!r}")
 
 
 def preset_train_config(preset) -> TrainConfig:
@@ -148,6 +158,20 @@ def _image_sampler(preset) -> SamplerSpec:
                        ald_step_size=float(s["step_lr"] or _ALD_STEP_SIZE), batch_size=500, after_training=False, **pc)
 
 
+def edm_parametrisation(spec: RunSpec) -> RunSpec:
+    """``spec`` with EDM's preconditioning (Karras et al. 2022, Table 1): c_in / c_skip / c_out of
+    :class:`~lcssm.models.precond.ScoreModel` ``edm`` (σ_data measured from the training data when the run is
+    created), the U-Net's own division by σ off, weighting ``edm`` (a unit-variance target at every noise level) and
+    log-normal noise levels (P_mean −1.2, P_std 1.2). Everything else (network, SDE, optimiser, sampler) stays."""
+    if spec.model.arch != "unet":
+        raise ConfigError(f"--precond edm needs a U-Net preset; {spec.preset} is {spec.model.arch}, whose output is "
+                          "divided by sigma inside the network")
+    model = dataclasses.replace(spec.model, c_in="edm", c_out="edm",
+                                config={**spec.model.config, "scale_by_sigma": False})
+    objective = dataclasses.replace(spec.objective, weighting="edm", time_sampling="lognormal")
+    return dataclasses.replace(spec, model=model, objective=objective)
+
+
 def image_spec(args: ImagePreset, source: str | None = None) -> RunSpec:
     """The RunSpec of an image preset on ``source`` (an image folder, CIFAR-10 batches or ``mnist``; None = the
     bundled 8x8 digits, which only the ``digits`` and ``tiny`` presets train on, or MNIST-5k for ``mnist``)."""
@@ -173,7 +197,7 @@ def image_spec(args: ImagePreset, source: str | None = None) -> RunSpec:
     model = resolve_model_config(p, image_size=res, channels=ch, nf=args.nf)
     sde = SDESpec(name=tr["sde"], **({"sigma_min": tr["sigma_min"], "sigma_max": tr["sigma_max"]} if tr["sde"] == "ve"
                                      else {"beta_min": tr["beta_min"], "beta_max": tr["beta_max"]}))
-    return RunSpec(
+    spec = RunSpec(
         command="train", preset=p.name,
         data=DataSpec(kind="images", source=_DIGITS if digits else str(source), shape=(ch, res, res),
                       n_bins=DIGITS_LEVELS if digits else 256, scale=tr["data_scale"],
@@ -184,3 +208,4 @@ def image_spec(args: ImagePreset, source: str | None = None) -> RunSpec:
                         config=dataclasses.asdict(model), c_out=p.c_out),
         sampler=_image_sampler(p), train=preset_train_config(p), grids=GridSpec(every=1000),
     )
+    return edm_parametrisation(spec) if args.precond == "edm" else spec

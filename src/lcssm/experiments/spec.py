@@ -230,10 +230,13 @@ class ModelSpec:
     embed_dim: int = _f(64, "time-embedding width of an MLP")
     config: dict = field(default_factory=dict, metadata=meta(
         "hyper-parameters of an image backbone (every field of its config class)", schema=lambda m: m.config_class()))
-    c_in: str = _f("none", "input scaling: none or unit_variance")
+    c_in: str = _f("none", "input scaling: none, unit_variance or edm (x / sqrt(sigma_t^2 + alpha_t^2 sigma_data^2))")
     c_out: str = _f("none", "output scaling: none, inv_sigma (score = output/sigma_t), neg_inv_sigma "
-                    "(score = -output/sigma_t) or gaussian_skip (score = -x/(alpha_t^2 + sigma_t^2) + "
-                    "output/sigma_t)")
+                    "(score = -output/sigma_t), gaussian_skip (score = -x/(alpha_t^2 + sigma_t^2) + "
+                    "output/sigma_t) or edm (EDM's c_skip and c_out with sigma_data)")
+    sigma_data: float | None = _f(None, "root mean square of the training data per coordinate (EDM's sigma_data), "
+                                  "read by c_in / c_out / weighting edm; measured from the data when such a run is "
+                                  "created")
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -244,6 +247,7 @@ class ModelSpec:
             (self.hidden >= 1 and self.n_hidden >= 1, "hidden", f"and n_hidden must be >= 1, got {self.hidden}, "
              f"{self.n_hidden}"),
             (self.embed_dim >= 2, "embed_dim", f"must be >= 2, got {self.embed_dim}"),
+            (self.sigma_data is None or self.sigma_data > 0, "sigma_data", f"must be > 0, got {self.sigma_data}"),
             (self.arch in ("unet", "ncsnv2") or not self.config, "config", f"applies to unet/ncsnv2, not {self.arch}"),
         ])
 

@@ -47,19 +47,34 @@ def cached_record(path: Path, request: dict[str, Any], compute: Callable[[], dic
     """The record kept in the JSON file ``path`` when it was made for an equal ``request`` (compared as JSON), else
     ``compute()``'s, kept there atomically with its request; and whether it was read. A request must hold
     everything the record depends on (the run's resolved spec, sizes, seed): a seeded computation of the same request
-    gives the same numbers, so a kept record stays valid even when its run directory was retrained or removed."""
+    gives the same numbers, so a kept record stays valid even when its run directory was retrained or removed. A
+    run spec in a request (``request["spec"]``) is compared as this lcssm reads it, so a record kept before the spec
+    gained a field (at its default) is still read."""
     from lcssm.config import to_jsonable
     from lcssm.files import atomic_write_text
 
     request = json.loads(json.dumps(to_jsonable(request)))
     if path.is_file():
         kept = json.loads(path.read_text())
-        if kept.get("request") == request:
+        if _as_read(kept.get("request")) == _as_read(request):
             return kept["record"], True
     record = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(to_jsonable({"request": request, "record": record}), indent=1))
     return record, False
+
+
+def _as_read(request: Any) -> Any:
+    """``request`` with its run spec, if it holds one, as :func:`~lcssm.experiments.spec.load_spec` reads it."""
+    from lcssm.errors import ConfigError
+    from lcssm.experiments.spec import load_spec
+
+    if not isinstance(request, dict) or not isinstance(request.get("spec"), dict):
+        return request
+    try:
+        return {**request, "spec": load_spec(request["spec"], "a kept request").to_dict()}
+    except ConfigError:
+        return request
 
 
 def train_or_resume(spec, run_dir: Path, *, progress: bool, label: str) -> dict[str, Any]:
