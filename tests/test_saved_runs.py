@@ -58,3 +58,24 @@ def test_saved_run_samples_as_the_code_that_wrote_it(run, sampler, args, ext, tm
             np.testing.assert_array_equal(got[key], expected[key])
     else:
         np.testing.assert_array_equal(got, expected)
+
+
+def test_a_kept_table_row_is_read_after_the_spec_gains_a_field(tmp_path):
+    """docs/mnist/table3's rows (hours of CPU each) were kept before ``model.sigma_data`` existed; a request of
+    today's spec, which holds that field at its default, still reads them instead of measuring again."""
+    from lcssm.reproduce.reuse import cached_record
+
+    kept = Path(__file__).parents[1] / "docs" / "mnist" / "table3" / "lcss.json"
+    path = tmp_path / "lcss.json"
+    shutil.copy(kept, path)
+    request = json.loads(kept.read_text())["request"]
+    request["spec"]["model"]["sigma_data"] = None
+
+    def measure():
+        raise AssertionError("the kept row was measured again")
+
+    record, read = cached_record(path, request, measure)
+    assert read and record == json.loads(kept.read_text())["record"]
+    request["spec"]["model"]["sigma_data"] = 0.5  # another spec is another request
+    with pytest.raises(AssertionError, match="measured again"):
+        cached_record(path, request, measure)
