@@ -79,14 +79,17 @@ def test_bpd_writes_finite_likelihood(run_dir, capsys):
 
 
 def test_nonaffine_sde_on_a_point_file(tmp_path):
-    """tanh SDE with the simulated center on 3-D points: samples of shape (n, 3), no 2-D figure."""
+    """tanh SDE with the simulated center on 3-D points: samples of shape (n, 3), no 2-D figure; the run measures
+    its noise table and is preconditioned with it as an affine run would be."""
     np.save(tmp_path / "pts.npy", np.random.default_rng(0).normal(size=(300, 3)).astype(np.float32))
     out = tmp_path / "run"
     assert main(["train", "--data", str(tmp_path / "pts.npy"), "--sde", "tanh", "--center", "simulated",
                  "--out", str(out), *TINY, "--set", "objective.n_sim_steps=20"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["objective"]["n_sim_steps"] == 20 and config["data"]["shape"] == [3]
-    assert (config["model"]["c_in"], config["model"]["c_out"]) == ("none", "none")  # no closed-form sigma_t
+    assert (config["model"]["c_in"], config["model"]["c_out"]) == ("unit_variance", "gaussian_skip")
+    table = config["sde"]["table"]
+    assert len(table["times"]) == len(table["sigma"]) > 100 and table["times"][-1] == 1.0
     assert np.load(out / "samples.npy").shape == (200, 3)
     assert not (out / "samples.png").exists() and (out / "loss.png").exists()
 
@@ -108,12 +111,12 @@ def _parser_error(command: str, message: str) -> str:
 
 @pytest.mark.parametrize(("argv", "match"), [
     (["--center", "simulated", "--objective", "dsm"], "dsm needs"),
-    (["--sde", "tanh", "--center", "marginal"], "no closed-form marginal; use --center simulated"),
+    (["--sde", "tanh", "--center", "marginal"], "no closed-form marginal; use --center local"),
     (["--sde", "vpp"], "--sde: .*must be one of ve, vp, subvp, tanh.*, got 'vpp'"),
     (["--sde", "ve", "--beta-max", "3"], "--beta-max: sde.beta_max does not apply to the 've' SDE"),
     (["--objective", "lcsss"], "--objective: .*must be one of exact_sm, .*, got 'lcsss'"),
-    (["--center", "mid"], "--center: .*must be one of marginal, data, simulated, got 'mid'"),
-    (["--sampler", "ddim"], "--sampler: .*must be one of pc, ode, ald, langevin, .*got 'ddim'"),
+    (["--center", "mid"], "--center: .*must be one of marginal, data, simulated, local, got 'mid'"),
+    (["--sampler", "ddim"], "--sampler: .*must be one of pc, ode, pf_heun, ald, langevin, .*got 'ddim'"),
     (["--preset", "digits", "--hidden", "64"], "--hidden applies to point data, not to --preset digits"),
     (["--resolution", "16"], "--resolution is an image option; it needs --preset NAME"),
     (["--nf", "8"], "--nf is an image option; it needs --preset NAME"),
@@ -143,7 +146,7 @@ def test_image_options_need_a_preset(tmp_path, capsys, argv):
 
 def test_sample_and_bpd_bad_inputs_exit_2_with_one_line(run_dir, tmp_path, capsys):
     _exit_2(capsys, ["sample", str(run_dir), "--sampler", "ddim", "--no-progress"],
-            "must be one of pc, ode, ald, langevin, .*got 'ddim'")
+            "must be one of pc, ode, pf_heun, ald, langevin, .*got 'ddim'")
     _exit_2(capsys, ["sample", str(run_dir), "--sampler", "langevin", "--no-progress"],
             "the langevin sampler does not apply to a run with VPSDE")
     _exit_2(capsys, ["sample", str(run_dir), "--n-samples", "0", "--no-progress"],
@@ -181,3 +184,23 @@ def test_unknown_flags_exit_2_with_one_line(tmp_path, capsys, argv):
     if argv[0] == "train":
         argv += ["--out", str(tmp_path / "r"), *TINY]
     _exit_2(capsys, argv, _parser_error(argv[0], f"unrecognized arguments: {unknown}"))
+
+
+@pytest.mark.parametrize("sde", ["tanh", "student"])
+def test_a_non_affine_run_samples_with_every_sampler_it_can_and_refuses_the_others(sde, tmp_path, capsys):
+    """The default non-affine recipe end to end on a few steps: noise table in the spec, the local center, pf_heun
+    after training; then ode and pc, the likelihood through the probability-flow ODE with the exact prior, and the
+    sigma-parametrised solvers refused in one line with exit 2."""
+    out = tmp_path / "run"
+    assert main(["train", "--data", "moons", "--sde", sde, "--steps", "20", "--batch-size", "64", "--hidden", "32",
+                 "--n-samples", "100", "--out", str(out), "--no-progress"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["objective"]["center"] == "local" and config["sampler"]["name"] == "pf_heun"
+    assert len(config["sde"]["table"]["sigma"]) > 100
+    for argv in (["--sampler", "ode", "--rtol", "1e-3", "--atol", "1e-3"], ["--sampler", "pc", "--n-steps", "20"],
+                 ["--sampler", "pf_heun", "--nfe", "9"]):
+        assert main(["sample", str(out), *argv, "--n-samples", "50", "--no-progress"]) == 0
+    assert main(["bpd", str(out), "--n", "10", "--rtol", "1e-3", "--atol", "1e-3", "--no-progress"]) == 0
+    capsys.readouterr()
+    for name in ("heun", "dpmpp_2m", "ald"):
+        _exit_2(capsys, ["sample", str(out), "--sampler", name, "--n-samples", "5"], "use pc or ode or pf_heun")

@@ -189,9 +189,9 @@ def test_overrides_on_a_run_spec_reach_every_section_and_rerun_its_checks():
     assert spec.sde.beta_min is None and point_spec().train.steps == 3000  # others untouched, input unchanged
     with pytest.raises(ConfigError, match=r"^sampler\.snr must be > 0"):  # a section's own check, qualified
         apply_overrides(spec, ["sampler.snr=0"])
-    with pytest.raises(ConfigError, match="has no closed-form marginal; use --center simulated"):  # across sections
+    with pytest.raises(ConfigError, match="has no closed-form marginal; use --center local"):  # across sections
         apply_overrides(spec, ["sde.name=tanh"])
-    with pytest.raises(ConfigError, match="time_sampling mixed draws noise levels"):
+    with pytest.raises(ConfigError, match="the heun sampler does not apply .* use pc or ode or pf_heun"):
         apply_overrides(spec, ["sde.name=tanh", "objective.center=simulated"])
     tanh = ["sde.name=tanh", "objective.center=simulated", "objective.time_sampling=uniform", "sampler.name=pc"]
     assert apply_overrides(spec, tanh).sde.name == "tanh"

@@ -42,8 +42,9 @@ LOOSE = {"rtol": 1e-2, "atol": 1e-2}  # ODE tolerances: the files and plumbing a
 
 def tiny_spec(preset: ImagePreset | None = None, source: str | None = None, sets: tuple[str, ...] = (),
               **train) -> RunSpec:
-    """The ``tiny`` preset for a handful of steps, checkpoints and grids every 2 steps."""
-    spec = image_spec(preset or ImagePreset(preset="tiny"), source)
+    """The ``tiny`` preset for a handful of steps, checkpoints and grids every 2 steps, in score_sde's
+    parametrisation (the network's output is the score; tests/test_precond_edm.py covers the edm default)."""
+    spec = image_spec(preset or ImagePreset(preset="tiny", precond="score_sde"), source)
     train = {"steps": 4, "batch_size": 8, "ckpt_every": 2, "log_every": 1, "ema_decay": 0.5, **train}
     return apply_overrides(spec, ["grids.every=2", "grids.n=4", "grids.steps=2",
                                   *[f"train.{k}={v}" for k, v in train.items()], *sets])

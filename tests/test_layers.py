@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1] / "src" / "lcssm"
 LAYERS = (
     ("errors", "tensors", "files", "device", "distributed", "config"),
     ("data",),
-    ("sde", "noise_levels"),
+    ("noise_table", "sde", "noise_levels"),
     ("objectives", "diffusion"),
     ("models",),
     ("training",),

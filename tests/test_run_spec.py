@@ -74,7 +74,7 @@ def test_a_run_keeps_its_saved_values_when_the_preset_changes(tmp_path, monkeypa
     assert isinstance(run.sde, VPSDE) and not isinstance(run.sde, SubVPSDE)
     assert (run.sde.beta_min, run.sde.beta_max) == (saved["sde"]["beta_min"], saved["sde"]["beta_max"]) == (0.1, 20)
     assert run.model.backbone.config.nf == 8 and run.model.backbone.config.input_centered
-    assert run.spec.data.scale == "minus_one_one" and run.spec.objective.weighting == "sigma2"
+    assert run.spec.data.scale == "minus_one_one" and run.spec.objective.weighting == "edm"  # tiny: --precond edm
     assert not run.spec.objective.reduce_mean
     assert dataclasses.asdict(run.spec.sampler) == saved["sampler"]
     assert (run.spec.sampler.predictor, run.spec.sampler.corrector, run.spec.sampler.n_steps) == (
@@ -87,7 +87,7 @@ def test_a_run_keeps_its_saved_values_when_the_preset_changes(tmp_path, monkeypa
         assert f["samples"].shape == (2, 1, 8, 8)
 
     # a run created now gets the changed preset
-    new = image_spec(ImagePreset(preset="tiny"))
+    new = image_spec(ImagePreset(preset="tiny", precond="score_sde"))  # as published: the preset's own weighting
     assert new.sde.name == "subvp" and (new.sde.beta_min, new.sde.beta_max) == (0.2, 10.0)
     assert new.model.config["nf"] == 16 and new.data.scale == "zero_one" and new.objective.weighting == "g2"
     assert new.objective.reduce_mean and new.train.steps == 3
@@ -538,8 +538,8 @@ def test_toy_help_shows_defaults_and_the_paper_preset(capsys, monkeypatch):
 def _conv_in_width(spec: RunSpec) -> int:
     from lcssm.models.precond import build_score_model
 
-    model = build_score_model(spec.model, spec.sde.build(), spec.data.shape[0])
-    return model.backbone.conv_in.weight.shape[0]
+    model = dataclasses.replace(spec.model, sigma_data=spec.model.sigma_data or 1.0)  # measured when a run starts
+    return build_score_model(model, spec.sde.build(), spec.data.shape[0]).backbone.conv_in.weight.shape[0]
 
 
 def test_set_model_config_reaches_the_network_of_an_image_run(captured, tmp_path):

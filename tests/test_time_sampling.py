@@ -80,7 +80,7 @@ def test_mixed_alternates_the_two():
     assert float(odd.median()) == pytest.approx(-1.2, abs=0.05)  # EDM's P_mean
 
 
-def test_non_affine_sde_takes_only_uniform():
+def test_non_affine_sde_without_a_table_takes_only_uniform():
     sde = get_sde("tanh")
     assert sample_times(sde, 8, kind="uniform", t_min=1e-3).shape == (8,)
     with pytest.raises(ConfigError, match="use uniform"):
@@ -90,9 +90,9 @@ def test_non_affine_sde_takes_only_uniform():
 
 
 def test_point_spec_fits_its_sde():
-    tanh = point_spec("tanh")
+    tanh = point_spec("tanh")  # its noise levels come from its table, measured when the run is created
     assert (tanh.objective.time_sampling, tanh.objective.center, tanh.sampler.name, tanh.model.c_out) == (
-        "uniform", "simulated", "pc", "none")
+        "mixed", "local", "pf_heun", "gaussian_skip")
     vp = point_spec()
     assert (vp.objective.time_sampling, vp.sampler.name, vp.model.arch) == ("mixed", "heun", "res_mlp")
 

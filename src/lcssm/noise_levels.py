@@ -1,18 +1,24 @@
-"""Noise levels of an affine SDE: ``ς_t = σ_t/α_t`` and its inverse, the time at which ς_t takes a given value.
+"""Noise levels of an SDE: ``ς_t = σ_t/α_t`` and its inverse, the time at which ς_t takes a given value, and the
+table of them (:func:`tabulate`) for SDEs without a closed form.
 
 x_t = α_t(x_0 + ς_t z), so p_t is the data smoothed by N(0, ς_t²I), rescaled by α_t: ς is the noise level that
 the σ-parametrised samplers (:mod:`lcssm.sampling.schedules`) walk and that the training-time distributions of
-:func:`lcssm.diffusion.sample_times` are stated in.
+:func:`lcssm.diffusion.sample_times` are stated in. A non-affine SDE gets α_t and σ_t from its
+:class:`~lcssm.noise_table.NoiseTable` (``sde.with_table``), measured from its forward process started at the data.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
+from lcssm.errors import ConfigError
+from lcssm.noise_table import NoiseTable
 from lcssm.sde import SDE
 
-__all__ = ["level_of", "noise_level", "time_of", "time_of_by_root"]
+__all__ = ["level_of", "noise_level", "tabulate", "time_of", "time_of_by_root"]
 
 
 def noise_level(sde: SDE, t: Tensor) -> Tensor:
@@ -65,3 +71,62 @@ def time_of_by_root(sde: SDE, levels: Tensor) -> Tensor:
         side = torch.where(low, -1.0, torch.where(high, 1.0, side))
         todo = todo & (f.abs() > 1e-15) & (hi - lo > 4e-16 * hi) & ((t - t_old).abs() > 4e-16 * t)
     return t.view(levels.shape)
+
+
+def _table_times(T: float, n: int, first: float) -> Tensor:
+    """About ``n`` times from ``first·T`` to T (float64): half geometric (where the noise level changes fast in t,
+    near 0), half uniform (where β is large, near T)."""
+    geometric = torch.logspace(math.log10(first), 0.0, n - n // 2, dtype=torch.float64)
+    uniform = torch.linspace(0.0, 1.0, n // 2 + 1, dtype=torch.float64)[1:]
+    return T * torch.cat([geometric, uniform]).unique()
+
+
+def tabulate(sde: SDE, x0: Tensor, *, n_times: int = 128, n_steps: int = 1500, n_data: int = 2048,
+             first: float = 1e-4, generator: torch.Generator | None = None) -> NoiseTable:
+    """The :class:`~lcssm.noise_table.NoiseTable` of ``sde`` for data ``x0`` (B, *D) at about ``n_times`` times from
+    ``first·T`` to T (half geometric, half uniform).
+
+    An affine SDE's table is its closed form: α_t, σ_t and ``std = √(α_t² Var(x_0) + σ_t²)``. Any other SDE is
+    simulated from (at most ``n_data`` rows of) ``x0`` by Euler–Maruyama on ``n_steps`` times (the union of a uniform
+    and a geometric grid, so the steps are small both near 0 and where β is large), two independent paths per row:
+
+    - ``alpha`` = E[∂x_t/∂x_0], the mean slope of the stochastic flow, carried along each path by
+      ``J ← J·exp(∂f/∂x·Δt)`` (the drift's diagonal derivative by central differences: the drift must act per
+      coordinate). It is α_t exactly for an affine SDE and, unlike a regression of x_t on x_0, positive and of low
+      variance when α_t is small;
+    - ``sigma`` = √v(t) with v(t) = E[Var(x_t | x_0)] = ½E[(x_t − x_t′)²] over the two paths of a row;
+    - ``std`` = √Var(x_t), pooled over coordinates.
+
+    Seeded by ``generator``; float64 throughout. With n rows of d coordinates the Monte Carlo error of σ_t is about
+    √(1/(2·n·d)) relative (1.1 % for 2,048 2-D points; measured 1.2-1.4 % against VP's closed form)."""
+    if n_times < 2 or n_steps < n_times:
+        raise ConfigError(f"tabulate needs n_times >= 2 and n_steps >= n_times, got {n_times}, {n_steps}")
+    times = _table_times(sde.T, n_times, first)
+    x0 = x0.detach().to(torch.float64).flatten(1)
+    if len(x0) > n_data:
+        x0 = x0[torch.randperm(len(x0), generator=generator)[:n_data]]
+    var0 = float(x0.var(0, unbiased=False).mean())
+    if sde.has_marginal:
+        alpha, sigma = sde.marginal_coefficients(times)
+        return NoiseTable.of(times, alpha, sigma, torch.sqrt(alpha**2 * var0 + sigma**2))
+    fine = torch.cat([torch.zeros(1, dtype=torch.float64), times,
+                      torch.linspace(0, sde.T, n_steps - n_times + 1, dtype=torch.float64)[1:]]).unique()
+    record = torch.isin(fine, times)
+    x = torch.cat([x0, x0])
+    jac = torch.ones_like(x)
+    stats = []
+    for k in range(1, len(fine)):
+        dt, mid = float(fine[k] - fine[k - 1]), float(0.5 * (fine[k] + fine[k - 1]))
+        t = torch.full((len(x),), mid, dtype=torch.float64)
+        drift, g = sde.sde(x, t)
+        h = 1e-4 * (1 + x.abs())
+        slope = (sde.sde(x + h, t)[0] - sde.sde(x - h, t)[0]) / (2 * h)
+        noise = torch.randn(x.shape, generator=generator, dtype=torch.float64)
+        x = x + drift * dt + g[:, None] * math.sqrt(dt) * noise
+        jac = jac * torch.exp(slope * dt)
+        if record[k]:
+            a, b = x.chunk(2)
+            stats.append((float(jac.mean()), math.sqrt(0.5 * float((a - b).pow(2).mean())),
+                          math.sqrt(float(x.var(0, unbiased=False).mean()))))
+    alpha, sigma, std = (torch.tensor(v, dtype=torch.float64) for v in zip(*stats))
+    return NoiseTable.of(times, alpha, sigma, std)

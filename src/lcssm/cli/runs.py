@@ -153,14 +153,16 @@ def _register_sample(sub: argparse._SubParsersAction, name: str) -> None:
     fid = name == "fid"
     p = sub.add_parser(
         name, help="FID / KID / IS of an image run's samples" if fid else "sample a trained run",
-        description=("Draw samples from the newest good checkpoint of an image run and score them against its "
-                     "training images: FID, KID (mean, std over 100 subsets) and IS. Digits runs use lcssm's digits "
-                     "classifier (digits-FID); other runs need the FID Inception-v3 weights file, never downloaded. "
-                     "Writes the samples to a new RUN_DIR/fid/SAMPLER_NNN.npz with its .png grid." if fid else
-                     "Draw samples from the EMA model of a run's newest good checkpoint: points to samples.npy (and "
-                     "samples.png for 2-D data) with energy distance to the data, images to samples.npz and a "
-                     "samples.png grid.") + " Options left out keep the run's saved sampler settings; the record "
-                     "(sampler, its settings, NFE, seconds, ...) is appended to RUN_DIR/metrics.json and printed.")
+        description=("Draw samples from the newest good checkpoint (or --step) of an image run and score them "
+                     "against its training images (or --reference test): FID, KID (mean, std over 100 subsets) and "
+                     "IS. Digits runs use lcssm's digits classifier (digits-FID); other runs need the FID "
+                     "Inception-v3 weights file, never downloaded. Writes the samples to a new "
+                     "RUN_DIR/fid/SAMPLER_NNN.npz with its .png grid." if fid else
+                     "Draw samples from the EMA model of a run's newest good checkpoint (or --step): points to "
+                     "samples.npy (and samples.png for 2-D data) with energy distance to the data, images to "
+                     "samples.npz and a samples.png grid.") + " Options left out keep the run's saved sampler "
+                     "settings; the record (sampler, its settings, NFE, seconds, ...) is appended to "
+                     "RUN_DIR/metrics.json and printed.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by lcssm train or lcssm toy")
     p.set_defaults(func=_fid if fid else _sample,
                    sampler_flags=add_options(p, SamplerSpec(), name, default="the run's" + (", 2000 samples for "
@@ -175,8 +177,7 @@ def _sample(args: argparse.Namespace) -> int:
 
     cmd = apply_options(CommandOptions(), args, args.command_flags)
     record = sample_run(args.run_dir, _sampler_overrides(args), out=cmd.file, overwrite=cmd.overwrite,
-                        device=cmd.device,
-                        progress=cmd.progress)
+                        device=cmd.device, progress=cmd.progress, step=cmd.step)
     also = record.get("grid") or record.get("figure")
     return _print(record, f"wrote {record['file']}" + (f" and {also}" if also else ""))
 
@@ -186,7 +187,8 @@ def _fid(args: argparse.Namespace) -> int:
 
     cmd = apply_options(CommandOptions(), args, args.command_flags)
     record = fid_run(args.run_dir, _sampler_overrides(args), inception_path=cmd.inception, device=cmd.device,
-                     progress=cmd.progress, convention=cmd.convention)
+                     progress=cmd.progress, convention=cmd.convention, step=cmd.step,
+                     reference_split=cmd.reference)
     return _print(record, f"{record['features']} FID {record['fid']:.4g}, KID {record['kid']:.4g}; samples in "
                   f"{record['file']}")
 
@@ -209,7 +211,7 @@ def _bpd(args: argparse.Namespace) -> int:
 
     cmd = apply_options(CommandOptions(), args, args.command_flags)
     options = apply_options(LikelihoodOptions(progress=cmd.progress), args, args.bpd_flags)
-    record = bpd_run(args.run_dir, options, device=cmd.device)
+    record = bpd_run(args.run_dir, options, device=cmd.device, step=cmd.step)
     value = record.get("bpd", record.get("bits_per_dim"))
     return _print(record, f"{value:.4f} bits/dim on {record['n']} held-out examples ({record['data']})")
 

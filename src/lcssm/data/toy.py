@@ -102,6 +102,18 @@ def pinwheel(n: int, g: torch.Generator | None = None) -> Tensor:
     return 2 * torch.einsum("ni,nij->nj", features, rot)
 
 
+def student3(n: int, g: torch.Generator | None = None) -> Tensor:
+    """Heavy-tailed: independent Student-t coordinates with 3 degrees of freedom, scale 0.5 (power-law tails,
+    P(|x_i| > r) ∝ r⁻³; variance 0.75 per coordinate), drawn as z/√(χ²₃/3)."""
+    z, chi2 = _randn(n, g, 2), _randn(n, g, 3, 2).pow(2).sum(1)
+    return 0.5 * z / (chi2 / 3).sqrt()
+
+
+def gaussian(n: int, g: torch.Generator | None = None) -> Tensor:
+    """The Gaussian-tailed control of :func:`student3`: N(0, 0.75 I), the same variance per coordinate."""
+    return math.sqrt(0.75) * _randn(n, g, 2)
+
+
 TOY_DATASETS: dict[str, Distribution] = {
     "checkerboard": checkerboard,
     "8gaussians": eight_gaussians,
@@ -110,6 +122,8 @@ TOY_DATASETS: dict[str, Distribution] = {
     "moons": moons,
     "swissroll": swissroll,
     "pinwheel": pinwheel,
+    "student3": student3,
+    "gaussian": gaussian,
 }
 
 

@@ -123,7 +123,7 @@ def reference_features(reference: Tensor | ImageData, features: Features | Featu
 
 def image_quality(images: Tensor, reference: Tensor | ImageData, features: Features | FeatureFn, *,
                   kid_subset_size: int = 1000, seed: int = 0, chunk_size: int = 500,
-                  cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+                  cache_dir: str | os.PathLike | None = None, step: int | None = None) -> dict[str, Any]:
     """FID, KID (mean, std over 100 subsets) and IS (mean, std over ≤ 10 splits) of uint8 ``images`` ``(N, C, H,
     W)`` against ``reference`` (uint8 images, or a split whose levels are converted to 8 bits). Images go through
     ``features`` ``chunk_size`` at a time. KID subsets hold ``min(kid_subset_size, N, N_ref)`` rows, recorded as
@@ -153,17 +153,18 @@ def default_cache_dir(data) -> Path:
 def fid_run(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, *,
             inception_path: str | os.PathLike | None = None, device: str | torch.device = "auto",
             progress: bool = False, convention: str = "tf", reference_split: str = "train",
-            cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+            cache_dir: str | os.PathLike | None = None, step: int | None = None) -> dict[str, Any]:
     """FID, KID and IS of fresh samples (the run's sampler spec with ``overrides``; 2000 samples unless
     ``n_samples`` is given) against the run's whole ``reference_split`` (``train`` or ``test``). The weights are
     checked before sampling; the samples are rounded to 8 bits first, as saved images are, and written to
     a new ``RUN_DIR/fid/SAMPLER_NNN.npz`` with its ``.png`` grid. Returns the record appended to ``metrics.json``:
-    the scores, the features, weights and convention, and the numbers of samples and reference images."""
+    the scores, the features, weights and convention, and the numbers of samples and reference images. ``step``:
+    the checkpoint of that training step instead of the newest."""
     from lcssm.experiments.images import load_split, write_images
     from lcssm.experiments.pipeline import open_run, with_sampler
     from lcssm.sampling.registry import draw
 
-    run = open_run(run_dir, device)
+    run = open_run(run_dir, device, step=step)
     if run.spec.data.kind != "images":
         raise ConfigError(f"{run_dir} is a {run.spec.data.kind} run; FID applies to image runs")
     spec = with_sampler(run.spec, {"n_samples": 2000, **(overrides or {})})

@@ -146,6 +146,12 @@ class ImagesKind:
             total, count = total + float((x**2).sum()), count + x.numel()
         return (total / count) ** 0.5
 
+    def data_sample(self, spec, data: ImageData, n: int, generator: torch.Generator) -> Tensor:
+        """``n`` training images drawn without replacement (all of a smaller split) from ``generator``, in the data
+        scale."""
+        rows = torch.randperm(len(data), generator=generator)[:n]
+        return levels_to_float(data.take(rows), data.n_bins, spec.data.scale)
+
     def batches(self, spec, data: ImageData) -> ImageBatches:
         return ImageBatches(data, spec.train.batch_size, spec.train.seed, spec.data.scale, spec.data.random_flip)
 

@@ -57,6 +57,7 @@ class DataKind(Protocol):
                 model: ScoreModel | None = None) -> None: ...
     def bpd(self, run: Run, options: LikelihoodOptions) -> dict[str, Any]: ...
     def data_rms(self, spec: RunSpec, data: Any) -> float: ...
+    def data_sample(self, spec: RunSpec, data: Any, n: int, generator: torch.Generator) -> Tensor: ...
 
 
 KINDS: dict[str, DataKind] = {"points": PointsKind(), "images": ImagesKind()}
@@ -86,6 +87,7 @@ def make_loss(spec: RunSpec, sde: SDE | None):
         loss = diffusion_loss(model, sde, x0, objective=obj.name, center=cast(Center, obj.center),
                               weighting=cast(Weighting, obj.weighting),
                               t_min=obj.t_min, sigma_s=obj.sigma_s, n_sim_steps=obj.n_sim_steps,
+                              local_width=obj.local_width,
                               sigma_data=sigma_data, t=t, generator=generator, **options)
         if obj.reduce_mean:
             loss = loss / x0[0].numel()
@@ -141,6 +143,14 @@ def _resolve(spec: RunSpec, data: Any) -> RunSpec:
     uses = "edm" in (spec.model.c_in, spec.model.c_out, spec.objective.weighting)
     if uses and spec.model.sigma_data is None:  # EDM's sigma_data, measured once and kept in the spec
         spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, sigma_data=kind.data_rms(spec, data)))
+    sde = spec.sde.build()
+    if sde is not None and not sde.has_marginal and spec.sde.table is None:  # measured once and kept in the spec
+        from lcssm.device import make_generator
+        from lcssm.noise_levels import tabulate
+
+        generator = make_generator(spec.train.seed)
+        table = tabulate(sde, kind.data_sample(spec, data, 2048, generator), generator=generator)
+        spec = dataclasses.replace(spec, sde=dataclasses.replace(spec.sde, table=table.to_dict()))
     return spec
 
 
@@ -193,16 +203,17 @@ class Run:
         return cls(spec, model.sde, model, score_fn, step, checkpoint, run_dir, device)
 
 
-def open_run(run_dir: str | os.PathLike, device: str | torch.device = "auto") -> Run:
-    """Load a run from its newest good checkpoint (falling back past corrupt ones), building the network from the
-    spec saved in the checkpoint. CheckpointError when the directory or its checkpoints are missing or unusable,
-    ConfigError when its config cannot be read."""
+def open_run(run_dir: str | os.PathLike, device: str | torch.device = "auto", *, step: int | None = None) -> Run:
+    """Load a run from its newest good checkpoint (falling back past corrupt ones), or from the checkpoint of
+    training step ``step``, building the network from the spec saved in the checkpoint. CheckpointError when the
+    directory or its checkpoints are missing or unusable (or no checkpoint has that step: the error lists those
+    kept), ConfigError when its config cannot be read."""
     from lcssm.training.checkpoint import latest_good_checkpoint
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run directory {str(run_dir)!r} does not exist")
-    found = latest_good_checkpoint(run_dir)
+    found = latest_good_checkpoint(run_dir) if step is None else _checkpoint_of_step(run_dir, step)
     if found is None:
         raise CheckpointError(f"{str(run_dir)!r} holds no checkpoint (train it first, e.g. "
                               f"lcssm train --data checkerboard --out {run_dir})")
@@ -219,6 +230,21 @@ def open_run(run_dir: str | os.PathLike, device: str | torch.device = "auto") ->
         raise CheckpointError(f"the weights in {path} do not fit the model built from its config: "
                               f"{' '.join(str(e).split())}") from None
     return Run.of(spec, model, int(state["step"]), path, run_dir, resolve_device(device))
+
+
+def _checkpoint_of_step(run_dir: Path, step: int) -> tuple[Path, dict]:
+    """``(path, state)`` of the run's checkpoint at training step ``step``, verified."""
+    from lcssm.training.checkpoint import list_checkpoints, load_checkpoint
+
+    kept = list_checkpoints(run_dir)
+    paths = [p for s, p in kept if s == step]
+    if not paths:
+        steps = ", ".join(str(s) for s, _ in kept) or "none"
+        raise CheckpointError(f"{str(run_dir)!r} has no checkpoint of step {step}; kept: {steps}")
+    state = load_checkpoint(paths[0])
+    if int(state.get("step", -1)) != step:
+        raise CheckpointError(f"{paths[0]} holds step {state.get('step')}, not {step}")
+    return paths[0], state
 
 
 # ---------------------------------------------------------------------------------------------- sampling
@@ -241,15 +267,15 @@ def _sample(run: Run, spec: RunSpec, data: Any, path: Path, progress: bool, *, t
 
 def sample_run(run_dir: str | os.PathLike, overrides: Mapping[str, Any] | None = None, *,
                out: str | os.PathLike | None = None, overwrite: bool = False, device: str | torch.device = "auto",
-               progress: bool = False) -> dict[str, Any]:
+               progress: bool = False, step: int | None = None) -> dict[str, Any]:
     """Sample a trained run with its saved sampler spec updated by ``overrides`` (``{field: value}`` of
     :class:`~lcssm.experiments.spec.SamplerSpec`) and append the record to ``metrics.json``. The samples go to
     ``out`` (a ``.npy`` file for points, ``.npz`` for images, refused if it exists unless ``overwrite``), by default
     to a new ``RUN_DIR/samples/SAMPLER_NNN`` file, so no call replaces another's; the figure goes beside them
-    (``.png``). Returns the record."""
+    (``.png``). ``step``: sample that training step's checkpoint (:func:`open_run`). Returns the record."""
     from lcssm.files import check_new_file, next_free
 
-    run = open_run(run_dir, device)
+    run = open_run(run_dir, device, step=step)
     spec = with_sampler(run.spec, overrides or {})
     kind = run.kind
     suffix = Path(kind.samples_file).suffix
@@ -314,11 +340,12 @@ class LikelihoodOptions:
 
 
 def bpd_run(run_dir: str | os.PathLike, options: LikelihoodOptions | None = None, *,
-            device: str | torch.device = "auto") -> dict[str, Any]:
+            device: str | torch.device = "auto", step: int | None = None) -> dict[str, Any]:
     """Negative log-likelihood of held-out data under the run's probability-flow ODE (bits/dim; for points also
-    nats per point). Appends the record to ``metrics.json`` and returns it."""
+    nats per point), at the newest good checkpoint or that of ``step``. Appends the record to ``metrics.json`` and
+    returns it."""
     options = options or LikelihoodOptions()
-    run = open_run(run_dir, device)
+    run = open_run(run_dir, device, step=step)
     if run.sde is None:
         raise ConfigError(f"{run_dir} has no SDE (a single-noise-scale {run.spec.command} run): its likelihood has "
                           "no probability-flow ODE")

@@ -152,6 +152,13 @@ class PointsKind:
         x = data.points if data.points is not None else data.reference(100_000, make_generator(0))
         return float((x.double() ** 2).mean().sqrt())
 
+    def data_sample(self, spec, data: DataSource, n: int, generator: torch.Generator) -> Tensor:
+        """``n`` training points drawn without replacement (all of a smaller set), or ``n`` draws of a toy
+        distribution, from ``generator``."""
+        if data.points is None:
+            return data.reference(n, generator)
+        return data.points[torch.randperm(len(data.points), generator=generator)[:n]]
+
     def callbacks(self, spec, sde, out: Path) -> list:
         return []
 

@@ -128,7 +128,9 @@ class ObjectiveSpec:
     p_mean: float = _f(-1.2, "lognormal time sampling: mean of ln(sigma_t/alpha_t) (EDM's P_mean)")
     p_std: float = _f(1.2, "lognormal time sampling: std of ln(sigma_t/alpha_t) (EDM's P_std)")
     sigma_s: float = _f(0.05, "smoothing std of the simulated center", commands=TRAIN)
-    n_sim_steps: int = _f(100, "Euler-Maruyama steps of the simulated center")
+    n_sim_steps: int = _f(100, "Euler-Maruyama steps of the simulated and local centers")
+    local_width: float = _f(1.0, "local center: the largest spread (data units) of the linearised last Gaussian "
+                            "step (all of the noise while sigma_t is smaller)", commands=TRAIN)
     reduce_mean: bool = _f(False, "divide the per-example loss by the dimension (score_sde's reduce_mean)")
 
     def __post_init__(self) -> None:
@@ -146,6 +148,7 @@ class ObjectiveSpec:
             (self.t_min > 0, "t_min", f"must be > 0, got {self.t_min}"),
             (self.sigma_s > 0, "sigma_s", f"must be > 0, got {self.sigma_s}"),
             (self.n_sim_steps >= 1, "n_sim_steps", f"must be >= 1, got {self.n_sim_steps}"),
+            (self.local_width > 0, "local_width", f"must be > 0, got {self.local_width}"),
         ])
         if self.center == "simulated" and OBJECTIVES[self.name].needs_kernel:
             raise ConfigError("dsm needs the SDE's closed-form transition kernel, which center='simulated' does not "
@@ -170,17 +173,21 @@ class SDESpec:
     """The forward SDE with every parameter it uses (filled with the SDE's defaults when the run is created), or
     ``none``: a single noise scale (``objective.sigma``), as in density estimation (``lcssm toy``)."""
 
-    name: str = _f("vp", "forward SDE (tanh: non-affine, needs --center simulated)", flag="--sde", commands=TRAIN,
-                   choices=SDE_NAMES[:-1])
+    name: str = _f("vp", "forward SDE (tanh, student: non-affine, trained at a local or simulated center)",
+                   flag="--sde", commands=TRAIN, choices=SDE_NAMES[:-1])
     sigma_min: float | None = _f(None, "VE sigma_min (default: the SDE's)", commands=TRAIN)
     sigma_max: float | None = _f(None, "VE sigma_max (default: the SDE's)", commands=TRAIN)
-    beta_min: float | None = _f(None, "VP/subVP/tanh beta_min (default: the SDE's)", commands=TRAIN)
-    beta_max: float | None = _f(None, "VP/subVP/tanh beta_max (default: the SDE's)", commands=TRAIN)
+    beta_min: float | None = _f(None, "VP/subVP/tanh/student beta_min (default: the SDE's)", commands=TRAIN)
+    beta_max: float | None = _f(None, "VP/subVP/tanh/student beta_max (default: the SDE's)", commands=TRAIN)
+    nu: float | None = _f(None, "student: degrees of freedom of its Student-t prior (default: the SDE's)",
+                          commands=TRAIN)
+    table: dict | None = _f(None, "noise table of a non-affine SDE (times, alpha, sigma, std), measured from the "
+                            "training data when the run is created (lcssm.noise_levels.tabulate)")
 
     def __post_init__(self) -> None:
         check_types(self)
         _check([_choice(self.name, SDE_NAMES, "name")])
-        unused = [k for k in ("sigma_min", "sigma_max", "beta_min", "beta_max")
+        unused = [k for k in ("sigma_min", "sigma_max", "beta_min", "beta_max", "nu")
                   if getattr(self, k) is not None and k not in _SDE_PARAMS[self.name]]
         if unused:
             raise ConfigError(f"sde.{unused[0]} does not apply to the {self.name!r} SDE (it takes "
@@ -201,7 +208,12 @@ class SDESpec:
         if self.name == "none":
             return None
         params = {k: getattr(self, k) for k in _SDE_PARAMS[self.name] if getattr(self, k) is not None}
-        return get_sde(self.name, **params)
+        sde = get_sde(self.name, **params)
+        if self.table is None or sde.has_marginal:
+            return sde
+        from lcssm.noise_table import NoiseTable
+
+        return sde.with_table(NoiseTable.from_dict(self.table))
 
 
 # ---------------------------------------------------------------------------------------------------- model
@@ -383,11 +395,9 @@ class RunSpec:
             raise ConfigError("objective.sigma applies to runs without an SDE; with an SDE the noise scale is sigma_t")
         if has_sde:
             sde = self.sde.build()
-            if self.objective.center != "simulated" and not sde.has_marginal:
-                raise ConfigError(f"SDE {self.sde.name!r} has no closed-form marginal; use --center simulated")
-            if self.objective.time_sampling != "uniform" and not sde.has_marginal:
-                raise ConfigError(f"objective.time_sampling {self.objective.time_sampling} draws noise levels "
-                                  f"sigma_t/alpha_t, which SDE {self.sde.name!r} does not have; use uniform")
+            if self.objective.center in ("marginal", "data") and not sde.has_marginal:
+                raise ConfigError(f"SDE {self.sde.name!r} has no closed-form marginal; use --center local (or "
+                                  "simulated)")
             for key, t_min in (("objective.t_min", self.objective.t_min), ("sampler.t_min", self.sampler.t_min)):
                 if not t_min < sde.T:
                     raise ConfigError(f"{key} must lie in (0, {sde.T}), got {t_min}")

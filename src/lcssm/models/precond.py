@@ -5,7 +5,9 @@ std σ_t of the run's SDE (each network uses what it needs: ScoreMLP and U-Nets 
 σ-scaled U-Nets divide by σ, an energy MLP uses neither). The wrapper owns what lies between the SDE and the
 network, in the spirit of EDM's preconditioning (Karras et al. 2022, Table 1):
 
-- conditioning: σ_t (and α_t) from the SDE at the given t;
+- conditioning: σ_t (and α_t) from the SDE at the given t: its closed form, or for a non-affine SDE its noise
+  table (:mod:`lcssm.noise_table`: the flow's mean slope and the root of E[Var(x_t | x_0)]), so that every
+  preconditioning below applies to any SDE;
 - input scaling ``c_in``: ``unit_variance`` feeds ``x/√(α_t² + σ_t²)`` (the std of x_t for unit-variance data);
 - output scaling ``c_out``: ``inv_sigma`` divides the output by σ_t (the network predicts −z for x_t = α_t x0 +
   σ_t z, so its target stays O(1) at every t); ``neg_inv_sigma`` divides it by −σ_t (the network predicts z, as
@@ -60,8 +62,9 @@ class ScoreModel(nn.Module):
         self.sigma_data = float(sigma_data)
         if sde is None and (c_in, c_out) != ("none", "none"):
             raise ConfigError("input/output scaling needs an SDE (its sigma_t)")
-        if sde is not None and not sde.has_marginal and (c_in, c_out) != ("none", "none"):
-            raise ConfigError(f"{sde!r} has no closed-form sigma_t: use c_in='none', c_out='none'")
+        if sde is not None and not sde.has_levels and (c_in, c_out) != ("none", "none"):
+            raise ConfigError(f"{sde!r} has no closed-form alpha_t, sigma_t and no noise table "
+                              "(lcssm.noise_levels.tabulate): use c_in='none', c_out='none'")
         self.backbone, self.sde, self.c_in, self.c_out = backbone, sde, c_in, c_out
 
     def log_density(self, x: Tensor) -> Tensor:
@@ -78,7 +81,7 @@ class ScoreModel(nn.Module):
             return self.backbone(x)
         if t is None:
             raise ValueError("this score model is time-conditional: call it as model(x, t)")
-        if not self.sde.has_marginal:
+        if not self.sde.has_levels:
             return self.backbone(x, t, None)
         alpha, sigma = self.sde.marginal_coefficients(t.to(x.dtype))
         out = self.backbone(self._scale_input(x, alpha, sigma), t, sigma)

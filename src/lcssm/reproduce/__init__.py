@@ -86,6 +86,8 @@ TARGETS: dict[str, Target] = {
                "the adaptive ODE on one LCSS run of the digits preset, with the plot"),
         Target("points", "points", "point diffusion with the default `lcssm train` on six 2-D datasets for every "
                "objective and SDE: k-NN precision / recall, density / coverage, histogram TV, each with its floor"),
+        Target("tails", "tails", "heavy-tailed 2-D data and a Gaussian control: VP against the non-affine tanh "
+               "and Student-t SDEs at equal steps; bulk precision / recall, tail quantiles and KS, held-out NLL"),
         Target("equivalence", "equivalence", "LCSS vs DSM: loss identity and gradient difference for VE / VP / "
                "subVP and centers marginal / data; the data-center bias"),
         Target("variance", "variance", "gradient variance of each objective as sigma shrinks; score error "

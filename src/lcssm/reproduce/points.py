@@ -3,7 +3,8 @@ run ``lcssm train --data D --objective O --sde S`` makes (:func:`lcssm.experimen
 three fields, then :func:`lcssm.experiments.pipeline.train_run`: training, then sampling with the spec's sampler
 and the structure metrics of :func:`lcssm.experiments.points.sample_quality`).
 
-The cells are the objectives (lcss, dsm, ssm_vr, fdssm) under VP and the SDEs (ve, subvp, tanh) under LCSS, on
+The cells are the objectives (lcss, dsm, ssm_vr, fdssm) under VP and the SDEs (ve, subvp and the non-affine tanh
+and student) under LCSS, on
 2spirals, checkerboard, moons, 8gaussians, pinwheel and swissroll. A cell passes when its k-NN precision and recall
 are both within ``TOLERANCE`` of their floors (held-out data against held-out data, same k and number of points).
 
@@ -29,7 +30,7 @@ from lcssm.reproduce.report import Report, Table
 
 DATASETS = ("2spirals", "checkerboard", "moons", "8gaussians", "pinwheel", "swissroll")
 OBJECTIVE_CELLS = tuple((o, "vp") for o in ("lcss", "dsm", "ssm_vr", "fdssm"))
-SDE_CELLS = tuple(("lcss", s) for s in ("ve", "subvp", "tanh"))
+SDE_CELLS = tuple(("lcss", s) for s in ("ve", "subvp", "tanh", "student"))
 TOLERANCE = 0.05
 
 #: ``steps`` / ``n_samples`` None: the default spec's

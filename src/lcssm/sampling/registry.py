@@ -20,10 +20,11 @@ import torch
 from torch import Tensor
 
 from lcssm.errors import ConfigError, ResourceError, is_out_of_memory
-from lcssm.noise_levels import noise_level
+from lcssm.noise_levels import noise_level, time_of
 from lcssm.sampling.langevin import annealed_langevin, geometric_sigmas, langevin, mala, noise_conditional_score
-from lcssm.sampling.ode import ode_sample
+from lcssm.sampling.ode import heun_pf_sample, ode_sample
 from lcssm.sampling.reverse import pc_sample
+from lcssm.sampling.schedules import noise_schedule
 from lcssm.sampling.solvers import SOLVERS, sample
 from lcssm.sde import SDE
 
@@ -90,6 +91,16 @@ def _pc(score_fn, sde: SDE, x: Tensor, spec, generator, progress: bool) -> tuple
 def _ode(score_fn, sde: SDE, x: Tensor, spec, generator, progress: bool) -> tuple[Tensor, int]:
     out, nfe = ode_sample(score_fn, sde, x, rtol=spec.rtol, atol=spec.atol, method=spec.method,
                           denoise=spec.denoise, t_min=spec.t_min, progress=progress)
+    return out, nfe + int(spec.denoise)
+
+
+@register_sampler(name="pf_heun", start="prior", fields=("nfe", "schedule", "rho", "t_min", "denoise"),
+                  help="Heun on the probability-flow ODE in t, any SDE (nfe = 2n-1)")
+def _pf_heun(score_fn, sde: SDE, x: Tensor, spec, generator, progress: bool) -> tuple[Tensor, int]:
+    levels = noise_schedule(sde, max(2, (spec.nfe + 1) // 2), spec.schedule, t_min=spec.t_min, rho=spec.rho)[:-1]
+    times = time_of(sde, levels)
+    times[0], times[-1] = sde.T, spec.t_min
+    out, nfe = heun_pf_sample(score_fn, sde, x, times.to(x.dtype), denoise=spec.denoise, progress=progress)
     return out, nfe + int(spec.denoise)
 
 

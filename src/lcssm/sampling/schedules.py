@@ -43,8 +43,11 @@ def check_affine(sde: SDE, what: str = "the sigma-parametrised samplers") -> Non
 
 def noise_schedule(sde: SDE, n: int, schedule: str = "karras", *, t_min: float = 1e-3, rho: float = 7.0) -> Tensor:
     """``n`` decreasing noise levels from ``ς_T`` to ``ς_{t_min}`` by ``schedule`` (module docstring), then 0:
-    float64, shape (n + 1,). ``n = 1`` gives ``[ς_T, 0]`` (one denoising step)."""
-    check_affine(sde)
+    float64, shape (n + 1,). ``n = 1`` gives ``[ς_T, 0]`` (one denoising step). The levels are the SDE's closed
+    form or its noise table (a non-affine SDE; :mod:`lcssm.noise_table`)."""
+    if not getattr(sde, "has_levels", False):
+        raise ConfigError(f"{sde!r} has no noise levels sigma_t/alpha_t (no closed form, no noise table): use the pc "
+                          "or ode sampler")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"the number of noise levels must be an integer >= 1, got {n!r}")
     if not 0 < t_min < sde.T:
