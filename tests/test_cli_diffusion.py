@@ -87,7 +87,7 @@ def test_nonaffine_sde_on_a_point_file(tmp_path):
                  "--out", str(out), *TINY, "--set", "objective.n_sim_steps=20"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["objective"]["n_sim_steps"] == 20 and config["data"]["shape"] == [3]
-    assert (config["model"]["c_in"], config["model"]["c_out"]) == ("unit_variance", "gaussian_skip")
+    assert (config["model"]["c_in"], config["model"]["c_out"]) == ("unit_variance", "stationary_skip")
     table = config["sde"]["table"]
     assert len(table["times"]) == len(table["sigma"]) > 100 and table["times"][-1] == 1.0
     assert np.load(out / "samples.npy").shape == (200, 3)

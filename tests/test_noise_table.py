@@ -167,3 +167,27 @@ def test_time_of_a_tabulated_sde_inverts_its_levels():
     t = torch.tensor([0.002, 0.05, 0.3, 0.8], dtype=torch.float64)
     torch.testing.assert_close(time_of(sde, level_of(sde, t)), t, rtol=1e-8, atol=0)
     assert math.isfinite(float(level_of(sde, torch.tensor([sde.T], dtype=torch.float64))))
+
+
+def test_the_stationary_skip_is_gaussian_skip_for_vp_and_the_stationary_score_at_the_end():
+    from lcssm.models.precond import ScoreModel
+    from lcssm.sde import StudentTSDE
+
+    class Zero(torch.nn.Module):
+        def forward(self, x, t, sigma):
+            return torch.zeros_like(x)
+
+    x, t = torch.randn(5, 2, dtype=torch.float64), torch.tensor([1e-3, 0.1, 0.4, 0.7, 1.0], dtype=torch.float64)
+    vp = VPSDE()
+    torch.testing.assert_close(ScoreModel(Zero(), vp, c_out="stationary_skip")(x, t),
+                               ScoreModel(Zero(), vp, c_out="gaussian_skip")(x, t), rtol=1e-12, atol=1e-12)
+    sde = StudentTSDE()
+    sde = sde.with_table(tabulate(sde, _spirals(1000), generator=torch.Generator().manual_seed(9)))
+    end = ScoreModel(Zero(), sde, c_out="stationary_skip")(x, torch.ones(5, dtype=torch.float64))
+    a, s = (float(v) for v in sde.marginal_coefficients(torch.ones(1, dtype=torch.float64)))
+    assert a < 0.2  # the Student-t SDE mixes slowly: the flow's mean slope is still 0.14 at T
+    torch.testing.assert_close(end, a**2 * (-x / (a**2 + s**2)) + (1 - a**2) * sde.stationary_score(x),
+                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(sde.stationary_score(x), -(sde.nu + 1) * x / (sde.nu + x**2))  # 2φ
+    with pytest.raises(ConfigError, match="stationary law"):
+        ScoreModel(Zero(), VESDE(), c_out="stationary_skip")

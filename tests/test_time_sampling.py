@@ -92,7 +92,7 @@ def test_non_affine_sde_without_a_table_takes_only_uniform():
 def test_point_spec_fits_its_sde():
     tanh = point_spec("tanh")  # its noise levels come from its table, measured when the run is created
     assert (tanh.objective.time_sampling, tanh.objective.center, tanh.sampler.name, tanh.model.c_out) == (
-        "mixed", "local", "pf_heun", "gaussian_skip")
+        "mixed", "local", "pf_heun", "stationary_skip")
     vp = point_spec()
     assert (vp.objective.time_sampling, vp.sampler.name, vp.model.arch) == ("mixed", "heun", "res_mlp")
 

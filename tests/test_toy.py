@@ -25,7 +25,18 @@ def test_toy_samplers_shape_and_reproducibility(name):
     b = get_toy(name)(1000, torch.Generator().manual_seed(0))
     assert a.shape == (1000, 2) and a.dtype == torch.float32 and torch.isfinite(a).all()
     torch.testing.assert_close(a, b)
-    assert a.abs().max() < 6
+    assert a.abs().max() < (1000 if name == "student3" else 6)  # student3 has power-law tails
+
+
+def test_the_heavy_tailed_set_and_its_control():
+    """student3: 0.5 x Student-t(3) coordinates (median |x| = 0.5 x 0.7649, variance 0.75); gaussian: N(0, 0.75 I)."""
+    from scipy import stats
+
+    x = get_toy("student3")(200_000, torch.Generator().manual_seed(1)).double()
+    assert float(x.abs().median()) == pytest.approx(0.5 * stats.t(3).ppf(0.75), rel=0.01)
+    assert stats.kstest(x[:20_000, 0].numpy() / 0.5, stats.t(3).cdf).pvalue > 1e-3
+    g = get_toy("gaussian")(200_000, torch.Generator().manual_seed(2)).double()
+    assert float(g.var(0).mean()) == pytest.approx(0.75, rel=0.01)
 
 
 def test_checkerboard_is_uniform_on_its_support():

@@ -303,6 +303,10 @@ class VPSDE(SDE):
     def prior_std(self) -> float:
         return 1.0
 
+    def stationary_score(self, x: Tensor) -> Tensor:
+        """``−x``, the score of the stationary N(0, I) (also subVP's)."""
+        return -x
+
     def integrated_beta_at_level(self, level: Tensor) -> Tensor:
         """∫₀ᵗβ at the time where σ_t/α_t = ``level``: σ_t/α_t = √(e^{∫β} − 1), so ∫β = ln(1 + level²)."""
         return torch.log1p(level**2)
@@ -386,6 +390,11 @@ class ScaledDriftSDE(SDE):
     @abc.abstractmethod
     def phi_slope(self, x: Tensor) -> Tensor:
         """φ'(x), elementwise."""
+
+    def stationary_score(self, x: Tensor) -> Tensor:
+        """``∇log p_∞ = 2φ(x)``, the score of the stationary law ``p_∞ ∝ exp(∫2f/g²) = exp(2∫φ)`` (per coordinate),
+        which the time change β(t) leaves unchanged."""
+        return 2 * self.phi(x)
 
     def beta(self, t: Tensor) -> Tensor:
         return self.beta_min + t / self.T * (self.beta_max - self.beta_min)

@@ -58,7 +58,8 @@ def import_checkpoint(fmt: str, checkpoint: str | Path, preset: str, out: str | 
 
     if fmt not in _FORMATS:
         raise ConfigError(f"unknown checkpoint format {fmt!r}; valid: {', '.join(_FORMATS)}")
-    spec = image_spec(ImagePreset(preset=preset), data)  # resolved: its SDE's parameters, the data's grey levels
+    # resolved: its SDE's parameters, the data's grey levels; score_sde's parametrisation, that of the checkpoints
+    spec = image_spec(ImagePreset(preset=preset, precond="score_sde"), data)
     state = _read(checkpoint)
     model = (from_score_sde if fmt == "score-sde" else from_ncsnv2)(state, preset)
     net = model.backbone

@@ -245,7 +245,8 @@ class ModelSpec:
     c_in: str = _f("none", "input scaling: none, unit_variance or edm (x / sqrt(sigma_t^2 + alpha_t^2 sigma_data^2))")
     c_out: str = _f("none", "output scaling: none, inv_sigma (score = output/sigma_t), neg_inv_sigma "
                     "(score = -output/sigma_t), gaussian_skip (score = -x/(alpha_t^2 + sigma_t^2) + "
-                    "output/sigma_t) or edm (EDM's c_skip and c_out with sigma_data)")
+                    "output/sigma_t), stationary_skip (gaussian_skip blended with the SDE's stationary score by "
+                    "1 - alpha_t^2) or edm (EDM's c_skip and c_out with sigma_data)")
     sigma_data: float | None = _f(None, "root mean square of the training data per coordinate (EDM's sigma_data), "
                                   "read by c_in / c_out / weighting edm; measured from the data when such a run is "
                                   "created")

@@ -15,6 +15,11 @@ network, in the spirit of EDM's preconditioning (Karras et al. 2022, Table 1):
   to ``output/σ_t`` the exact score ``−x/(α_t² + σ_t²)`` of unit-variance Gaussian data diffused to t (EDM's
   c_skip, written for the score): the network learns only the data's departure from that Gaussian, and where it
   has seen no training points (the prior's tails at large σ_t) the score still pulls towards the data.
+  ``stationary_skip`` blends that Gaussian score with the score of the SDE's stationary law,
+  ``α_t²·(−x/(α_t² + σ_t²)) + (1 − α_t²)·∇log p_∞(x)`` (the same as ``gaussian_skip`` for VP, whose p_∞ is N(0, I)):
+  for a non-affine SDE p_T is its non-Gaussian stationary law, and the probability-flow ODE, whose velocity
+  ``β(t)(φ − ½s)`` vanishes there, amplifies any error of the network at large t by ∫β; with this skip the score
+  at T is exact before the network adds anything.
 - ``edm`` (both ``c_in`` and ``c_out``): EDM's preconditioning with the data's scale σ_data (Karras et al. 2022,
   Table 1, "Ours"), written for the score of an SDE in its σ-parametrisation ς_t = σ_t/α_t, y = x/α_t: the
   denoiser ``D(y; ς) = c_skip·y + c_out·F(c_in·y)`` with ``c_skip = σ_d²/(ς² + σ_d²)``, ``c_out = ς σ_d/√(ς² + σ_d²)``,
@@ -40,7 +45,7 @@ from lcssm.tensors import bcast
 __all__ = ["C_IN", "C_OUT", "ScoreModel", "build_score_model"]
 
 C_IN = ("none", "unit_variance", "edm")
-C_OUT = ("none", "inv_sigma", "neg_inv_sigma", "gaussian_skip", "edm")
+C_OUT = ("none", "inv_sigma", "neg_inv_sigma", "gaussian_skip", "stationary_skip", "edm")
 
 
 class ScoreModel(nn.Module):
@@ -62,6 +67,9 @@ class ScoreModel(nn.Module):
         self.sigma_data = float(sigma_data)
         if sde is None and (c_in, c_out) != ("none", "none"):
             raise ConfigError("input/output scaling needs an SDE (its sigma_t)")
+        if c_out == "stationary_skip" and not hasattr(sde, "stationary_score"):
+            raise ConfigError(f"c_out='stationary_skip' needs an SDE with a stationary law (vp, subvp, tanh, student); "
+                              f"got {sde!r}")
         if sde is not None and not sde.has_levels and (c_in, c_out) != ("none", "none"):
             raise ConfigError(f"{sde!r} has no closed-form alpha_t, sigma_t and no noise table "
                               "(lcssm.noise_levels.tabulate): use c_in='none', c_out='none'")
@@ -93,6 +101,10 @@ class ScoreModel(nn.Module):
         out = out / bcast(scale, out)
         if self.c_out == "gaussian_skip":
             out = out - x * bcast(1 / (alpha**2 + sigma**2), x).to(out.dtype)
+        elif self.c_out == "stationary_skip":
+            w = bcast(alpha**2, x).clamp(0.0, 1.0).to(out.dtype)  # the share of the data left in x_t
+            gaussian = -x * bcast(1 / (alpha**2 + sigma**2), x).to(out.dtype)
+            out = out + w * gaussian + (1 - w) * self.sde.stationary_score(x).to(out.dtype)
         return out
 
     def _scale_input(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
