@@ -114,6 +114,11 @@ class SDE(abc.ABC):
         """Log-density of the prior, per sample (B,)."""
         return _standard_normal_logp(z, self.prior_std())
 
+    def stationary_score(self, x: Tensor) -> Tensor:
+        """``∇log p_∞(x)``, the score of the SDE's stationary law, where it has one (VP, subVP, the scaled-drift
+        family); ConfigError otherwise (VE has none)."""
+        raise ConfigError(f"{self!r} has no stationary law")
+
     def diffusion(self, t: Tensor) -> Tensor:
         """``g(t)`` alone, shape (B,)."""
         return self.sde(torch.zeros(t.shape[0], 1, dtype=t.dtype, device=t.device), t)[1]

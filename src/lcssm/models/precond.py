@@ -67,9 +67,12 @@ class ScoreModel(nn.Module):
         self.sigma_data = float(sigma_data)
         if sde is None and (c_in, c_out) != ("none", "none"):
             raise ConfigError("input/output scaling needs an SDE (its sigma_t)")
-        if c_out == "stationary_skip" and not hasattr(sde, "stationary_score"):
-            raise ConfigError(f"c_out='stationary_skip' needs an SDE with a stationary law (vp, subvp, tanh, student); "
-                              f"got {sde!r}")
+        if c_out == "stationary_skip" and sde is not None:
+            try:
+                sde.stationary_score(torch.zeros(1, 1))
+            except ConfigError:
+                raise ConfigError(f"c_out='stationary_skip' needs an SDE with a stationary law (vp, subvp, tanh, "
+                                  f"student); got {sde!r}") from None
         if sde is not None and not sde.has_levels and (c_in, c_out) != ("none", "none"):
             raise ConfigError(f"{sde!r} has no closed-form alpha_t, sigma_t and no noise table "
                               "(lcssm.noise_levels.tabulate): use c_in='none', c_out='none'")
