@@ -204,3 +204,13 @@ def test_a_non_affine_run_samples_with_every_sampler_it_can_and_refuses_the_othe
     capsys.readouterr()
     for name in ("heun", "dpmpp_2m", "ald"):
         _exit_2(capsys, ["sample", str(out), "--sampler", name, "--n-samples", "5"], "use pc or ode or pf_heun")
+
+
+def test_an_image_preset_with_a_non_affine_sde_trains_at_the_local_center(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--sde", "tanh", "--steps", "2", "--batch-size", "8", "--n-samples",
+                 "0", "--set", "grids.every=0", "--set", "objective.n_sim_steps=5", "--out", str(out),
+                 "--no-progress"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["objective"]["center"] == "local" and config["sde"]["name"] == "tanh"
+    assert config["model"]["c_out"] == "edm" and len(config["sde"]["table"]["alpha"]) > 100

@@ -119,7 +119,10 @@ def _train(args: argparse.Namespace) -> int:
     else:
         spec = image_spec(preset, getattr(args, "data__source", None))
         if getattr(args, "sde__name", spec.sde.name) != spec.sde.name:  # another SDE family: its own parameters
-            spec = dataclasses.replace(spec, sde=SDESpec(name=args.sde__name))
+            sde_spec = SDESpec(name=args.sde__name)  # a non-affine one trains at the local center by default
+            center = spec.objective.center if sde_spec.build().has_marginal else "local"
+            spec = dataclasses.replace(spec, sde=sde_spec,
+                                       objective=dataclasses.replace(spec.objective, center=center))
         spec = apply_options(spec, args, args.spec_flags, with_set=True)
     cmd = apply_options(CommandOptions(out="runs/diffusion"), args, args.command_flags)
     metrics = train_run(spec, _out(cmd), resume=cmd.resume, overwrite=cmd.overwrite, progress=cmd.progress)
