@@ -20,24 +20,14 @@ import torch
 from lcssm.bench.timing import paired_ratio, time_round_robin
 from lcssm.config import apply_overrides
 from lcssm.data.toy import two_spirals
-from lcssm.experiments.pipeline import make_loss
+from lcssm.experiments.pipeline import make_loss, with_noise_table
 from lcssm.experiments.presets import ImagePreset, image_spec, point_spec
 from lcssm.experiments.spec import SamplerSpec, SDESpec
 from lcssm.models.precond import build_score_model
-from lcssm.noise_levels import tabulate
-from lcssm.noise_table import NoiseTable
-
-
-def _with_table(spec, x: torch.Tensor):
-    sde = spec.sde.build()
-    if sde.has_marginal:
-        return spec
-    table: NoiseTable = tabulate(sde, x, generator=torch.Generator().manual_seed(0))
-    return dataclasses.replace(spec, sde=dataclasses.replace(spec.sde, table=table.to_dict()))
 
 
 def _step(spec, x: torch.Tensor, dim: int | None):
-    spec = _with_table(spec, x)
+    spec = with_noise_table(spec, lambda generator: x)  # the table a run of this data would measure
     sde = spec.sde.build()
     model = build_score_model(spec.model, sde, dim)
     loss_fn = make_loss(spec, sde)

@@ -4,7 +4,8 @@ An affine SDE has ``x_t = α_t x_0 + σ_t z`` in closed form. A non-affine one (
 but the same three numbers per time can be measured from its forward process started at the training data
 (:func:`lcssm.noise_levels.tabulate`):
 
-- ``alpha``: the mean map's slope, the regression coefficient ``Cov(x_t, x_0)/Var(x_0)`` (α_t for an affine SDE);
+- ``alpha``: the mean map's slope, the mean derivative of the stochastic flow ``E[∂x_t/∂x_0]`` (α_t for an affine
+  SDE);
 - ``sigma``: the root of the conditional variance ``v(t) = E[Var(x_t | x_0)]`` per coordinate (σ_t);
 - ``std``: the marginal standard deviation ``√Var(x_t)`` per coordinate (``√(α_t² Var(x_0) + σ_t²)``).
 

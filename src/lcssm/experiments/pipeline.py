@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -37,7 +37,7 @@ from lcssm.sde import SDE
 from lcssm.training.loop import TrainResult, train
 
 __all__ = ["KINDS", "LikelihoodOptions", "Run", "bpd_run", "make_loss", "open_run", "resolved_spec", "sample_run",
-           "train_run"]
+           "train_run", "with_noise_table"]
 
 
 class DataKind(Protocol):
@@ -143,15 +143,22 @@ def _resolve(spec: RunSpec, data: Any) -> RunSpec:
     uses = "edm" in (spec.model.c_in, spec.model.c_out, spec.objective.weighting)
     if uses and spec.model.sigma_data is None:  # EDM's sigma_data, measured once and kept in the spec
         spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, sigma_data=kind.data_rms(spec, data)))
-    sde = spec.sde.build()
-    if sde is not None and not sde.has_marginal and spec.sde.table is None:  # measured once and kept in the spec
-        from lcssm.device import make_generator
-        from lcssm.noise_levels import tabulate
+    return with_noise_table(spec, lambda generator: kind.data_sample(spec, data, 2048, generator))
 
-        generator = make_generator(spec.train.seed)
-        table = tabulate(sde, kind.data_sample(spec, data, 2048, generator), generator=generator)
-        spec = dataclasses.replace(spec, sde=dataclasses.replace(spec.sde, table=table.to_dict()))
-    return spec
+
+def with_noise_table(spec: RunSpec, draw: Callable[[torch.Generator], Tensor]) -> RunSpec:
+    """``spec`` with the noise table of its SDE (:func:`lcssm.noise_levels.tabulate`) when the SDE has no closed form
+    and the spec no table yet: measured once, from the data ``draw(generator)`` returns, with a generator seeded by
+    ``train.seed``, and kept in the spec. Any other spec is returned as it is, and ``draw`` is not called."""
+    sde = spec.sde.build()
+    if sde is None or sde.has_marginal or spec.sde.table is not None:
+        return spec
+    from lcssm.device import make_generator
+    from lcssm.noise_levels import tabulate
+
+    generator = make_generator(spec.train.seed)
+    table = tabulate(sde, draw(generator), generator=generator)
+    return dataclasses.replace(spec, sde=dataclasses.replace(spec.sde, table=table.to_dict()))
 
 
 def resolved_spec(spec: RunSpec) -> RunSpec:

@@ -88,8 +88,8 @@ def point_spec(sde: str = "vp") -> RunSpec:
     Student-t runs' probability-flow samples piled up in hot spots, coverage 0.79 against a floor of 0.97 on the
     Swiss roll, though their k-NN precision and recall looked fine), trains at the local
     Gaussian center (25 Euler–Maruyama steps to its start: on two spirals precision / recall 0.978 / 0.982 against
-    0.979 / 0.979 with 100, at 1.1-1.3× the VP step instead of 1.5×) and samples with Heun on its probability-flow
-    ODE in t (``pf_heun``)."""
+    0.979 / 0.979 with 100, at 1.3× the VP step instead of 1.7×, idle machine) and samples with Heun on its
+    probability-flow ODE in t (``pf_heun``)."""
     sde_spec = SDESpec(name=sde)
     affine = sde_spec.build().has_marginal
     return RunSpec(
