@@ -285,6 +285,16 @@ def test_help_shows_the_base_values_choices_and_notes():
     assert "number of steps (default: the run's)" in " ".join(p.format_help().split())
 
 
+def test_a_field_whose_help_states_its_default_gets_no_second_one(capsys):
+    """``lcssm bpd --n``'s help says its default in words; the generated "(default: none)" is not appended."""
+    from lcssm.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["bpd", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "images (default: 1000 points; the whole test split of images) --trace" in text
+
+
 def test_trainer_flags_of_the_run_commands(capsys):
     """TrainConfig's flags, with the toy preset's values as the defaults shown; the command options beside them."""
     for command in ("toy", "train"):

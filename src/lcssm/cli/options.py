@@ -126,8 +126,11 @@ def add_options(parser: argparse.ArgumentParser, obj: Any, command: str, *, titl
         choices = field.metadata.get("choices")
         if choices:
             text += f" ({', '.join(map(str, choices))})"
-        text += f" (default: {default or default_text(value)}"
-        text += f"; {notes[b.key]})" if notes and b.key in notes else ")"
+        if "(default:" not in text:  # a field whose help says its default in words keeps only that
+            text += f" (default: {default or default_text(value)}"
+            text += f"; {notes[b.key]})" if notes and b.key in notes else ")"
+        elif notes and b.key in notes:
+            text += f" ({notes[b.key]})"
         kwargs: dict[str, Any] = {"dest": b.dest, "default": argparse.SUPPRESS, "help": text.replace("%", "%%")}
         if b.type is bool:
             group.add_argument(b.flag, action=argparse.BooleanOptionalAction, **kwargs)

@@ -103,8 +103,9 @@ def _caption(spec, s: dict, first: dict[str, Any] | None) -> str:
     k, n = q.get("knn_k", 5), q.get("knn_points", spec.sampler.n_samples)
     return (
         f"Each row is `lcssm train --data D --objective O --sde S` ({spec.train.steps} steps of batch "
-        f"{spec.train.batch_size}, EMA {spec.train.ema_decay}; VE, VP, subVP sampled by Heun in 49 evaluations, tanh "
-        f"by PC). Metrics of {n:,} samples against {n:,} held-out data points, in brackets the floor (another "
+        f"{spec.train.batch_size}, EMA {spec.train.ema_decay}; VE, VP, subVP sampled by Heun in 49 evaluations, the "
+        f"non-affine tanh and student by Heun on the probability-flow ODE in t (pf_heun, 49)). Metrics of {n:,} "
+        f"samples against {n:,} held-out data points, in brackets the floor (another "
         f"{n:,} held-out points scored the same way): k-NN precision / recall and density / coverage with k = {k}; "
         f"histogram TV: total variation between 2-D histograms on {HIST_BINS} × {HIST_BINS} bins over the held-out "
         f"points' box (bin widths in each run's record); outside: fraction of points outside the held-out box widened "

