@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reference", default="train", choices=("train", "test"))
     p.add_argument("--out", required=True, help="OUT.jsonl, OUT.md and OUT.png are written")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--table-only", action="store_true",
+                   help="write OUT.md and OUT.png from the cells in OUT.jsonl; measure no missing cell")
     args = p.parse_args(argv)
 
     import torch
@@ -116,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             for text, overrides in samplers:
                 key = (label, text, step, args.n_samples, args.reference)
-                if any((c["recipe"], c["sampler_arg"], c["step"], c["n"], c["reference_split"]) == key for c in cells):
+                if args.table_only or any(
+                        (c["recipe"], c["sampler_arg"], c["step"], c["n"], c["reference_split"]) == key for c in cells):
                     continue
                 record = fid_run(dirs[0], {**overrides, "n_samples": args.n_samples}, step=step, device="cpu",
                                  reference_split=args.reference)

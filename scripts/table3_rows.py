@@ -23,11 +23,12 @@ import torch
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lcssm.reproduce.table3 import OBJECTIVES
+    from lcssm.reproduce.table3 import ROWS
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("objectives", nargs="+", choices=OBJECTIVES, metavar="OBJECTIVE",
-                   help=f"rows to measure, in this order: {', '.join(OBJECTIVES)}")
+    p.add_argument("objectives", nargs="+", choices=ROWS, metavar="ROW",
+                   help=f"rows to measure, in this order: {', '.join(ROWS)} (OBJ-SDE: that objective with another "
+                        "SDE family)")
     p.add_argument("--out", required=True, help="the target's output directory (rows in OUT/rows, runs in OUT/runs)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", dest="size", action="store_const", const="quick", help="the target's --quick")

@@ -102,8 +102,7 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from lcssm.experiments.pipeline import train_run
-    from lcssm.experiments.presets import ImagePreset, image_spec, point_spec
-    from lcssm.experiments.spec import SDESpec
+    from lcssm.experiments.presets import ImagePreset, image_spec, point_spec, with_sde
     from lcssm.sde import SDES
 
     preset = apply_options(ImagePreset(), args, args.preset_flags)
@@ -118,11 +117,7 @@ def _train(args: argparse.Namespace) -> int:
         spec = apply_options(point_spec(sde if sde in SDES else "vp"), args, args.spec_flags, with_set=True)
     else:
         spec = image_spec(preset, getattr(args, "data__source", None))
-        if getattr(args, "sde__name", spec.sde.name) != spec.sde.name:  # another SDE family: its own parameters
-            sde_spec = SDESpec(name=args.sde__name)  # a non-affine one trains at the local center by default
-            center = spec.objective.center if sde_spec.build().has_marginal else "local"
-            spec = dataclasses.replace(spec, sde=sde_spec,
-                                       objective=dataclasses.replace(spec.objective, center=center))
+        spec = with_sde(spec, getattr(args, "sde__name", spec.sde.name))  # another family at its own parameters
         spec = apply_options(spec, args, args.spec_flags, with_set=True)
     cmd = apply_options(CommandOptions(out="runs/diffusion"), args, args.command_flags)
     metrics = train_run(spec, _out(cmd), resume=cmd.resume, overwrite=cmd.overwrite, progress=cmd.progress)

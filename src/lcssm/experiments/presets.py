@@ -216,3 +216,13 @@ def image_spec(args: ImagePreset, source: str | None = None) -> RunSpec:
         sampler=_image_sampler(p), train=preset_train_config(p), grids=GridSpec(every=1000),
     )
     return edm_parametrisation(spec) if (args.precond or p.precond) == "edm" else spec
+
+
+def with_sde(spec: RunSpec, name: str) -> RunSpec:
+    """``spec`` with the SDE family ``name`` at that family's own parameters (``spec`` unchanged when it already has
+    that family); a non-affine family trains at the local Gaussian center, as the point default does."""
+    if name == spec.sde.name:
+        return spec
+    sde = SDESpec(name=name)
+    center = spec.objective.center if sde.build().has_marginal else "local"
+    return dataclasses.replace(spec, sde=sde, objective=dataclasses.replace(spec.objective, center=center))

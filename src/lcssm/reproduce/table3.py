@@ -38,6 +38,10 @@ from lcssm.reproduce import Context, TargetUnavailable
 from lcssm.reproduce.report import Report, Table
 
 OBJECTIVES = ("lcss", "dsm", "ssm_vr", "fdssm")
+#: rows beside the table's: ``OBJ-SDE`` is the objective with another SDE family (``lcssm train --preset mnist
+#: --sde tanh``); the ``tails`` target measures ``lcss-tanh`` next to ``lcss``
+SDE_ROWS = ("lcss-tanh", "lcss-student")
+ROWS = OBJECTIVES + SDE_ROWS
 PRESET = "mnist"
 
 #: ``nf`` / ``batch`` None: the preset's (16, 64); ``n_ref`` / ``n_train`` None: the whole split. ``sample_batch``
@@ -52,12 +56,17 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def run_spec(objective: str, s: dict, ctx: Context):
-    """The RunSpec of one objective: the mnist preset at this size (:func:`lcssm.reproduce.digits.objective_spec`:
-    EMA decay at most 1 − 10/steps, warmup at most a tenth of the run, no periodic grids)."""
+def run_spec(row: str, s: dict, ctx: Context):
+    """The RunSpec of one row (an objective, or ``OBJ-SDE``: that objective with another SDE family,
+    :func:`lcssm.experiments.presets.with_sde`): the mnist preset at this size
+    (:func:`lcssm.reproduce.digits.objective_spec`: EMA decay at most 1 − 10/steps, warmup at most a tenth of the
+    run, no periodic grids)."""
+    from lcssm.experiments.presets import with_sde
     from lcssm.reproduce.digits import objective_spec
 
-    return objective_spec(PRESET, objective, s, ctx)
+    objective, _, sde = row.partition("-")
+    spec = objective_spec(PRESET, objective, s, ctx)
+    return with_sde(spec, sde) if sde else spec
 
 
 def _features(ctx: Context):
@@ -124,8 +133,10 @@ def measure_row(objective: str, spec, s: dict, ctx: Context, features, reference
                            "train_threads": train.get("torch_threads"), "train_cpu": train.get("cpu")}
     common = {"n_samples": s["n_samples"], "seed": ctx.seed, "batch_size": s["sample_batch"]}
     samples = {}
-    for name, sampler in (("pc", {"n_steps": s["pc_steps"]}), ("heun", {"nfe": s["heun_nfe"]})):
-        sampled = sample_run(run_dir, common | sampler | {"name": name}, device=ctx.device, progress=ctx.progress)
+    heun = "heun" if spec.sde.build().has_marginal else "pf_heun"  # a non-affine SDE: Heun in t
+    for name, sampler in (("pc", {"name": "pc", "n_steps": s["pc_steps"]}), ("heun", {"name": heun,
+                                                                                     "nfe": s["heun_nfe"]})):
+        sampled = sample_run(run_dir, common | sampler, device=ctx.device, progress=ctx.progress)
         samples[name] = torch.from_numpy(np.load(sampled["file"])["images"])
         row[f"{name}_sample_seconds"] = sampled["seconds"]
     row["fid"], row["fid_heun"] = (
@@ -195,14 +206,15 @@ def _caption(s: dict, rows: dict[str, dict], floor: dict[str, Any], features) ->
 
 
 def measure_rows(ctx: Context, objectives: Sequence[str] = OBJECTIVES) -> dict[str, dict[str, Any]]:
-    """The rows of ``objectives``, in the given order, each kept in ``OUT/rows`` (or read from there) as the target
-    keeps it, without the floor or a report: the hours of the full table can be split across sessions and taken in
-    any order, and ``lcssm reproduce table3 --out OUT`` then reads the kept rows (``scripts/table3_rows.py``)."""
+    """The rows named in ``objectives`` (of :data:`ROWS`), in the given order, each kept in ``OUT/rows`` (or read
+    from there) as the target keeps it, without the floor or a report: the hours of the full table can be split
+    across sessions and taken in any order, and ``lcssm reproduce table3 --out OUT`` then reads the kept rows
+    (``scripts/table3_rows.py``)."""
     if not objectives:
-        raise ConfigError("table3 rows: name at least one objective")
+        raise ConfigError("table3 rows: name at least one row")
     for o in objectives:
-        if o not in OBJECTIVES:
-            raise ConfigError(f"table3 rows: unknown objective {o!r}; valid: {', '.join(OBJECTIVES)}")
+        if o not in ROWS:
+            raise ConfigError(f"table3 rows: unknown row {o!r}; valid: {', '.join(ROWS)}")
     features, data, s, reference = _inputs(ctx)
     return {obj: measure(obj, s, ctx, features, reference) for obj in objectives}
 

@@ -22,6 +22,8 @@ from lcssm.reproduce.report import Report, Table
 
 DATASETS = ("student3", "gaussian")
 SDES = ("vp", "tanh", "student")
+#: the image half: the ``table3`` target's LCSS row on the mnist preset (VE) and the same row with the tanh SDE
+IMAGE_ROWS = ("lcss", "lcss-tanh")
 
 SETTINGS = {
     "smoke": {"datasets": ("student3",), "sdes": ("vp", "tanh"), "steps": 20, "n_tail": 400, "n_nll": 20},
@@ -70,6 +72,29 @@ def measure(data: str, sde: str, s: dict, ctx: Context) -> dict[str, Any]:
                   non_finite=int((~torch.isfinite(samples).all(1)).sum()), seconds=time.perf_counter() - began)
     append_metrics(run_dir, "tails", record)
     return {**trained.records, "tails": record, "dir": str(run_dir)}
+
+
+def image_rows(ctx: Context) -> dict[str, dict[str, Any]] | str:
+    """The :data:`IMAGE_ROWS` of the ``table3`` target at this size, measured (or read) in ``OUT/mnist`` exactly as
+    that target keeps its rows (:func:`lcssm.reproduce.table3.measure_rows`); the reason, as text, when its FID
+    weights or MNIST-5k are not installed."""
+    import dataclasses
+
+    from lcssm.reproduce import TargetUnavailable
+    from lcssm.reproduce.table3 import measure_rows
+
+    try:
+        return measure_rows(dataclasses.replace(ctx, out_dir=ctx.out_dir / "mnist"), IMAGE_ROWS)
+    except TargetUnavailable as e:
+        return str(e)
+
+
+def _image_row(name: str, r: dict[str, Any]) -> list[Any]:
+    if "diverged" in r:
+        return [name, r["diverged"], "-", "-", "-", "-", r["minutes"]]
+    b = r["bpd"]
+    return [name, r["seconds_per_step"], f"{b['bpd']:.3f} ± {b['bpd_se']:.3f}", r["fid"]["fid"],
+            r["fid_heun"]["fid"], r["minutes"]]
 
 
 def _survival(samples, reference, n: int = 60) -> dict[str, list[float]]:
@@ -149,5 +174,22 @@ def run(ctx: Context) -> Report:
             best_tail = min(ok, key=lambda e: abs(ok[e]["tails"]["q0.999_rel_error"]))
             lines.append(f"- {d}: lowest held-out NLL with {best_nll}, closest 0.999 radius quantile with {best_tail}.")
     report.text("\n".join(lines))
+    report.section("Images: the mnist preset, VE against tanh")
+    images = image_rows(ctx)
+    if isinstance(images, str):
+        report.text(f"Not measured: {images}")
+    else:
+        from lcssm.reproduce.table3 import SETTINGS as TABLE3
+
+        t3 = ctx.pick(TABLE3)
+        report.table("images", Table(
+            ["row", "s / step", "test bits/dim", "FID (tf), PC", f"FID (tf), Heun-{t3['heun_nfe']}", "minutes"],
+            [_image_row(name, r) for name, r in images.items()],
+            f"The `table3` target's rows at this size, kept in OUT/mnist/rows: LCSS on the mnist preset with its VE "
+            f"SDE, and with the non-affine tanh SDE at the local Gaussian center (`--sde tanh`), equal steps. FID: "
+            f"{t3['n_samples']} samples of PC ({t3['pc_steps']} steps + 1 corrector) and of Heun on the "
+            f"probability-flow ODE (`heun`; `pf_heun` for tanh) against held-out digits (docs/MNIST.md); bits/dim "
+            f"of {t3['bpd_images']} test digits through the ODE."))
+        report.results["images"] = images
     report.results.update(cells={f"{d}-{e}": r for (d, e), r in cells.items()})
     return report
