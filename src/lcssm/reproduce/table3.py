@@ -132,21 +132,17 @@ def measure_row(objective: str, spec, s: dict, ctx: Context, features, reference
     row: dict[str, Any] = {"seconds_per_step": train["train_seconds"] / spec.train.steps,
                            "train_threads": train.get("torch_threads"), "train_cpu": train.get("cpu")}
     common = {"n_samples": s["n_samples"], "seed": ctx.seed, "batch_size": s["sample_batch"]}
-    samples = {}
     heun = "heun" if spec.sde.build().has_marginal else "pf_heun"  # a non-affine SDE: Heun in t
-    for name, sampler in (("pc", {"name": "pc", "n_steps": s["pc_steps"]}), ("heun", {"name": heun,
-                                                                                     "nfe": s["heun_nfe"]})):
+    for name, key, sampler in (("pc", "fid", {"name": "pc", "n_steps": s["pc_steps"]}),
+                               ("heun", "fid_heun", {"name": heun, "nfe": s["heun_nfe"]})):
         sampled = sample_run(run_dir, common | sampler, device=ctx.device, progress=ctx.progress)
-        samples[name] = torch.from_numpy(np.load(sampled["file"])["images"])
+        images = torch.from_numpy(np.load(sampled["file"])["images"])
         row[f"{name}_sample_seconds"] = sampled["seconds"]
-    row["fid"], row["fid_heun"] = (
-        image_quality(samples[name], reference, features, seed=ctx.seed, cache_dir=ctx.out_dir / "fid-cache")
-        for name in ("pc", "heun"))
+        row[key] = image_quality(images, reference, features, seed=ctx.seed, cache_dir=ctx.out_dir / "fid-cache")
+        save_image_grid(grid_path(ctx, objective, name), images[:64], ncol=8, min_tile=56)
     options = LikelihoodOptions(n=s["bpd_images"], rtol=s["bpd_tol"], atol=s["bpd_tol"], seed=ctx.seed,
                                 progress=ctx.progress)
     row["bpd"] = bpd_run(run_dir, options, device=ctx.device)
-    for name in ("pc", "heun"):
-        save_image_grid(grid_path(ctx, objective, name), samples[name][:64], ncol=8, min_tile=56)
     row["minutes"] = (time.perf_counter() - began) / 60
     return row
 
@@ -253,9 +249,8 @@ def run(ctx: Context) -> Report:
                    f"{', '.join(kept)}." if kept else "."))
     report.section("Samples")
     for obj, r in rows.items():
-        if "diverged" not in r and grid_path(ctx, obj).exists():
-            report.figure(grid_path(ctx, obj), f"{obj}: the first 64 PC samples.")
-        if "diverged" not in r and grid_path(ctx, obj, "heun").exists():
-            report.figure(grid_path(ctx, obj, "heun"), f"{obj}: the first 64 Heun-{s['heun_nfe']} samples.")
+        for sampler, what in (("pc", "PC"), ("heun", f"Heun-{s['heun_nfe']}")):
+            if "diverged" not in r and grid_path(ctx, obj, sampler).exists():
+                report.figure(grid_path(ctx, obj, sampler), f"{obj}: the first 64 {what} samples.")
     report.results.update(rows=rows, floor=floor, wall_seconds=wall, features=features.info)
     return report
