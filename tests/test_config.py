@@ -114,6 +114,7 @@ def test_wrong_type_is_an_error_naming_the_key(item, key, expected):
     ("train.grad_clip=-1", "train.grad_clip"),
     ("train.max_nonfinite=0", "train.max_nonfinite"),
     ("train.optimizer=sgd", "train.optimizer"),
+    ("train.lr_decay=linear", "train.lr_decay"),
     ("train.device=gpu", "train.device"),
     ("train.beta2=1", "train.beta2"),
 ])
@@ -300,7 +301,8 @@ def test_trainer_flags_of_the_run_commands(capsys):
     for command in ("toy", "train"):
         keys = {b.flag: b.key for b in bindings(RunSpec(train=TrainConfig()), command) if b.key.startswith("train.")}
         assert keys == {"--steps": "train.steps", "--batch-size": "train.batch_size", "--lr": "train.lr",
-                        "--warmup": "train.warmup", "--grad-clip": "train.grad_clip", "--ema": "train.ema_decay",
+                        "--warmup": "train.warmup", "--lr-decay": "train.lr_decay",
+                        "--grad-clip": "train.grad_clip", "--ema": "train.ema_decay",
                         "--ckpt-every": "train.ckpt_every", "--ckpt-minutes": "train.ckpt_minutes",
                         "--keep-last": "train.keep_last", "--amp": "train.amp",
                         "--compile": "train.compile", "--seed": "train.seed", "--device": "train.device"}

@@ -515,11 +515,11 @@ def _option_help(text: str, flag: str) -> str:
     return " ".join(line.split())
 
 
-def test_train_help_shows_the_point_defaults_and_what_the_digits_preset_uses(capsys, monkeypatch):
+def test_train_help_shows_the_point_defaults_and_what_the_digits_and_mnist_presets_use(capsys, monkeypatch):
     text = _help("train", capsys, monkeypatch)
-    assert "(default: 3000; with --preset digits: 4000)" in _option_help(text, "--steps")
-    assert "(default: 512; with --preset digits: 128)" in _option_help(text, "--batch-size")
-    assert "(default: vp; with --preset digits: ve)" in _option_help(text, "--sde")
+    assert "(default: 3000; with --preset digits: 4000, mnist: 4000)" in _option_help(text, "--steps")
+    assert "(default: 512; with --preset digits: 128, mnist: 64)" in _option_help(text, "--batch-size")
+    assert "(default: vp; with --preset digits: ve, mnist: ve)" in _option_help(text, "--sde")
     assert "(default: lcss)" in _option_help(text, "--objective")
 
 

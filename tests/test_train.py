@@ -195,6 +195,15 @@ def test_warmup_ema_and_logs(tmp_path):
     assert config["name"] == "t" and config["path"] == "/x" and config["train"]["warmup"] == 4
 
 
+def test_cosine_decay_follows_the_warmup(tmp_path):
+    _train(tmp_path / "run", steps=8, warmup=2, lr_decay="cosine", log_every=1)
+    recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    for r in recs:  # step k uses lr·min(1, k/warmup)·½(1 + cos(π(k − 1)/steps))
+        k = r["step"]
+        assert r["lr"] == pytest.approx(1e-2 * min(1.0, k / 2) * 0.5 * (1 + math.cos(math.pi * (k - 1) / 8)), rel=1e-12)
+    assert recs[0]["lr"] == pytest.approx(5e-3, rel=1e-12) and recs[-1]["lr"] < 1e-2 * 0.04
+
+
 def test_ema_off_means_the_ema_model_is_the_model(tmp_path):
     result = _train(tmp_path / "run", ema_decay=0.0, steps=2)
     assert result.ema_model is result.model

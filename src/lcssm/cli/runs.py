@@ -93,7 +93,7 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
         "samples.npy (and samples.png for 2-D data), image runs grids/step_*.png. Defaults shown are those of "
         "point data; --preset fills every field from the preset instead, and the flags change it from there.")
     base = point_spec()
-    examples = {"digits": image_spec(ImagePreset(preset="digits"))}
+    examples = {name: image_spec(ImagePreset(preset=name)) for name in ("digits", "mnist")}
     p.set_defaults(func=_train, preset_flags=add_options(p, ImagePreset(), "train", title="image models"),
                    spec_flags=add_options(p, base, "train", notes=_differences(base, examples, "train")),
                    command_flags=add_options(p, CommandOptions(out="runs/diffusion"), "train"))

@@ -5,6 +5,7 @@ function returned."""
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +15,7 @@ from torch import Tensor, nn
 from lcssm.errors import ConfigError
 from lcssm.training.config import TrainConfig
 
-__all__ = ["ema_update", "grad_norm", "make_ema", "make_optimizer", "split_loss", "to_device", "warmup_factor"]
+__all__ = ["ema_update", "grad_norm", "lr_factor", "make_ema", "make_optimizer", "split_loss", "to_device"]
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -26,9 +27,16 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return cls(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
 
 
-def warmup_factor(warmup: int) -> Callable[[int], float]:
-    """Linear warmup: the i-th step (0-based) uses ``lr·min(1, (i+1)/warmup)``."""
-    return lambda i: 1.0 if warmup <= 0 else min(1.0, (i + 1) / warmup)
+def lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
+    """The learning rate's multiplier at the i-th step (0-based): the linear warmup ``min(1, (i+1)/warmup)``, times
+    ``½(1 + cos(π i/steps))`` for ``lr_decay="cosine"`` (Loshchilov & Hutter 2017, without restarts)."""
+    warmup, steps, cosine = cfg.warmup, cfg.steps, cfg.lr_decay == "cosine"
+
+    def factor(i: int) -> float:
+        rise = 1.0 if warmup <= 0 else min(1.0, (i + 1) / warmup)
+        return rise * (0.5 * (1.0 + math.cos(math.pi * min(i, steps) / steps)) if cosine else 1.0)
+
+    return factor
 
 
 def make_ema(model: nn.Module, decay: float) -> nn.Module:

@@ -9,9 +9,10 @@ import torch
 
 from lcssm.config import check_types, invalid, require, setting
 
-__all__ = ["OPTIMIZERS", "TrainConfig"]
+__all__ = ["LR_DECAYS", "OPTIMIZERS", "TrainConfig"]
 
 OPTIMIZERS = ("adam", "adamw")
+LR_DECAYS = ("none", "cosine")
 _RUNS = ("toy", "train")
 
 
@@ -22,7 +23,9 @@ class TrainConfig:
     ``batch_size`` is the global batch: each of W data-parallel ranks gets ``batch_size // W`` rows.
     ``ema_decay`` = 0 turns EMA off (the EMA model is then the model itself). ``ckpt_every`` = 0 writes only
     the final checkpoint. ``warmup`` is a linear learning-rate warmup: step k (1-based) uses
-    ``lr·min(1, k/warmup)``. ``grad_clip`` is a max global gradient norm (0 = off). ``amp`` enables bf16
+    ``lr·min(1, k/warmup)``; ``lr_decay`` ``cosine`` multiplies that by ``½(1 + cos(π(k − 1)/steps))`` (Loshchilov &
+    Hutter 2017, SGDR without restarts), which falls from 1 to near 0 at the last of ``steps``.
+    ``grad_clip`` is a max global gradient norm (0 = off). ``amp`` enables bf16
     autocast on CUDA (ignored on CPU). ``max_nonfinite`` consecutive steps with a non-finite loss or gradient
     stop the run (:class:`lcssm.training.loop.NonFiniteLossError`, exit code 3). ``ddp_find_unused`` is passed to
     DistributedDataParallel as ``find_unused_parameters``: it must be on for energy models, whose output bias
@@ -38,6 +41,8 @@ class TrainConfig:
     beta2: float = setting(0.999, "Adam beta2")
     adam_eps: float = setting(1e-8, "Adam epsilon")
     warmup: int = setting(0, "linear learning-rate warmup steps", commands=_RUNS)
+    lr_decay: str = setting("none", "learning-rate decay over the steps (cosine: to 0 at --steps)",
+                            choices=LR_DECAYS, commands=_RUNS)
     grad_clip: float = setting(0.0, "max global gradient norm (0 = off)", commands=_RUNS)
     ema_decay: float = setting(0.999, "EMA decay of the weights used for sampling and evaluation (0 = off)",
                               flag="--ema", commands=_RUNS)
@@ -67,6 +72,8 @@ class TrainConfig:
             require(0 <= v < 1, key, f"must lie in [0, 1), got {v}")
         require(self.adam_eps > 0, "adam_eps", f"must be > 0, got {self.adam_eps}")
         require(self.warmup >= 0, "warmup", f"must be >= 0, got {self.warmup}")
+        require(self.lr_decay in LR_DECAYS, "lr_decay",
+                f"must be one of {', '.join(LR_DECAYS)}, got {self.lr_decay!r}")
         require(math.isfinite(self.grad_clip) and self.grad_clip >= 0, "grad_clip",
                  f"must be >= 0 (0 = off), got {self.grad_clip}")
         require(0 <= self.ema_decay < 1, "ema_decay", f"must lie in [0, 1) (0 = off), got {self.ema_decay}")

@@ -51,11 +51,11 @@ from lcssm.training.batches import (
 from lcssm.training.blocks import (
     ema_update,
     grad_norm,
+    lr_factor,
     make_ema,
     make_optimizer,
     split_loss,
     to_device,
-    warmup_factor,
 )
 from lcssm.training.checkpoint import (
     FORMAT,
@@ -292,7 +292,7 @@ def _setup(model: nn.Module, cfg: TrainConfig, out_dir: str | Path, run_config: 
     raw.train()
     ema = make_ema(raw, cfg.ema_decay)
     optimizer = make_optimizer(raw, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_factor(cfg.warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
     params = [p for group in optimizer.param_groups for p in group["params"]]
     created = False
     if info.is_main:
