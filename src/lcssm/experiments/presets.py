@@ -143,7 +143,7 @@ def preset_train_config(preset) -> TrainConfig:
     return TrainConfig(
         steps=steps, batch_size=int(tr["batch_size"]), lr=float(tr["lr"]), beta1=float(tr["beta1"]),
         adam_eps=float(tr["adam_eps"]), weight_decay=float(tr["weight_decay"]), warmup=int(tr["warmup"]),
-        grad_clip=float(tr["grad_clip"] or 0.0), ema_decay=float(tr["ema_rate"]),
+        lr_decay=str(tr["lr_decay"]), grad_clip=float(tr["grad_clip"] or 0.0), ema_decay=float(tr["ema_rate"]),
         ckpt_every=min(10_000, max(1, steps // 4)), log_every=min(100, max(1, steps // 100)), ddp_find_unused=False,
     )
 
