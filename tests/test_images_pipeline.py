@@ -22,7 +22,7 @@ from lcssm.device import make_generator
 from lcssm.diffusion import diffusion_loss
 from lcssm.errors import CheckpointError, ConfigError, DataError
 from lcssm.experiments import pipeline
-from lcssm.experiments.fid import feature_extractor, image_quality
+from lcssm.experiments.fid import feature_extractor, fid_run, image_quality
 from lcssm.experiments.images import ImageBatches, load_split
 from lcssm.experiments.pipeline import LikelihoodOptions, bpd_run, make_loss, open_run, sample_run, train_run
 from lcssm.experiments.presets import ImagePreset, image_spec
@@ -139,6 +139,26 @@ def test_round_trip_writes_the_documented_files(tiny_run, capsys):
     assert [len(metrics[k]) - n_before[k] for k in ("sample", "bpd", "fid")] == [4, 1, 1]
     assert [r["sampler"] for r in metrics["sample"][n_before["sample"]:]] == ["pc", "pc", "pc", "ode"]
     assert len(metrics["train"]) == 1 and metrics["train"][0]["steps"] == 4
+
+
+def test_fid_over_sampler_seeds_is_the_mean_and_sd_of_single_seed_runs(tiny_run, capsys):
+    run_dir, _ = tiny_run
+    sampler = {"name": "pc", "n_samples": 10, "n_steps": 2, "seed": 3}
+    over = fid_run(run_dir, sampler, n_seeds=3)
+    single = [fid_run(run_dir, {**sampler, "seed": s}) for s in (3, 4, 5)]
+    fids, kids = [r["fid"] for r in single], [r["kid"] for r in single]
+    assert len(set(fids)) == 3  # the sets differ, so the spread is not zero by construction
+    assert over["seeds"] == [3, 4, 5] and over["n_seeds"] == 3
+    assert [r["fid"] for r in over["per_seed"]] == pytest.approx(fids, rel=1e-12)
+    assert over["fid"] == pytest.approx(sum(fids) / 3, rel=1e-12)
+    assert over["fid_sd"] == pytest.approx(float(np.std(fids, ddof=1)), rel=1e-9)
+    assert over["kid"] == pytest.approx(sum(kids) / 3, rel=1e-9, abs=1e-12)
+    assert over["is"] == pytest.approx(sum(r["is"] for r in single) / 3, rel=1e-12)
+    assert len({r["file"] for r in over["per_seed"]}) == 3 and all(Path(r["file"]).is_file() for r in over["per_seed"])
+    assert "fid_sd" not in single[0] and "per_seed" not in single[0]
+    capsys.readouterr()
+    assert main(["fid", str(run_dir), "--n-samples", "4", "--n-steps", "2", "--n-seeds", "0", "--no-progress"]) == 2
+    assert "n_seeds must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_loaded_score_is_the_ema_network_at_the_marginal_std(tiny_run):

@@ -51,6 +51,10 @@ class CommandOptions:
     reference: str = dataclasses.field(default="train", metadata=meta(
         "the images FID is measured against: the run's whole train split or its held-out test split",
         commands=("fid",), choices=("train", "test")))
+    n_seeds: int = dataclasses.field(default=1, metadata=meta(
+        "draw and score this many sample sets, with sampler seeds --sample-seed, +1, ...: FID, KID and IS are "
+        "then their means, with fid_sd and kid_sd over the sets (the sampler-seed noise a comparison must exceed)",
+        commands=("fid",)))
     progress: bool = dataclasses.field(default=True, metadata=meta(
         "progress bars", commands=("toy", "train", "sample", "bpd", "fid")))
 

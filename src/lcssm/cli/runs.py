@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from lcssm.cli.options import CommandOptions, add_options, apply_options, bindings
@@ -186,9 +187,13 @@ def _fid(args: argparse.Namespace) -> int:
     cmd = apply_options(CommandOptions(), args, args.command_flags)
     record = fid_run(args.run_dir, _sampler_overrides(args), inception_path=cmd.inception, device=cmd.device,
                      progress=cmd.progress, convention=cmd.convention, step=cmd.step,
-                     reference_split=cmd.reference)
-    return _print(record, f"{record['features']} FID {record['fid']:.4g}, KID {record['kid']:.4g}; samples in "
-                  f"{record['file']}")
+                     reference_split=cmd.reference, n_seeds=cmd.n_seeds)
+    if cmd.n_seeds == 1:
+        return _print(record, f"{record['features']} FID {record['fid']:.4g}, KID {record['kid']:.4g}; samples in "
+                      f"{record['file']}")
+    return _print(record, f"{record['features']} FID {record['fid']:.4g} ± {record['fid_sd']:.2g}, KID "
+                  f"{record['kid']:.4g} ± {record['kid_sd']:.2g} (mean ± sd over sampler seeds "
+                  f"{record['seeds'][0]}-{record['seeds'][-1]}); samples in {Path(record['file']).parent}")
 
 
 def _register_bpd(sub: argparse._SubParsersAction) -> None:

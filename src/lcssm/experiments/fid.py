@@ -9,6 +9,7 @@ features are cached, keyed by the reference images' bytes, the weights and the c
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -153,17 +154,24 @@ def default_cache_dir(data) -> Path:
 def fid_run(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, *,
             inception_path: str | os.PathLike | None = None, device: str | torch.device = "auto",
             progress: bool = False, convention: str = "tf", reference_split: str = "train",
-            cache_dir: str | os.PathLike | None = None, step: int | None = None) -> dict[str, Any]:
+            cache_dir: str | os.PathLike | None = None, step: int | None = None, n_seeds: int = 1) -> dict[str, Any]:
     """FID, KID and IS of fresh samples (the run's sampler spec with ``overrides``; 2000 samples unless
     ``n_samples`` is given) against the run's whole ``reference_split`` (``train`` or ``test``). The weights are
     checked before sampling; the samples are rounded to 8 bits first, as saved images are, and written to
     a new ``RUN_DIR/fid/SAMPLER_NNN.npz`` with its ``.png`` grid. Returns the record appended to ``metrics.json``:
     the scores, the features, weights and convention, and the numbers of samples and reference images. ``step``:
-    the checkpoint of that training step instead of the newest."""
+    the checkpoint of that training step instead of the newest.
+
+    ``n_seeds`` > 1 draws and scores that many sample sets, with sampler seeds ``seed``, ``seed + 1``, …, each
+    written as above: ``fid``, ``kid`` and ``is`` are then means over the sets, ``fid_sd`` and ``kid_sd`` their
+    standard deviations over the sets (n − 1 in the denominator), and ``per_seed`` holds each set's scores and
+    file. The spread over sampler seeds is the noise a comparison of two models must exceed."""
     from lcssm.experiments.images import load_split, write_images
     from lcssm.experiments.pipeline import open_run, with_sampler
     from lcssm.sampling.registry import draw
 
+    if n_seeds < 1:
+        raise ConfigError(f"n_seeds must be >= 1, got {n_seeds}")
     run = open_run(run_dir, device, step=step)
     if run.spec.data.kind != "images":
         raise ConfigError(f"{run_dir} is a {run.spec.data.kind} run; FID applies to image runs")
@@ -172,15 +180,36 @@ def fid_run(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None,
         raise ConfigError(f"n_samples must be >= 2 (FID fits a covariance), got {spec.sampler.n_samples}")
     net = feature_network(spec.data, inception_path, run.device, convention)
     reference = load_split(spec.data, reference_split)
-    samples, info = draw(run.score_fn, run.sde, spec.data.shape, spec.sampler, device=run.device, progress=progress)
-    path = next_free(Path(run.run_dir) / "fid", spec.sampler.name, ".npz")
-    images = write_images(path, samples, spec.data.scale)
-    began = time.perf_counter()
     cache = cache_dir if cache_dir is not None else default_cache_dir(spec.data)
-    quality = image_quality(images, reference, net, seed=spec.sampler.seed, cache_dir=cache)
-    info["sample_seconds"] = info.pop("seconds")
-    record = {**quality, "features": net.name, **net.info, "reference": reference.source, **info,
-              "metric_seconds": time.perf_counter() - began, "file": str(path), "step": run.step,
+    sets = []
+    for seed in range(spec.sampler.seed, spec.sampler.seed + n_seeds):
+        sampler = dataclasses.replace(spec.sampler, seed=seed)
+        samples, info = draw(run.score_fn, run.sde, spec.data.shape, sampler, device=run.device, progress=progress)
+        path = next_free(Path(run.run_dir) / "fid", sampler.name, ".npz")
+        images = write_images(path, samples, spec.data.scale)
+        began = time.perf_counter()
+        quality = image_quality(images, reference, net, seed=seed, cache_dir=cache)
+        info["sample_seconds"] = info.pop("seconds")
+        sets.append({**quality, **info, "metric_seconds": time.perf_counter() - began, "file": str(path)})
+    record = {**sets[0], "features": net.name, **net.info, "reference": reference.source, "step": run.step,
               "checkpoint": run.checkpoint.name, "device": str(run.device)}
+    if n_seeds > 1:
+        record.update(_over_seeds(sets))
     append_metrics(run.run_dir, "fid", record)
     return record
+
+
+def _over_seeds(sets: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means and standard deviations (n − 1) of the scores of several sample sets, and each set's scores."""
+    out: dict[str, Any] = {"n_seeds": len(sets), "seeds": [s["seed"] for s in sets],
+                           "per_seed": [{k: s[k] for k in ("seed", "fid", "kid", "is", "file")} for s in sets]}
+    for key in ("fid", "kid", "is"):
+        values = [s[key] for s in sets]
+        if values[0] is None:
+            continue
+        out[key] = float(np.mean(values))
+        if key != "is":
+            out[f"{key}_sd"] = float(np.std(values, ddof=1))
+    for key in ("sample_seconds", "metric_seconds"):
+        out[key] = float(sum(s[key] for s in sets))
+    return out
