@@ -614,3 +614,16 @@ def test_table3_caption_names_each_rows_training_threads_and_cpu():
     assert _training_setting(mixed) == (
         "torch threads of each row's training: lcss not recorded, dsm 2, ssm_vr 2; "
         "CPU of each row's training: lcss not recorded, dsm EPYC, ssm_vr Xeon")
+
+
+def test_table3_row_cells_pick_the_named_cells_and_pad_a_diverged_row():
+    from lcssm.reproduce.table3 import row_cells
+
+    r = {"seconds_per_step": 0.5, "bpd": {"bpd": 1.2345, "bpd_se": 0.0281}, "fid": {"fid": 18.6, "kid": 0.004,
+         "kid_std": 0.0}, "fid_heun": {"fid": 41.8}, "minutes": 55.0}
+    assert row_cells("lcss", r, ("s_per_step", "bpd", "bpd_se", "fid", "kid", "kid_std", "fid_heun", "minutes")) == [
+        "lcss", 0.5, 1.2345, 0.0281, 18.6, 0.004, 0.0, 41.8, 55.0]
+    assert row_cells("lcss", r, ("bpd_pm", "fid_heun", "minutes")) == ["lcss", "1.234 ± 0.028", 41.8, 55.0]
+    diverged = {"diverged": "diverged at step 3", "minutes": 2.0}
+    assert row_cells("dsm", diverged, ("s_per_step", "bpd_pm", "fid", "minutes")) == [
+        "dsm", "diverged at step 3", "-", "-", 2.0]

@@ -133,8 +133,7 @@ def measure_row(objective: str, spec, s: dict, ctx: Context, features, reference
                            "train_threads": train.get("torch_threads"), "train_cpu": train.get("cpu")}
     common = {"n_samples": s["n_samples"], "seed": ctx.seed, "batch_size": s["sample_batch"]}
     heun = "heun" if spec.sde.build().has_marginal else "pf_heun"  # a non-affine SDE: Heun in t
-    for name, key, sampler in (("pc", "fid", {"name": "pc", "n_steps": s["pc_steps"]}),
-                               ("heun", "fid_heun", {"name": heun, "nfe": s["heun_nfe"]})):
+    for name, key, _, sampler in row_samplers(s, heun):
         sampled = sample_run(run_dir, common | sampler, device=ctx.device, progress=ctx.progress)
         images = torch.from_numpy(np.load(sampled["file"])["images"])
         row[f"{name}_sample_seconds"] = sampled["seconds"]
@@ -147,20 +146,36 @@ def measure_row(objective: str, spec, s: dict, ctx: Context, features, reference
     return row
 
 
+def row_samplers(s: dict[str, Any], heun: str = "heun") -> tuple[tuple[str, str, str, dict[str, Any]], ...]:
+    """The two samplers of every row as (name, the row's key of its FID record, label, sampler overrides): PC, and
+    deterministic Heun on the probability-flow ODE (sampler ``heun``; ``pf_heun`` for a non-affine SDE)."""
+    return (("pc", "fid", "PC", {"name": "pc", "n_steps": s["pc_steps"]}),
+            ("heun", "fid_heun", f"Heun-{s['heun_nfe']}", {"name": heun, "nfe": s["heun_nfe"]}))
+
+
+CELLS = {"s_per_step": lambda r: r["seconds_per_step"], "bpd": lambda r: r["bpd"]["bpd"],
+         "bpd_se": lambda r: r["bpd"]["bpd_se"],
+         "bpd_pm": lambda r: f"{r['bpd']['bpd']:.3f} ± {r['bpd']['bpd_se']:.3f}",
+         "fid": lambda r: r["fid"]["fid"], "kid": lambda r: r["fid"]["kid"], "kid_std": lambda r: r["fid"]["kid_std"],
+         "fid_heun": lambda r: r["fid_heun"]["fid"], "minutes": lambda r: r["minutes"]}
+
+
+def row_cells(name: str, r: dict[str, Any], columns: Sequence[str]) -> list[Any]:
+    """A measured row as a table row: ``name``, then the cells named in ``columns`` (keys of :data:`CELLS`, ending
+    with ``minutes``); a diverged row has its note in the first cell after the name and '-' up to its minutes."""
+    if "diverged" in r:
+        return [name, r["diverged"], *["-"] * (len(columns) - 2), r["minutes"]]
+    return [name, *(CELLS[c](r) for c in columns)]
+
+
 def grid_path(ctx: Context, objective: str, sampler: str = "pc") -> Path:
     """The grid of a row's first 64 samples: ``OUT/table3/OBJ.png`` (PC) or ``OBJ_heun.png``."""
     return ctx.out_dir / "table3" / (f"{objective}.png" if sampler == "pc" else f"{objective}_{sampler}.png")
 
 
 def _rows(rows: dict[str, dict], floor: dict[str, Any]) -> list[list[Any]]:
-    out = []
-    for obj, r in rows.items():
-        if "diverged" in r:
-            out.append([obj, r["diverged"], "-", "-", "-", "-", "-", "-", r["minutes"]])
-            continue
-        f, b = r["fid"], r["bpd"]
-        out.append([obj, r["seconds_per_step"], b["bpd"], b["bpd_se"], f["fid"], f["kid"], f["kid_std"],
-                    r["fid_heun"]["fid"], r["minutes"]])
+    columns = ("s_per_step", "bpd", "bpd_se", "fid", "kid", "kid_std", "fid_heun", "minutes")
+    out = [row_cells(obj, r, columns) for obj, r in rows.items()]
     out.append([f"held-out vs train ({floor['n_samples']} vs {floor['n_reference']})", "-", "-", "-", floor["fid"],
                 floor["kid"], floor["kid_std"], floor["fid"], "-"])
     return out
@@ -249,7 +264,7 @@ def run(ctx: Context) -> Report:
                    f"{', '.join(kept)}." if kept else "."))
     report.section("Samples")
     for obj, r in rows.items():
-        for sampler, what in (("pc", "PC"), ("heun", f"Heun-{s['heun_nfe']}")):
+        for sampler, _, what, _ in row_samplers(s):
             if "diverged" not in r and grid_path(ctx, obj, sampler).exists():
                 report.figure(grid_path(ctx, obj, sampler), f"{obj}: the first 64 {what} samples.")
     report.results.update(rows=rows, floor=floor, wall_seconds=wall, features=features.info)

@@ -89,14 +89,6 @@ def image_rows(ctx: Context) -> dict[str, dict[str, Any]] | str:
         return str(e)
 
 
-def _image_row(name: str, r: dict[str, Any]) -> list[Any]:
-    if "diverged" in r:
-        return [name, r["diverged"], "-", "-", "-", "-", r["minutes"]]
-    b = r["bpd"]
-    return [name, r["seconds_per_step"], f"{b['bpd']:.3f} ± {b['bpd_se']:.3f}", r["fid"]["fid"],
-            r["fid_heun"]["fid"], r["minutes"]]
-
-
 def _survival(samples, reference, n: int = 60) -> dict[str, list[float]]:
     """P(|x| > r) of samples and data on ``n`` radii log-spaced from the data's median radius to its largest."""
     import numpy as np
@@ -180,11 +172,12 @@ def run(ctx: Context) -> Report:
         report.text(f"Not measured: {images}")
     else:
         from lcssm.reproduce.table3 import SETTINGS as TABLE3
+        from lcssm.reproduce.table3 import row_cells
 
         t3 = ctx.pick(TABLE3)
         report.table("images", Table(
             ["row", "s / step", "test bits/dim", "FID (tf), PC", f"FID (tf), Heun-{t3['heun_nfe']}", "minutes"],
-            [_image_row(name, r) for name, r in images.items()],
+            [row_cells(name, r, ("s_per_step", "bpd_pm", "fid", "fid_heun", "minutes")) for name, r in images.items()],
             f"The `table3` target's rows at this size, kept in OUT/mnist/rows: LCSS on the mnist preset with its VE "
             f"SDE, and with the non-affine tanh SDE at the local Gaussian center (`--sde tanh`), equal steps. FID: "
             f"{t3['n_samples']} samples of PC ({t3['pc_steps']} steps + 1 corrector) and of Heun on the "
