@@ -204,6 +204,16 @@ def test_cosine_decay_follows_the_warmup(tmp_path):
     assert recs[0]["lr"] == pytest.approx(5e-3, rel=1e-12) and recs[-1]["lr"] < 1e-2 * 0.04
 
 
+def test_a_decayed_run_resumes_only_to_its_own_steps(tmp_path):
+    run = tmp_path / "run"
+    _train(run, steps=8, warmup=2, lr_decay="cosine", ckpt_every=4)
+    with pytest.raises(ConfigError, match=r"train.steps: 8 in the run, 12 now \(with lr_decay 'cosine'"):
+        _train(run, steps=12, warmup=2, lr_decay="cosine", resume=True)
+    plain = tmp_path / "plain"  # without a decay, more steps train on
+    _train(plain, steps=8, warmup=2)
+    assert _train(plain, steps=12, warmup=2, resume=True).steps == 12
+
+
 def test_ema_off_means_the_ema_model_is_the_model(tmp_path):
     result = _train(tmp_path / "run", ema_decay=0.0, steps=2)
     assert result.ema_model is result.model

@@ -31,7 +31,8 @@ class CommandOptions:
         "output file of the samples, .npy for points, .npz for images, with its .png beside it (default: a new "
         "RUN_DIR/samples/SAMPLER_NNN file)", commands=("sample",)))
     resume: bool = dataclasses.field(default=False, metadata=meta(
-        "continue the run in --out from its latest good checkpoint, to the same --steps total",
+        "continue the run in --out from its latest good checkpoint, to the same --steps total (a larger "
+        "one trains on, unless the run has an --lr-decay)",
         commands=("toy", "train")))
     overwrite: bool = dataclasses.field(default=False, metadata=meta(
         "toy, train: start afresh in a run directory that holds checkpoints of an earlier run, deleting them; "

@@ -24,7 +24,8 @@ class TrainConfig:
     ``ema_decay`` = 0 turns EMA off (the EMA model is then the model itself). ``ckpt_every`` = 0 writes only
     the final checkpoint. ``warmup`` is a linear learning-rate warmup: step k (1-based) uses
     ``lr·min(1, k/warmup)``; ``lr_decay`` ``cosine`` multiplies that by ``½(1 + cos(π(k − 1)/steps))`` (Loshchilov &
-    Hutter 2017, SGDR without restarts), which falls from 1 to near 0 at the last of ``steps``.
+    Hutter 2017, SGDR without restarts), which falls from 1 to near 0 at the last of ``steps`` (so a run with a
+    decay resumes only to its own ``steps``).
     ``grad_clip`` is a max global gradient norm (0 = off). ``amp`` enables bf16
     autocast on CUDA (ignored on CPU). ``max_nonfinite`` consecutive steps with a non-finite loss or gradient
     stop the run (:class:`lcssm.training.loop.NonFiniteLossError`, exit code 3). ``ddp_find_unused`` is passed to

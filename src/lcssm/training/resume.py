@@ -62,12 +62,17 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
 def check_resumed_config(saved: dict, given: dict, path: Path) -> None:
     """ConfigError listing every field in which the run config ``given`` differs from the one saved with the
     checkpoint ``path``, except the trainer's bookkeeping (``train.steps``, checkpoint and log cadence, device,
-    ...) and what only concerns sampling afterwards: resuming must continue the same experiment."""
+    ...) and what only concerns sampling afterwards: resuming must continue the same experiment. ``train.steps``
+    may grow only without a learning-rate decay, whose schedule it sets."""
     old, new = _flat(saved), _flat(given)
     differing = [f"{k}: {old.get(k, '(absent)')!r} in the run, {new.get(k, '(absent)')!r} now"
                  for k in sorted(set(old) | set(new))
                  if old.get(k) != new.get(k) and k.split(".")[0] not in AFTER_TRAINING
                  and not (k.startswith("train.") and k.removeprefix("train.") in BOOKKEEPING)]
+    decay, steps = old.get("train.lr_decay", "none"), old.get("train.steps")
+    if decay != "none" and new.get("train.steps") != steps:
+        differing.append(f"train.steps: {steps!r} in the run, {new.get('train.steps')!r} now (with lr_decay "
+                         f"{decay!r} the steps total sets the learning rate of every step, so it cannot change)")
     if differing:
         raise ConfigError(f"--resume continues the run in {path.parent.parent} as it was trained; these settings "
                           f"differ: {'; '.join(differing)}. Use the run's settings, or another --out for a new run")
