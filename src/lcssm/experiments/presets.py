@@ -117,11 +117,11 @@ class ImagePreset:
     preset: str | None = dataclasses.field(default=None, metadata=meta(
         "train an image model with a preset's network, SDE, training and sampling settings", commands=("train",)))
     resolution: int | None = dataclasses.field(default=None, metadata=meta(
-        "image size (default: the preset's; 8 for the digits)", commands=("train",)))
+        "image size", default_text="the preset's; 8 for the digits", commands=("train",)))
     channels: int | None = dataclasses.field(default=None, metadata=meta(
-        "image channels, 1 or 3 (default: the preset's; 1 for the digits)", commands=("train",)))
+        "image channels, 1 or 3", default_text="the preset's; 1 for the digits", commands=("train",)))
     nf: int | None = dataclasses.field(default=None, metadata=meta(
-        "base width of the network (default: the preset's)", commands=("train",)))
+        "base width of the network", default_text="the preset's", commands=("train",)))
     precond: str | None = dataclasses.field(default=None, metadata=meta(
         "parametrisation of an image preset: score_sde (as published: the network's own 1/sigma, uniform t, the "
         "preset's weighting) or edm (EDM's c_in/c_skip/c_out with the data's sigma_data, weighting edm, "

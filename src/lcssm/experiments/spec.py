@@ -19,7 +19,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
-from lcssm.config import check_types, from_dict, meta, to_jsonable
+from lcssm.config import check_types, from_dict, meta, setting, to_jsonable
 from lcssm.diffusion import CENTERS, TIME_SAMPLINGS, WEIGHTINGS
 from lcssm.errors import ConfigError
 from lcssm.models.precond import C_IN, C_OUT
@@ -30,6 +30,8 @@ from lcssm.sampling.reverse import CORRECTORS, PREDICTORS
 from lcssm.sampling.schedules import SCHEDULES
 from lcssm.sde import SDES
 from lcssm.training.config import TrainConfig
+
+_f = setting  # a field with its command-line metadata (lcssm.config.meta), short for the many below
 
 __all__ = [
     "FORMAT",
@@ -45,10 +47,6 @@ __all__ = [
 
 #: the ``format`` of a run spec written by this version; older config.json files have no such key
 FORMAT = "lcssm-run-v2"
-
-
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    return field(default=default, metadata=meta(help, **kw))
 
 
 def _check(checks: list[tuple[bool, str, str]]) -> None:
@@ -86,8 +84,9 @@ class DataSpec:
                            data_kind="images")
     holdout: float = _f(0.05, "fraction of an image folder held out of training for bpd", commands=TRAIN,
                         data_kind="images")
-    strict: bool = _f(False, "an unreadable image file is an error (default: skipped with a warning naming it)",
-                      commands=TRAIN, data_kind="images")
+    strict: bool = _f(False, "an unreadable image file is an error",
+                      default_text="off, which skips such a file with a warning naming it", commands=TRAIN,
+                      data_kind="images")
     cache_dir: str | None = _f(None, "decode an image folder once into a memory-mapped file in this folder, shared "
                                "by all ranks and later runs", commands=TRAIN, data_kind="images")
 
@@ -175,12 +174,12 @@ class SDESpec:
 
     name: str = _f("vp", "forward SDE (tanh, student: non-affine, trained at a local or simulated center)",
                    flag="--sde", commands=TRAIN, choices=SDE_NAMES[:-1])
-    sigma_min: float | None = _f(None, "VE sigma_min (default: the SDE's)", commands=TRAIN)
-    sigma_max: float | None = _f(None, "VE sigma_max (default: the SDE's)", commands=TRAIN)
-    beta_min: float | None = _f(None, "VP/subVP/tanh/student beta_min (default: the SDE's)", commands=TRAIN)
-    beta_max: float | None = _f(None, "VP/subVP/tanh/student beta_max (default: the SDE's)", commands=TRAIN)
-    nu: float | None = _f(None, "student: degrees of freedom of its Student-t prior (default: the SDE's)",
-                          commands=TRAIN)
+    sigma_min: float | None = _f(None, "VE sigma_min", default_text="the SDE's", commands=TRAIN)
+    sigma_max: float | None = _f(None, "VE sigma_max", default_text="the SDE's", commands=TRAIN)
+    beta_min: float | None = _f(None, "VP/subVP/tanh/student beta_min", default_text="the SDE's", commands=TRAIN)
+    beta_max: float | None = _f(None, "VP/subVP/tanh/student beta_max", default_text="the SDE's", commands=TRAIN)
+    nu: float | None = _f(None, "student: degrees of freedom of its Student-t prior",
+                          default_text="the SDE's", commands=TRAIN)
     table: dict | None = _f(None, "noise table of a non-affine SDE (times, alpha, sigma, std), measured from the "
                             "training data when the run is created (lcssm.noise_levels.tabulate)")
 
