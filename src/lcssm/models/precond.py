@@ -102,13 +102,13 @@ class ScoreModel(nn.Module):
             return self._edm_score(x, out, alpha, sigma)
         scale = -sigma.to(out.dtype) if self.c_out == "neg_inv_sigma" else sigma.to(out.dtype)
         out = out / bcast(scale, out)
+        if self.c_out not in ("gaussian_skip", "stationary_skip"):
+            return out
+        gaussian = -x * bcast(1 / (alpha**2 + sigma**2), x).to(out.dtype)  # unit-variance Gaussian data at t
         if self.c_out == "gaussian_skip":
-            out = out - x * bcast(1 / (alpha**2 + sigma**2), x).to(out.dtype)
-        elif self.c_out == "stationary_skip":
-            w = bcast(alpha**2, x).clamp(0.0, 1.0).to(out.dtype)  # the share of the data left in x_t
-            gaussian = -x * bcast(1 / (alpha**2 + sigma**2), x).to(out.dtype)
-            out = out + w * gaussian + (1 - w) * self.sde.stationary_score(x).to(out.dtype)
-        return out
+            return out + gaussian
+        w = bcast(alpha**2, x).clamp(0.0, 1.0).to(out.dtype)  # the share of the data left in x_t
+        return out + w * gaussian + (1 - w) * self.sde.stationary_score(x).to(out.dtype)
 
     def _scale_input(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
         """c_in: ``x/√(α_t² + σ_t²)`` (unit_variance), ``x/√(σ_t² + α_t² σ_d²)`` (edm) or x."""
