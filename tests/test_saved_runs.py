@@ -3,7 +3,10 @@
 ``tests/data/runs_v2`` holds a point run (VP, score MLP) and a ``tiny`` image run written by lcssm at commit bdccd1c
 (format ``lcssm-run-v2``, the flat-module layout), with the samples that code drew from them (``expected/``). A
 run stores names, never module paths, so today's code must read it and, given the same sampler options and seed,
-draw the same samples bit for bit.
+draw the same samples: bit for bit on the CPU that drew them, and on another CPU (whose float32 kernels round
+differently: up to 1e-6 of the largest value was seen on an AMD EPYC against files drawn on an Intel Xeon) to
+1e-5 of the largest value, with 8-bit images at most one level apart in at most 1 % of their pixels. A change of
+what is computed moves samples by a sizeable fraction of their scale.
 """
 
 from __future__ import annotations
@@ -55,9 +58,18 @@ def test_saved_run_samples_as_the_code_that_wrote_it(run, sampler, args, ext, tm
     if ext == "npz":
         assert sorted(got.files) == sorted(expected.files)
         for key in expected.files:
-            np.testing.assert_array_equal(got[key], expected[key])
+            _assert_same_samples(got[key], expected[key])
     else:
-        np.testing.assert_array_equal(got, expected)
+        _assert_same_samples(got, expected)
+
+
+def _assert_same_samples(got: np.ndarray, expected: np.ndarray) -> None:
+    assert got.shape == expected.shape and got.dtype == expected.dtype
+    if expected.dtype == np.uint8:
+        diff = np.abs(got.astype(int) - expected.astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() <= 0.01, (diff.max(), (diff > 0).mean())
+    else:
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * float(np.abs(expected).max()))
 
 
 def test_a_kept_table_row_is_read_after_the_spec_gains_a_field(tmp_path):
