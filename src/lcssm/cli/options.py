@@ -121,9 +121,9 @@ def default_text(value: Any) -> str:
 def add_options(parser: argparse.ArgumentParser, obj: Any, command: str, *, title: str | None = None,
                 notes: dict[str, str] | None = None, default: str | None = None) -> list[Binding]:
     """Add the flags ``command`` offers for the fields of ``obj`` to ``parser`` (in an argument group ``title``),
-    with ``obj``'s values as the defaults shown (a field's own default in words first, else the text ``default``
-    for all of them); ``notes[key]`` is
-    appended to a flag's help (e.g. what a preset uses instead). Flags not given stay absent from the namespace."""
+    with ``obj``'s values as the defaults shown (a field's own ``default_text`` first, else the text ``default``
+    for all of them); ``notes[key]`` is appended to a flag's help (e.g. what a preset uses instead). Flags not
+    given stay absent from the namespace."""
     group = parser.add_argument_group(title) if title else parser
     found = bindings(obj, command)
     for b in found:

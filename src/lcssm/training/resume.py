@@ -65,14 +65,13 @@ def check_resumed_config(saved: dict, given: dict, path: Path) -> None:
     ...) and what only concerns sampling afterwards: resuming must continue the same experiment. ``train.steps``
     may grow only without a learning-rate decay, whose schedule it sets."""
     old, new = _flat(saved), _flat(given)
-    differing = [f"{k}: {old.get(k, '(absent)')!r} in the run, {new.get(k, '(absent)')!r} now"
+    decay = old.get("train.lr_decay", "none")
+    pinned = {"train.steps": f" (with lr_decay {decay!r} the steps total sets the learning rate of every step, so "
+                             "it cannot change)"} if decay != "none" else {}  # bookkeeping this run cannot change
+    differing = [f"{k}: {old.get(k, '(absent)')!r} in the run, {new.get(k, '(absent)')!r} now{pinned.get(k, '')}"
                  for k in sorted(set(old) | set(new))
                  if old.get(k) != new.get(k) and k.split(".")[0] not in AFTER_TRAINING
-                 and not (k.startswith("train.") and k.removeprefix("train.") in BOOKKEEPING)]
-    decay, steps = old.get("train.lr_decay", "none"), old.get("train.steps")
-    if decay != "none" and new.get("train.steps") != steps:
-        differing.append(f"train.steps: {steps!r} in the run, {new.get('train.steps')!r} now (with lr_decay "
-                         f"{decay!r} the steps total sets the learning rate of every step, so it cannot change)")
+                 and not (k.startswith("train.") and k.removeprefix("train.") in BOOKKEEPING and k not in pinned)]
     if differing:
         raise ConfigError(f"--resume continues the run in {path.parent.parent} as it was trained; these settings "
                           f"differ: {'; '.join(differing)}. Use the run's settings, or another --out for a new run")
